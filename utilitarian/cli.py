@@ -1,0 +1,91 @@
+"""The `utilitarian` command: argparse wiring and the mapping of errors to exit codes, no logic.
+
+Each subcommand lives in a module of `utilitarian.commands` (or its owning package) that exposes
+`register(subparsers, parent)`; the handler it sets returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from utilitarian import __version__
+from utilitarian.errors import EX_SOFTWARE, UtilitarianError
+
+# Modules that add subcommands. Kept as names so that `utilitarian --help` imports only argparse
+# wiring: heavy imports (pika, pymodbus) happen inside the handlers.
+COMMAND_MODULES = (
+    "utilitarian.commands.config_cmd",
+    "utilitarian.commands.topology_cmd",
+    "utilitarian.commands.call_cmd",
+    "utilitarian.commands.worker_cmd",
+    "utilitarian.commands.status_cmd",
+    "utilitarian.commands.dlq_cmd",
+    "utilitarian.commands.beat_cmd",
+    "utilitarian.commands.schedule_cmd",
+    "utilitarian.commands.read_cmd",
+    "utilitarian.commands.simulate_cmd",
+    "utilitarian.commands.db_cmd",
+    "utilitarian.commands.meters_cmd",
+    "utilitarian.commands.demo_cmd",
+)
+
+log = logging.getLogger("utilitarian.cli")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts after its name too (`utilitarian worker -l debug`)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML file (default: $UTILITARIAN_CONFIG, then /etc/utilitarian/utilitarian.toml)")
+    parent.add_argument("-l", "--loglevel", metavar="LEVEL", default=argparse.SUPPRESS,
+                        help="debug, info, warning, error (default: [logging] level)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = common_options()
+    parser = argparse.ArgumentParser(
+        prog="utilitarian", parents=[parent],
+        description="Workers, beat and meter reading for the utilitarian meter-data platform.")
+    parser.add_argument("--version", action="version", version=f"utilitarian {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import error inside the module must not hide
+                raise
+            continue
+        module.register(sub, parent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 64
+    try:
+        return int(args.handler(args) or 0)
+    except UtilitarianError as exc:
+        print(f"utilitarian: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # the last line of defence: one logged traceback, a distinct code
+        log.exception("unexpected error in %r", getattr(args, "command", None))
+        return EX_SOFTWARE
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
