@@ -81,9 +81,3 @@ class PublishError(BrokerError):
     """A publish was nacked, returned as unroutable, or not confirmed in time."""
 
 
-class TaskError(UtilitarianError):
-    """Base for task-level refusals decided at the consumer."""
-
-
-class UnknownTask(TaskError):
-    """The message names a task this worker does not have registered."""

@@ -1,0 +1,1 @@
+"""Test helpers: a real RabbitMQ (shared node, private node or container), processes, sinks."""

@@ -1,0 +1,178 @@
+"""A real RabbitMQ for tests, found in the order of DESIGN section 8, with per-test vhosts.
+
+1. $UTILITARIAN_TEST_BROKER_URL, 2. amqp://guest:guest@127.0.0.1:5672/, 3. a private node
+started from the `rabbitmq-server` binary, 4. testcontainers where Docker runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import uuid
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def reachable(url: str, timeout: float = 2.0) -> bool:
+    """True when an AMQP handshake with these credentials succeeds."""
+    import pika
+
+    try:
+        params = pika.URLParameters(url)
+        params.socket_timeout = timeout
+        params.connection_attempts = 1
+        params.blocked_connection_timeout = timeout
+        conn = pika.BlockingConnection(params)
+        conn.close()
+        return True
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Rabbit:
+    """A broker the tests may use: its URL and, when local, rabbitmqctl for admin."""
+
+    def __init__(self, url: str, node: str | None = None, env: dict | None = None):
+        self.url = url
+        self.node = node  # None: the default local node
+        self.env = env or {}
+        self.has_ctl = bool(shutil.which("rabbitmqctl")) and _is_local(url)
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["rabbitmqctl"]
+        if self.node:
+            cmd += ["-n", self.node]
+        cmd += list(args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check,
+                              env={**os.environ, **self.env})
+
+    def url_for(self, vhost: str, user: str = "guest", password: str = "guest") -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or 5672
+        return f"amqp://{user}:{password}@{host}:{port}/{urllib.parse.quote(vhost, safe='')}"
+
+    def add_vhost(self, prefix: str = "t") -> str:
+        vhost = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return vhost
+
+    def delete_vhost(self, vhost: str, wait: bool = False) -> None:
+        cmd = ["rabbitmqctl"] + (["-n", self.node] if self.node else []) + ["delete_vhost", vhost]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **self.env})
+        if wait:
+            proc.wait(60)
+
+    def close_connections(self, vhost: str, reason: str = "test drops connections") -> None:
+        self.ctl("close_all_connections", "-p", vhost, reason)
+
+    def connection_names(self, vhost: str) -> list[str]:
+        out = self.ctl("list_connections", "-p", vhost, "client_properties", "--quiet", "--no-table-headers").stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+
+def _is_local(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+class PrivateNode(Rabbit):
+    """A RabbitMQ node of our own (own port, own data dir) that a test may stop and restart."""
+
+    def __init__(self, name: str | None = None):
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.base = tempfile.mkdtemp(prefix="utilrmq-")
+        self.name = name or f"utiltest{os.getpid()}x{uuid.uuid4().hex[:6]}"
+        node = f"{self.name}@localhost"
+        env = {
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": os.path.join(self.base, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
+            "RABBITMQ_PID_FILE": os.path.join(self.base, "node.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(self.base, "enabled_plugins"),
+            "RABBITMQ_ENABLED_PLUGINS": "",
+            "RABBITMQ_CONFIG_FILE": os.path.join(self.base, "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(self.base, "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": os.path.join(self.base, "rabbitmq-env.conf"),
+        }
+        with open(os.path.join(self.base, "enabled_plugins"), "w") as fh:
+            fh.write("[].\n")
+        with open(os.path.join(self.base, "rabbitmq.conf"), "w") as fh:
+            fh.write(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        super().__init__(f"amqp://guest:guest@127.0.0.1:{self.port}/", node=node, env=env)
+        self.has_ctl = True
+
+    def start(self, timeout: float = 90.0) -> None:
+        subprocess.run(["rabbitmq-server", "-detached"], env={**os.environ, **self.env}, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if reachable(self.url, timeout=1.0):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"private RabbitMQ node {self.node} did not start within {timeout}s")
+
+    def stop_app(self) -> None:
+        """Stop the broker application (connections drop, port closes), keep the VM."""
+        self.ctl("stop_app")
+
+    def start_app(self, timeout: float = 60.0) -> None:
+        self.ctl("start_app")
+        self.wait_ready(timeout)
+
+    def stop(self) -> None:
+        self.ctl("stop", check=False, timeout=60)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def find_broker() -> tuple[Rabbit | None, str]:
+    """The first broker that answers, and a sentence saying how it was found."""
+    explicit = os.environ.get("UTILITARIAN_TEST_BROKER_URL")
+    if explicit:
+        if reachable(explicit):
+            return Rabbit(explicit), f"UTILITARIAN_TEST_BROKER_URL={_mask(explicit)}"
+        return None, f"UTILITARIAN_TEST_BROKER_URL={_mask(explicit)} does not answer"
+    if reachable(DEFAULT_URL):
+        return Rabbit(DEFAULT_URL), "the local RabbitMQ on 127.0.0.1:5672"
+    if shutil.which("rabbitmq-server"):
+        node = PrivateNode()
+        try:
+            node.start()
+            return node, f"a private node {node.node} on port {node.port}"
+        except Exception as exc:
+            node.stop()
+            reason = f"private node failed: {exc}"
+    else:
+        reason = "no rabbitmq-server binary"
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer  # noqa: F401
+    except ImportError:
+        return None, reason + "; testcontainers not installed"
+    if not shutil.which("docker"):
+        return None, reason + "; no Docker for testcontainers"
+    return None, reason + "; Docker engine not usable here"
+
+
+def _mask(url: str) -> str:
+    from utilitarian.log import mask_url
+
+    return mask_url(url)

@@ -1,0 +1,108 @@
+"""What a meter poll produces: readings (series, UTC timestamp, Decimal string, unit) and system events.
+
+Values travel as Decimal strings so that no float ever rounds a register between the wire and the store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+TITLE_MAX = 50
+CONTENT_MAX = 500
+
+# Plain decimal notation only: meters never send exponents, and an exponent in the store is a bug.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)\Z")
+
+
+def decimal_string(value: Decimal | int | str) -> str:
+    """Canonical text of a number: no exponent, sign only when negative, precision kept."""
+    number = value if isinstance(value, Decimal) else Decimal(value)
+    if not number.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    text = format(number, "f")
+    if text.startswith("-") and number.is_zero():
+        text = text[1:]
+    return text
+
+
+def parse_number(text: str) -> str | None:
+    """Decimal string of a meter's numeric text ("00012.340" -> "12.340"), or None if not a number."""
+    text = text.strip()
+    if not _NUMBER.match(text):
+        return None
+    try:
+        return decimal_string(Decimal(text))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One value of one series at one instant. `timestamp` is normalised to UTC."""
+
+    series: str
+    timestamp: datetime
+    value: str
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.series:
+            raise ValueError("Reading.series must not be empty")
+        offset = self.timestamp.utcoffset()
+        if offset is None:
+            raise ValueError("Reading.timestamp must be timezone-aware")
+        if offset != timedelta(0) or self.timestamp.tzinfo is not timezone.utc:
+            object.__setattr__(self, "timestamp", self.timestamp.astimezone(timezone.utc))
+        canonical = parse_number(self.value)
+        if canonical is None:
+            raise ValueError(f"Reading.value is not a decimal string: {self.value!r}")
+        object.__setattr__(self, "value", canonical)
+
+    def as_dict(self) -> dict:
+        return {"series": self.series, "timestamp": self.timestamp.isoformat(),
+                "value": self.value, "unit": self.unit}
+
+
+@dataclass(frozen=True)
+class SystemEvent:
+    """Something an operator should see about a meter (clock set, error register, alarm)."""
+
+    title: str
+    content: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.title or len(self.title) > TITLE_MAX:
+            raise ValueError(f"SystemEvent.title must be 1..{TITLE_MAX} characters")
+        if len(self.content) > CONTENT_MAX:
+            raise ValueError(f"SystemEvent.content must be at most {CONTENT_MAX} characters")
+
+    @classmethod
+    def truncated(cls, title: str, content: str = "") -> SystemEvent:
+        """Build from text we do not control (meter output), cutting it to the store's limits."""
+        title = title.strip() or "Event"
+        if len(title) > TITLE_MAX:
+            title = title[: TITLE_MAX - 3] + "..."
+        if len(content) > CONTENT_MAX:
+            content = content[: CONTENT_MAX - 3] + "..."
+        return cls(title, content)
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "content": self.content}
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """Everything one task call produced."""
+
+    readings: tuple[Reading, ...] = ()
+    events: tuple[SystemEvent, ...] = ()
+
+    def __add__(self, other: PollResult) -> PollResult:
+        return PollResult(self.readings + other.readings, self.events + other.events)
+
+    def as_dict(self) -> dict:
+        return {"readings": [r.as_dict() for r in self.readings],
+                "events": [e.as_dict() for e in self.events]}

@@ -1,0 +1,134 @@
+"""The per-process handle producers use: config, task routing and a confirmed publisher.
+`send_task` publishes exactly what Celery's `send_task` would, delayed ones via delay levels."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from utilitarian import queues
+from utilitarian.broker import delay
+from utilitarian.broker.publisher import ConfirmedPublisher, Outgoing
+from utilitarian.protocol import Envelope, encode_task
+
+UTC = dt.timezone.utc
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """One task to send; `queue=None` routes by the registry and `[tasks]` overrides."""
+
+    name: str
+    args: tuple | list = ()
+    kwargs: Mapping[str, Any] | None = None
+    queue: str | None = None
+    task_id: str | None = None
+    countdown: float | None = None
+    eta: dt.datetime | None = None
+    expires: dt.datetime | float | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    retries: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    extra_headers: Mapping[str, Any] | None = field(default=None)
+
+
+def outgoing_for(envelope: Envelope, queue: str, now: dt.datetime | None = None) -> Outgoing:
+    """Where a task message goes: straight to its queue, or through the delay levels when its
+    ETA is in the future (nobody holds it unacked while it waits)."""
+    eta_text = envelope.properties["headers"].get("eta")
+    if eta_text:
+        eta = dt.datetime.fromisoformat(eta_text)
+        wait = (eta - (now or dt.datetime.now(UTC))).total_seconds()
+        if wait > 0:
+            exchange, key = delay.route(queue, wait)
+            return Outgoing(exchange, key, envelope.body, envelope.properties)
+    return Outgoing("", queue, envelope.body, envelope.properties)
+
+
+class App:
+    def __init__(self, config, *, registry=None, settings=None, name: str = "utilitarian producer"):
+        self.config = config
+        self._registry = registry
+        self._settings = settings
+        self._publisher: ConfirmedPublisher | None = None
+        self._lock = threading.Lock()
+        self.name = name
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from utilitarian.broker.connection import settings_from_config
+
+            self._settings = settings_from_config(self.config)
+        return self._settings
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from utilitarian.tasks import Registry
+
+            self._registry = Registry.for_config(self.config)
+        return self._registry
+
+    @property
+    def publisher(self) -> ConfirmedPublisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = ConfirmedPublisher(self.settings, name=self.name)
+            return self._publisher
+
+    def route(self, name: str, queue: str | None = None) -> str:
+        if queue:
+            resolved = queues.resolve(queue)
+            return resolved or queue
+        return self.registry.route(name, self.config)
+
+    def prepare(self, call: TaskCall, now: dt.datetime | None = None) -> tuple[Envelope, Outgoing]:
+        now = now or dt.datetime.now(UTC)
+        envelope = encode_task(
+            call.name, call.args, call.kwargs, task_id=call.task_id, eta=call.eta, countdown=call.countdown,
+            expires=call.expires, retries=call.retries, time_limit=call.time_limit,
+            soft_time_limit=call.soft_time_limit, parent_id=call.parent_id, root_id=call.root_id,
+            extra_headers=call.extra_headers, now=now)
+        return envelope, outgoing_for(envelope, self.route(call.name, call.queue), now)
+
+    def send_tasks(self, calls: Iterable[TaskCall], *, timeout: float | None = None) -> list[str]:
+        """Publish many tasks with pipelined confirms; returns their ids in order."""
+        now = dt.datetime.now(UTC)
+        prepared = [self.prepare(call, now) for call in calls]
+        self.publisher.publish_many([out for _, out in prepared], timeout=timeout)
+        return [env.task_id for env, _ in prepared]
+
+    def send_task(self, name: str, args: tuple | list = (), kwargs: Mapping | None = None, **options) -> str:
+        return self.send_tasks([TaskCall(name, args, kwargs, **options)])[0]
+
+    def close(self) -> None:
+        with self._lock:
+            publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
+
+
+_default: tuple[int, App] | None = None
+_default_lock = threading.Lock()
+
+
+def default_app() -> App:
+    """An App from the discovered config, one per process (rebuilt after fork)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default[0] != os.getpid():
+            from utilitarian.config import load_config
+
+            _default = (os.getpid(), App(load_config()))
+        return _default[1]
+
+
+def send_task(name: str, args: tuple | list = (), kwargs: Mapping | None = None, **options) -> str:
+    """Publish one task (Celery's `send_task` with our delivery semantics); returns its id."""
+    return default_app().send_task(name, args, kwargs, **options)

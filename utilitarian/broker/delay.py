@@ -1,0 +1,78 @@
+"""Delayed delivery (ETA, countdown, retry backoff) without holding unacked messages.
+
+A message waits in broker queues whose TTL is fixed per queue, so it never waits behind a later
+one: level n holds messages for 2**n ticks. The routing key spells the delay in binary, one word
+per level, followed by the target queue; topic bindings send a message through the levels whose
+bit is set, and the last exchange delivers it to its queue by name. The wait survives broker
+restarts (durable queues, persistent messages) and consumer disconnects (nobody holds it).
+"""
+
+from __future__ import annotations
+
+import math
+
+TICK = 0.1  # seconds per unit of delay: the precision of ETAs and retries
+LEVELS = 24  # 2**24 ticks = 19.4 days; a longer delay is re-delayed on arrival
+PREFIX = "utilitarian.delay"
+DELIVER_EXCHANGE = f"{PREFIX}.deliver"
+MAX_DELAY = (2 ** LEVELS - 1) * TICK
+
+
+def level_exchange(level: int) -> str:
+    return f"{PREFIX}.L{level:02d}"
+
+
+def level_queue(level: int) -> str:
+    return f"{PREFIX}.L{level:02d}"
+
+
+def entry_exchange() -> str:
+    """Publish delayed messages here (the highest level)."""
+    return level_exchange(LEVELS - 1)
+
+
+def ticks_for(seconds: float) -> int:
+    """Whole ticks, rounded up so a message never arrives before its time."""
+    if seconds <= 0:
+        return 0
+    return min(2 ** LEVELS - 1, math.ceil(round(seconds / TICK, 6)))
+
+
+def routing_key(queue: str, seconds: float) -> str:
+    """`b23.b22...b0.<queue>` with each bit as a word "0" or "1"."""
+    ticks = ticks_for(seconds)
+    bits = ".".join("1" if ticks >> level & 1 else "0" for level in range(LEVELS - 1, -1, -1))
+    return f"{bits}.{queue}"
+
+
+def route(queue: str, seconds: float) -> tuple[str, str]:
+    """(exchange, routing key) that delivers to `queue` after `seconds`."""
+    return entry_exchange(), routing_key(queue, seconds)
+
+
+def _bit_pattern(level: int, bit: str) -> str:
+    # Words before this level's bit are the higher levels; `#` covers lower bits and the queue.
+    return "*." * (LEVELS - 1 - level) + bit + ".#"
+
+
+def declare(channel, target_queues) -> None:
+    """Idempotently declare the level exchanges/queues and the delivery bindings (pika channel)."""
+    channel.exchange_declare(DELIVER_EXCHANGE, exchange_type="topic", durable=True)
+    for level in range(LEVELS):
+        exchange = level_exchange(level)
+        below = level_exchange(level - 1) if level else DELIVER_EXCHANGE
+        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+        ttl_ms = int(round((2 ** level) * TICK * 1000))
+        channel.queue_declare(level_queue(level), durable=True, arguments={
+            "x-message-ttl": ttl_ms,
+            "x-dead-letter-exchange": below,
+        })
+        channel.queue_bind(level_queue(level), exchange, routing_key=_bit_pattern(level, "1"))
+        channel.exchange_bind(destination=below, source=exchange, routing_key=_bit_pattern(level, "0"))
+    for queue in target_queues:
+        channel.queue_bind(queue, DELIVER_EXCHANGE, routing_key="*." * LEVELS + queue)
+
+
+def strip_death_headers(headers: dict) -> dict:
+    """Headers without the x-death trail the levels left (one entry per level passed)."""
+    return {k: v for k, v in headers.items() if not k.startswith(("x-death", "x-first-death", "x-last-death"))}

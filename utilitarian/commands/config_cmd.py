@@ -1,0 +1,49 @@
+"""`utilitarian config check`: the effective configuration with secrets masked, or every error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from utilitarian.errors import ConfigError
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("config", parents=[parent], help="check and show the configuration")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = actions.add_parser("check", parents=[parent],
+                               help="validate the TOML file; print the effective config (exit 0) or errors (exit 78)")
+    check.add_argument("--json", action="store_true", help="print the effective config as JSON")
+    check.set_defaults(handler=run_check)
+
+
+def run_check(args) -> int:
+    from utilitarian.config import load_config
+    from utilitarian.config_schema import masked_items
+
+    try:
+        config = load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    items = masked_items(config)
+    if args.json:
+        print(json.dumps({k: v for k, v in items}, indent=2, default=str))
+        return 0
+    print(f"# effective configuration from {config.source or 'built-in defaults'}")
+    for key, value in items:
+        print(f"{key} = {_toml_value(value)}")
+    return 0
+
+
+def _toml_value(value) -> str:
+    if value is None:
+        return "# (unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return json.dumps(value, default=str)

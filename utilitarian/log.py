@@ -1,0 +1,102 @@
+"""Logging setup for every process, and the masking that keeps secrets out of log lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import urllib.parse
+
+# user:password@ in any URL-looking text; the password part is replaced.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+
+
+def mask_url(url: str) -> str:
+    """`amqp://guest:secret@host/` -> `amqp://guest:****@host/`."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:****@", url)
+
+
+def url_host(url: str) -> str:
+    """A URL reduced to host:port for log lines that need to say where, never who."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    except ValueError:
+        return "?"
+
+
+class MaskingFilter(logging.Filter):
+    """Last line of defence: masks URL passwords that reached a log record anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            try:
+                record.msg = record.getMessage()
+                record.args = None
+            except (TypeError, ValueError):
+                return True
+        if isinstance(record.msg, str) and "://" in record.msg:
+            record.msg = mask_url(record.msg)
+        return True
+
+
+class TaskContextFilter(logging.Filter):
+    """Adds `task` (`name[id]`) to records emitted while a task runs in this thread."""
+
+    def __init__(self, local):
+        super().__init__()
+        self.local = local
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = getattr(self.local, "task", None)
+        record.task = f" [{current}]" if current else ""
+        return True
+
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def setup_logging(level: str = "info", *, fmt: str = "text", process_name: str | None = None,
+                  task_local=None) -> None:
+    """Configure the root logger for this process (called again in each child after fork)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    # Under journald the journal stamps time and pid itself; elsewhere we do.
+    under_journal = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
+    name = process_name or "%(processName)s"
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    elif under_journal:
+        handler.setFormatter(logging.Formatter(f"{name}[%(process)d] %(levelname)s %(name)s: %(message)s%(task)s"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s%(task)s"))
+    handler.addFilter(MaskingFilter())
+    handler.addFilter(TaskContextFilter(task_local) if task_local is not None else _NoTask())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # pika logs every reconnect attempt at ERROR with tracebacks; we log our own line per attempt.
+    logging.getLogger("pika").setLevel(logging.CRITICAL if level.lower() != "debug" else logging.INFO)
+
+
+class _NoTask(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.task = ""
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        doc = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "pid": record.process, "msg": record.getMessage()}
+        task = getattr(record, "task", "")
+        if task:
+            doc["task"] = task.strip(" []")
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
