@@ -57,6 +57,7 @@ class App:
         self._settings = settings
         self._publisher: ConfirmedPublisher | None = None
         self._lock = threading.Lock()
+        self._resources: dict[str, Any] = {}
         self.name = name
 
     @property
@@ -107,11 +108,24 @@ class App:
     def send_task(self, name: str, args: tuple | list = (), kwargs: Mapping | None = None, **options) -> str:
         return self.send_tasks([TaskCall(name, args, kwargs, **options)])[0]
 
+    def resource(self, name: str, factory):
+        """A per-process object built once on first use (a database store, an HTTP session):
+        `factory(app)` runs in the process that uses it, never before a fork."""
+        with self._lock:
+            if name not in self._resources:
+                self._resources[name] = factory(self)
+            return self._resources[name]
+
     def close(self) -> None:
         with self._lock:
             publisher, self._publisher = self._publisher, None
+            resources, self._resources = self._resources, {}
         if publisher is not None:
             publisher.close()
+        for value in resources.values():
+            close = getattr(value, "close", None)
+            if callable(close):
+                close()
 
 
 _default: tuple[int, App] | None = None

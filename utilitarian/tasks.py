@@ -70,6 +70,37 @@ class RetryPolicy:
         return Decision("retry", delay=self.delay_for(retries, rng))
 
 
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task's thread when its soft time limit passes (it may clean up and exit)."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a `bind=True` task receives first: who it is and the process's App (config,
+    routing, confirmed publisher, per-process resources such as the store)."""
+
+    id: str
+    name: str
+    retries: int
+    queue: str
+    app: Any
+    headers: Any = dataclasses.field(default_factory=dict, repr=False)
+    eta: Any = None
+    expires: Any = None
+
+    def send_tasks(self, calls) -> list[str]:
+        """Publish follow-up tasks (pipelined confirms) with this task as their parent."""
+        calls = [c if c.parent_id else dataclasses.replace(c, parent_id=self.id,
+                                                             root_id=c.root_id or self.headers.get("root_id") or self.id)
+                 for c in calls]
+        return self.app.send_tasks(calls)
+
+    def send_task(self, name: str, args=(), kwargs=None, **options) -> str:
+        from utilitarian.app import TaskCall
+
+        return self.send_tasks([TaskCall(name, args, kwargs, **options)])[0]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
