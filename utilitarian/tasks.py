@@ -28,6 +28,18 @@ class Retry(Exception):
         self.countdown = countdown
 
 
+class Defer(Exception):
+    """Raised by a task that cannot run yet (its meter interface is busy): the message goes back
+    through the delay levels with the same id and retry count. Bounded by MAX_DEFERRALS."""
+
+    def __init__(self, reason: str = "deferred", *, countdown: float = 5.0):
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+MAX_DEFERRALS = 1000  # a job deferred this often is dead-lettered: something holds its resource
+
+
 class Reject(Exception):
     """Raised by a task for input that will never succeed: dead-lettered at once, no retry."""
 
