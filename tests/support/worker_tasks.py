@@ -1,0 +1,63 @@
+"""Tasks the worker tests run (imported by the worker children with `-I support.worker_tasks`).
+Each records what happened in a sink file named by $UTIL_TEST_SINK: one line per run,
+`<task id> <pid> <what>`, written with O_APPEND so lines from many processes never tear."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from utilitarian import queues
+from utilitarian.tasks import Retry, task
+
+
+def _sink(line: str) -> None:
+    fd = os.open(os.environ["UTIL_TEST_SINK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@task("test.record", queue=queues.DEFAULT, bind=True, max_retries=0)
+def record(ctx, *args, **kwargs) -> None:
+    _sink(f"{ctx.id} {os.getpid()} ran")
+
+
+@task("test.sleep", queue=queues.DEFAULT, bind=True, max_retries=0)
+def sleep(ctx, seconds: float = 1.0) -> None:
+    _sink(f"{ctx.id} {os.getpid()} start")
+    time.sleep(seconds)
+    _sink(f"{ctx.id} {os.getpid()} ran")
+
+
+@task("test.block_forever", queue=queues.DEFAULT, bind=True, max_retries=1, retry_backoff=0.2, retry_jitter=False,
+      time_limit=2.0)
+def block_forever(ctx) -> None:
+    _sink(f"{ctx.id} {os.getpid()} start")
+    threading.Event().wait()
+
+
+@task("test.allocate", queue=queues.DEFAULT, bind=True, max_retries=0)
+def allocate(ctx, mib: int = 300) -> None:
+    # Kept alive in a module-level list: the child's RSS stays high until it is recycled.
+    _HOLD.append(bytearray(mib * 1024 * 1024))
+    _sink(f"{ctx.id} {os.getpid()} ran")
+
+
+_HOLD: list = []
+
+
+@task("test.flaky", queue=queues.DEFAULT, bind=True, max_retries=3, retry_backoff=0.2, retry_jitter=False)
+def flaky(ctx, fail_times: int = 2) -> None:
+    _sink(f"{ctx.id} {os.getpid()} attempt{ctx.retries}")
+    if ctx.retries < fail_times:
+        raise Retry("not yet")
+    _sink(f"{ctx.id} {os.getpid()} ran")
+
+
+@task("test.always_fails", queue=queues.DEFAULT, bind=True, max_retries=2, retry_backoff=0.1, retry_jitter=False)
+def always_fails(ctx) -> None:
+    _sink(f"{ctx.id} {os.getpid()} attempt{ctx.retries}")
+    raise ValueError("meter said no")

@@ -1,0 +1,106 @@
+"""`utilitarian worker`: the pre-fork supervisor that replaces `celery worker`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("worker", parents=[parent], help="run a supervised pool of task-executing children",
+                       description="Run task workers: a master process forks children per pool; each child "
+                                   "consumes its queues and runs tasks in a thread pool. Signals to the master: "
+                                   "TERM/INT graceful stop, QUIT quick stop, HUP reload TOML and roll children, "
+                                   "TTIN/TTOU one process more/less per pool.")
+    p.add_argument("-Q", "--queues", action="append", type=_csv, metavar="Q1,Q2",
+                   help="queues to consume (full or short names); default: all 14")
+    p.add_argument("-X", "--exclude-queues", action="append", type=_csv, default=[], metavar="Q",
+                   help="queues not to consume")
+    p.add_argument("-c", "--concurrency", type=int, metavar="PROCESSES", help="children per pool (default: CPUs)")
+    p.add_argument("--threads", type=int, metavar="T", help="task threads per child (default: per queue, config)")
+    p.add_argument("--profile", metavar="NAME", help="pools from [workers.NAME] (the systemd instance name)")
+    p.add_argument("--max-tasks-per-child", type=int, metavar="N")
+    p.add_argument("--max-memory-per-child", type=float, metavar="MiB")
+    p.add_argument("--hard-time-limit", type=float, metavar="S", help="default hard limit per task")
+    p.add_argument("--graceful-timeout", type=float, metavar="S", help="TERM: in-flight tasks get this long")
+    p.add_argument("--exit-when-idle", type=float, metavar="S", help="exit 0 once idle this long")
+    p.add_argument("-I", "--include", action="append", default=[], metavar="MODULE",
+                   help="extra task module to import (repeatable)")
+    p.add_argument("-n", "--hostname", dest="name", metavar="NAME", help="node name (default: PROFILE@host)")
+    p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
+    p.add_argument("--control-socket", metavar="PATH", help="status socket (default under the runtime dir)")
+    p.set_defaults(handler=run)
+
+
+def options_from(args: argparse.Namespace):
+    from utilitarian.errors import UsageError
+    from utilitarian.supervisor.plan import WorkerOptions
+
+    for flag, value in (("-c", args.concurrency), ("--threads", args.threads),
+                        ("--max-tasks-per-child", args.max_tasks_per_child)):
+        if value is not None and value < (0 if flag == "--max-tasks-per-child" else 1):
+            raise UsageError(f"{flag} must be at least {0 if flag == '--max-tasks-per-child' else 1}")
+    for flag, value in (("--max-memory-per-child", args.max_memory_per_child),
+                        ("--hard-time-limit", args.hard_time_limit), ("--graceful-timeout", args.graceful_timeout),
+                        ("--exit-when-idle", args.exit_when_idle)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must not be negative")
+    queues = tuple(q for group in args.queues for q in group) if args.queues else None
+    return WorkerOptions(
+        queues=queues, exclude=tuple(q for group in args.exclude_queues for q in group),
+        processes=args.concurrency, threads=args.threads, profile=args.profile,
+        max_tasks_per_child=args.max_tasks_per_child, max_memory_per_child=args.max_memory_per_child,
+        hard_time_limit=args.hard_time_limit, graceful_timeout=args.graceful_timeout,
+        exit_when_idle=args.exit_when_idle, includes=tuple(args.include), name=args.name)
+
+
+def prepare(args: argparse.Namespace, config):
+    """(plan, settings, registry) for this command line and config; raises ConfigError/UsageError."""
+    from utilitarian.broker.connection import settings_from_config
+    from utilitarian.supervisor.plan import build_plan
+    from utilitarian.tasks import Registry
+
+    plan = build_plan(config, options_from(args))
+    registry = Registry.for_config(config, plan.imports)
+    return plan, settings_from_config(config), registry
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from utilitarian.commands.common import load
+    from utilitarian.config import load_config
+    from utilitarian.supervisor.arbiter import Arbiter
+    from utilitarian.supervisor.control import socket_path
+    from utilitarian.supervisor.systemd import Notifier
+
+    config = load(args, process_name="master")
+    plan, settings, registry = prepare(args, config)
+    loglevel = getattr(args, "loglevel", None) or config.logging.level
+    log = logging.getLogger("utilitarian.worker")
+
+    def reload():
+        fresh = load_config(getattr(args, "config", None))
+        new_plan, new_settings, new_registry = prepare(args, fresh)
+        return new_plan, fresh, new_settings, new_registry
+
+    control = args.control_socket or config.worker.control_socket or socket_path(config.runtime_dir(), plan.name)
+    metrics = None
+    port = args.metrics_port if args.metrics_port is not None else config.worker.metrics_port
+    if port is not None:
+        from utilitarian.supervisor.metrics import MetricsServer
+
+        metrics = MetricsServer(config.worker.metrics_host, port)
+        log.info("metrics on http://%s:%d/metrics", config.worker.metrics_host, metrics.port)
+    try:
+        os.makedirs(os.path.dirname(control), exist_ok=True)
+    except OSError as exc:
+        log.warning("no control socket (%s): `utilitarian status` will not see this worker", exc)
+        control = None
+    arbiter = Arbiter(plan, config=config, registry=registry, settings=settings, loglevel=loglevel,
+                      reload=reload, notifier=Notifier(), control_path=control, metrics=metrics)
+    return arbiter.run()

@@ -1,0 +1,194 @@
+"""A worker child: post-fork initialisation, then the pump (this process's main thread owns the
+broker connection) feeding a thread pool, heartbeats to the master, and an orderly drain.
+
+Exit codes: 0 after a drain or quick stop; 78 when it cannot boot (refused credentials, a
+queue declared with other arguments): retrying cannot help, so the master stops too."""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from utilitarian.errors import EX_CONFIG, EX_SOFTWARE, AuthenticationRefused, ConfigError, TopologyError
+from utilitarian.supervisor.plan import PoolSpec
+
+log = logging.getLogger(__name__)
+HEARTBEAT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs, built by the master before the fork (inherited, not pickled)."""
+
+    worker_name: str
+    pool: PoolSpec
+    index: int
+    config: object
+    registry: object
+    settings: object
+    graceful_timeout: float
+    loglevel: str
+
+
+def set_process_name(name: str) -> None:
+    """Name the process for ps/top (Linux prctl); best effort, no dependency."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except Exception:  # not Linux, or no libc symbol: the name is cosmetic
+        pass
+
+
+class Child:
+    def __init__(self, spec: ChildSpec, status_fd: int):
+        self.spec = spec
+        self.status_fd = status_fd
+        self.stop: str | None = None  # None | "graceful" | "quick"
+        self.drain_deadline = float("inf")
+        self.retire_sent = False
+        self.ready_sent = False
+
+    def handle_term(self, signum, frame) -> None:
+        self.stop = self.stop or "graceful"
+
+    def handle_quit(self, signum, frame) -> None:
+        self.stop = "quick"
+
+    def init_process(self) -> None:
+        # Signals: the master coordinates; Ctrl-C in a terminal reaches us too and is ignored.
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        random.seed()
+        # SIGABRT from the master (stale heartbeat) dumps every thread's stack before dying.
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        pool = self.spec.pool
+        set_process_name(f"util-{pool.name}-{self.spec.index}")
+
+    def run(self) -> int:
+        from utilitarian.app import App
+        from utilitarian.broker.consumer import Consumer
+        from utilitarian.broker.topology import declare_all
+        from utilitarian.log import setup_logging
+        from utilitarian.supervisor.heartbeat import StatusWriter
+        from utilitarian.supervisor.runner import TaskRunner
+        from utilitarian.supervisor.stats import TaskStats
+
+        spec = self.spec
+        pool = spec.pool
+        task_local = threading.local()
+        setup_logging(spec.loglevel, fmt=spec.config.logging.format,
+                      process_name=f"{pool.name}-{spec.index}", task_local=task_local)
+        writer = StatusWriter(self.status_fd)
+        app = App(spec.config, registry=spec.registry, settings=spec.settings,
+                  name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index} publisher")
+        consumer = Consumer(spec.settings, list(pool.queues), pool.threads, on_delivery=lambda d: runner.submit(d),
+                            name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index}")
+        consumer.prepare = declare_all
+        stats = TaskStats()
+        runner = TaskRunner(registry=spec.registry, app=app, consumer=consumer, threads=pool.threads, stats=stats,
+                            max_deliveries=spec.config.worker.max_deliveries,
+                            max_message_bytes=spec.config.worker.max_message_bytes,
+                            hard_time_limit=pool.hard_time_limit, task_local=task_local)
+        started = time.monotonic()
+        last_beat = 0.0
+
+        def on_consuming() -> None:
+            if not self.ready_sent:
+                self.ready_sent = True
+                writer.event("ready", boot=round(time.monotonic() - started, 4))
+            else:
+                writer.event("consuming")
+
+        def on_hard_limit(running) -> None:
+            # The stuck thread cannot be killed: stop taking work, let siblings finish, exit,
+            # and have the master start a replacement now so capacity does not dip.
+            self.request_retire(writer, "hard_time_limit", drain_now=True)
+            self.stop = self.stop or "graceful"
+
+        def tick() -> None:
+            nonlocal last_beat
+            now = time.monotonic()
+            runner.check_time_limits(now)
+            if self.stop and consumer.stop_requested is None:
+                if self.stop == "graceful":
+                    self.drain_deadline = now + spec.graceful_timeout
+                    log.info("draining: no new deliveries, %d in flight get %.1fs", runner.in_flight(),
+                             spec.graceful_timeout)
+                consumer.stop("drain" if self.stop == "graceful" else "now")
+            elif self.stop == "quick":
+                consumer.stop("now")
+            if pool.max_tasks_per_child and not self.retire_sent and \
+                    stats.total() >= pool.max_tasks_per_child:
+                self.request_retire(writer, "max_tasks", drain_now=False)
+            if now - last_beat >= HEARTBEAT_INTERVAL:
+                last_beat = now
+                writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(),
+                                 consuming=consumer.consuming, idle=round(runner.idle_for(), 3))
+
+        consumer.on_consuming = on_consuming
+        runner.on_hard_limit = on_hard_limit
+        code = 0
+        try:
+            consumer.run(tick, in_flight=runner.in_flight, drain_deadline=lambda: self.drain_deadline)
+        except (AuthenticationRefused, ConfigError, TopologyError) as exc:
+            log.error("cannot consume: %s; stopping (retrying cannot help)", exc)
+            writer.event("boot_failed", code=EX_CONFIG, reason=str(exc))
+            code = EX_CONFIG
+        except Exception as exc:
+            log.error("child failed: %s", exc, exc_info=True)
+            code = EX_SOFTWARE
+        finally:
+            writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(), consuming=False,
+                             idle=round(runner.idle_for(), 3))
+            runner.shutdown()
+            try:
+                app.close()
+            except Exception as exc:  # closing the publisher of a dead broker
+                log.debug("closing publisher: %s", exc)
+        log.info("child exiting with code %d after %d task(s)", code, stats.total())
+        return code
+
+    def request_retire(self, writer, reason: str, *, drain_now: bool) -> None:
+        if not self.retire_sent:
+            self.retire_sent = True
+            writer.event("retire", reason=reason, drain_now=drain_now)
+
+
+def child_main(spec: ChildSpec, status_fd: int, close_fds: list[int], before_run=None) -> None:
+    """Entry point in the forked process; never returns (os._exit, so that abandoned task
+    threads — stuck past a hard limit — cannot hold the process open)."""
+    code = EX_SOFTWARE
+    try:
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if before_run:
+            before_run()
+        child = Child(spec, status_fd)
+        child.init_process()
+        code = child.run()
+    except BaseException:  # last resort: report and exit with a code the master decodes
+        logging.getLogger(__name__).exception("child crashed during start-up")
+    finally:
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
