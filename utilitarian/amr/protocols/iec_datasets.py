@@ -1,0 +1,107 @@
+"""IEC 62056-21 data sets: `address(value*unit)(value*unit)...` lines into DataSet values.
+
+Addresses are kept exactly as the meter reports them (`1.8.0`, `1-0:1.8.0*255`, `C.1.0`, `F.F`);
+values stay text, with `.number` giving the Decimal string when the text is numeric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utilitarian.amr.errors import MeterProtocolError
+from utilitarian.amr.readings import parse_number
+
+# The standard allows 16/32/16 characters; real meters stretch address and value a little.
+MAX_ADDRESS, MAX_VALUE, MAX_UNIT = 32, 128, 16
+
+
+@dataclass(frozen=True)
+class DataValue:
+    raw: str
+    unit: str | None = None
+
+    @property
+    def number(self) -> str | None:
+        """Decimal string ("00012.340" -> "12.340") or None for non-numeric text (dates, ids)."""
+        return parse_number(self.raw)
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One address with its values; address is "" for value-only lines (R1 answers, archive rows)."""
+
+    address: str
+    values: tuple[DataValue, ...]
+
+    @property
+    def value(self) -> DataValue:
+        return self.values[0]
+
+
+def _decode(payload: bytes) -> str:
+    try:
+        text = payload.decode("ascii")
+    except UnicodeDecodeError:
+        raise MeterProtocolError("data block contains non-ASCII bytes") from None
+    for char in text:
+        if ord(char) < 32 and char not in "\r\n" or ord(char) == 127:
+            raise MeterProtocolError(f"data block contains control character {ord(char):#04x}")
+    return text
+
+
+def _parse_value(content: str, line_no: int) -> DataValue:
+    value, star, unit = content.partition("*")
+    if len(value) > MAX_VALUE:
+        raise MeterProtocolError(f"line {line_no}: value longer than {MAX_VALUE} characters")
+    if star and ("*" in unit or len(unit) > MAX_UNIT):
+        raise MeterProtocolError(f"line {line_no}: malformed unit {unit[:20]!r}")
+    return DataValue(value, unit or None)
+
+
+def parse_data_line(line: str, line_no: int = 1) -> list[DataSet]:
+    """Data sets of one line (without its CRLF)."""
+    sets: list[DataSet] = []
+    pos, length = 0, len(line)
+    while pos < length:
+        open_at = line.find("(", pos)
+        if open_at < 0:
+            raise MeterProtocolError(f"line {line_no}: {line[pos:pos + 20]!r} has no '(value)'")
+        address = line[pos:open_at].strip()
+        if len(address) > MAX_ADDRESS or any(c in ")!/" for c in address):
+            raise MeterProtocolError(f"line {line_no}: malformed address {address[:40]!r}")
+        values: list[DataValue] = []
+        pos = open_at
+        while pos < length and line[pos] == "(":
+            close_at = line.find(")", pos + 1)
+            if close_at < 0:
+                raise MeterProtocolError(f"line {line_no}: '(' without ')'")
+            content = line[pos + 1:close_at]
+            if "(" in content:
+                raise MeterProtocolError(f"line {line_no}: nested '('")
+            values.append(_parse_value(content, line_no))
+            pos = close_at + 1
+        sets.append(DataSet(address, tuple(values)))
+    return sets
+
+
+def parse_data_lines(payload: bytes) -> list[list[DataSet]]:
+    """Data sets grouped by line (archive rows need the grouping); empty lines are skipped."""
+    text = _decode(payload)
+    lines: list[list[DataSet]] = []
+    for line_no, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        if line.strip():
+            lines.append(parse_data_line(line, line_no))
+    return lines
+
+
+def parse_data_block(payload: bytes) -> tuple[DataSet, ...]:
+    """All data sets of a data block, in order."""
+    return tuple(s for line in parse_data_lines(payload) for s in line)
+
+
+def parse_readout(payload: bytes) -> tuple[DataSet, ...]:
+    """A readout data message's content: data lines ending with "!" CRLF (the end marker)."""
+    body = payload.rstrip(b"\r\n")
+    if not body.endswith(b"!"):
+        raise MeterProtocolError("data message has no '!' end marker")
+    return parse_data_block(body[:-1])

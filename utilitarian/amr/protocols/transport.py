@@ -1,0 +1,203 @@
+"""Byte transports for IEC 62056-21 (TCP socket, pyserial port) and the deadline-bounded receive buffer.
+
+Every read is bounded twice: by the per-read timeout (restarted whenever bytes arrive, so a long
+readout at 300 baud is fine) and by the session deadline (so a babbling meter cannot hold a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from typing import Callable, Protocol, TypeVar
+
+from utilitarian.amr.errors import MeterTimeout, MeterUnreachable
+from utilitarian.amr.target import MeterTarget, SerialSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Transport(Protocol):
+    """What the protocol layer needs from a line."""
+
+    can_switch_baud: bool
+
+    def open(self, timeout: float) -> None: ...
+    def close(self) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def read(self, timeout: float) -> bytes: ...   # b"" when nothing arrived in time
+    def drain(self) -> None: ...                   # block until written bytes left the port
+    def set_baudrate(self, baudrate: int) -> None: ...
+
+
+class TcpTransport:
+    """A transparent TCP gateway or IP modem: same bytes, no baud rate changes."""
+
+    can_switch_baud = False
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self._sock: socket.socket | None = None
+
+    def open(self, timeout: float) -> None:
+        try:
+            self._sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except socket.timeout:
+            raise MeterUnreachable(f"{self.host}:{self.port}: connect timed out") from None
+        except OSError as exc:
+            raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise MeterUnreachable(f"{self.host}:{self.port}: send failed ({exc.strerror or exc})") from None
+
+    def read(self, timeout: float) -> bytes:
+        self._sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self._sock.recv(4096)
+        except socket.timeout:
+            return b""
+        except OSError as exc:
+            raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
+        if not data:
+            raise MeterUnreachable(f"{self.host}:{self.port}: connection closed by the meter side")
+        return data
+
+    def drain(self) -> None:
+        pass
+
+    def set_baudrate(self, baudrate: int) -> None:
+        pass
+
+
+class SerialTransport:
+    """A local serial port through pyserial (optical head, RS-485 adapter, or a pty in tests).
+    `line_history` records every line setting applied, for diagnostics and tests."""
+
+    can_switch_baud = True
+
+    def __init__(self, device: str, settings: SerialSettings):
+        self.device, self.settings = device, settings
+        self._port = None
+        self.line_history: list[tuple[str, int, int, str, int]] = []
+
+    def _record(self, event: str) -> None:
+        p = self._port
+        self.line_history.append((event, p.baudrate, p.bytesize, p.parity, p.stopbits))
+
+    def open(self, timeout: float) -> None:
+        import serial
+        s = self.settings
+        try:
+            # timeout=0: reads never block inside pyserial; `read` waits with select instead, so
+            # the port is not reconfigured (a tcsetattr) for every read's different timeout.
+            self._port = serial.Serial(self.device, baudrate=s.baudrate, bytesize=s.bytesize,
+                                       parity=s.parity, stopbits=s.stopbits, timeout=0,
+                                       write_timeout=max(timeout, 1.0))
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise MeterUnreachable(f"{self.device}: cannot open ({exc})") from None
+        self._record("open")
+
+    def close(self) -> None:
+        if self._port is not None:
+            try:
+                self._port.close()
+            except OSError:
+                log.debug("closing %s failed; nothing left to do", self.device)
+            self._port = None
+
+    def write(self, data: bytes) -> None:
+        import serial
+        try:
+            self._port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise MeterUnreachable(f"{self.device}: write failed ({exc})") from None
+
+    def read(self, timeout: float) -> bytes:
+        import serial
+        try:
+            ready, _, _ = select.select([self._port.fileno()], [], [], max(timeout, 0.0))
+            if not ready:
+                return b""
+            return self._port.read(max(self._port.in_waiting, 1))
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise MeterUnreachable(f"{self.device}: read failed ({exc})") from None
+
+    def drain(self) -> None:
+        import serial
+        try:
+            self._port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise MeterUnreachable(f"{self.device}: flush failed ({exc})") from None
+
+    def set_baudrate(self, baudrate: int) -> None:
+        import serial
+        try:
+            self._port.baudrate = baudrate
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise MeterUnreachable(f"{self.device}: cannot set {baudrate} baud ({exc})") from None
+        self._record("baud")
+
+
+def open_transport(target: MeterTarget) -> Transport:
+    """The transport a target describes (not yet opened)."""
+    if target.transport == "serial":
+        return SerialTransport(target.device, target.serial or SerialSettings(300, 7, "E", 1))
+    return TcpTransport(target.host, target.port)
+
+
+class Channel:
+    """A transport plus receive buffer. `receive(extract)` feeds the buffer to a pure extractor
+    until it yields a value, a typed error, or a timeout."""
+
+    def __init__(self, transport: Transport, *, timeout: float, deadline: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.transport = transport
+        self.timeout = timeout
+        self.deadline = deadline
+        self.clock = clock
+        self.buffer = bytearray()
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def send(self, data: bytes) -> None:
+        if self.remaining() <= 0:
+            raise MeterTimeout("session timeout reached before sending")
+        self.transport.write(data)
+
+    def discard_input(self) -> None:
+        self.buffer.clear()
+
+    def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
+                *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
+        last_activity = self.clock()
+        while True:
+            result = extract(self.buffer)
+            if result is not None:
+                consumed, value = result
+                del self.buffer[:consumed]
+                return value
+            now = self.clock()
+            wait = min(last_activity + self.timeout, self.deadline) - now
+            if wait <= 0:
+                error = on_timeout() if on_timeout else None
+                if error is not None:
+                    raise error
+                if now >= self.deadline:
+                    raise MeterTimeout(f"session timeout while waiting for {what}")
+                raise MeterTimeout(f"no {what} within {self.timeout:g}s")
+            chunk = self.transport.read(wait)
+            if chunk:
+                self.buffer += chunk
+                last_activity = self.clock()

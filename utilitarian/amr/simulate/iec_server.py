@@ -1,0 +1,265 @@
+"""IEC 62056-21 / LIS-200 simulators on real lines: TCP gateways (meters sharing a port like an RS-485
+bus behind a transparent gateway) and ptys, so pyserial talks to a real tty.
+
+Startable in-process (start/stop, context manager) for tests and benchmarks, or from the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import termios
+import threading
+import time
+from typing import Callable, Sequence
+
+from utilitarian.amr.simulate.iec_engine import IecEngine, LineClosed, LineObservation
+from utilitarian.amr.simulate.iec_meter import GenericMeterModel, SimIecMeter
+from utilitarian.amr.simulate.lis200_meter import Lis200Model
+from utilitarian.amr.simulate.sessions import SessionLog
+
+log = logging.getLogger(__name__)
+
+_SPEEDS = {getattr(termios, f"B{b}"): b for b in
+           (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+           if hasattr(termios, f"B{b}")}
+
+
+class SocketLine:
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+
+    def read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.conn], [], [], max(timeout, 0.0))
+        if not ready:
+            return b""
+        try:
+            data = self.conn.recv(4096)
+        except OSError:
+            raise LineClosed() from None
+        if not data:
+            raise LineClosed()
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.conn.sendall(data)
+        except OSError:
+            raise LineClosed() from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def speed(self) -> int | None:
+        return None
+
+    def framing(self) -> str | None:
+        return None
+
+
+class PtyLine:
+    """The master side of a pty. The simulator keeps the slave open too: it keeps the master
+    readable across client reconnects and lets us read the line settings the client applied."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        self.path = os.ttyname(self.slave)
+        self.framing_visible = self._probe_framing()
+
+    def _probe_framing(self) -> bool:
+        """Linux ptys force CS8 without parity on every tcsetattr (drivers/tty/pty.c), so a client's
+        7E1 cannot be seen from here; probe rather than assume, in case the OS keeps it."""
+        attrs = termios.tcgetattr(self.slave)
+        trial = list(attrs)
+        trial[2] = (trial[2] & ~termios.CSIZE) | termios.CS7 | termios.PARENB
+        try:
+            termios.tcsetattr(self.slave, termios.TCSANOW, trial)
+            seen = termios.tcgetattr(self.slave)[2]
+            visible = seen & termios.CSIZE == termios.CS7 and bool(seen & termios.PARENB)
+        except termios.error:
+            visible = False
+        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
+        return visible
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            ready, _, _ = select.select([self.master], [], [], max(timeout, 0.0))
+            return os.read(self.master, 4096) if ready else b""
+        except OSError:
+            raise LineClosed() from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.master, data)
+        except OSError:
+            raise LineClosed() from None
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def speed(self) -> int | None:
+        return _SPEEDS.get(termios.tcgetattr(self.slave)[5])
+
+    def framing(self) -> str | None:
+        if not self.framing_visible:
+            return None
+        cflag = termios.tcgetattr(self.slave)[2]
+        size = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}[cflag & termios.CSIZE]
+        parity = "N" if not cflag & termios.PARENB else ("O" if cflag & termios.PARODD else "E")
+        return f"{size}{parity}{2 if cflag & termios.CSTOPB else 1}"
+
+
+class IecSimulator:
+    """Simulated 62056-21 and LIS-200 meters grouped by gateway: one TCP port or one pty each.
+
+    `ports` (TCP) or `devices` (pty paths) say where to connect; `observations` lists the line
+    settings the pty side saw; `sessions` records connections per TCP gateway.
+    """
+
+    def __init__(self, meters: Sequence[SimIecMeter], *, transport: str = "tcp",
+                 host: str = "127.0.0.1", ports: Sequence[int] | None = None,
+                 clock: Callable[[], float] = time.time):
+        if transport not in ("tcp", "pty"):
+            raise ValueError("transport must be 'tcp' or 'pty'")
+        self.transport = transport
+        self.host = host
+        self.clock = clock
+        self.meters = tuple(meters)
+        self.gateways = max([1, *(m.gateway + 1 for m in meters)])
+        self._wanted_ports = list(ports) if ports is not None else [0] * self.gateways
+        started = clock()
+        self.models: dict[tuple[int, str], GenericMeterModel | Lis200Model] = {}
+        for number, meter in enumerate(self.meters, start=1):
+            key = (meter.gateway, meter.address)
+            if key in self.models:
+                raise ValueError(f"address {meter.address!r} twice on gateway {meter.gateway}")
+            model_class = Lis200Model if meter.dialect == "lis200" else GenericMeterModel
+            self.models[key] = model_class(meter, number, started, clock)
+        self.sessions = SessionLog(clock)
+        self.observations: list[LineObservation] = []
+        self.ports: list[int] = []
+        self.devices: list[str] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listeners: list[socket.socket] = []
+        self._lines: list = []
+        self._lock = threading.Lock()
+
+    def _meters_of(self, gateway: int) -> dict:
+        return {a: m for (g, a), m in self.models.items() if g == gateway}
+
+    def __enter__(self) -> IecSimulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for gateway in range(self.gateways):
+            if self.transport == "tcp":
+                listener = socket.create_server((self.host, self._wanted_ports[gateway]))
+                listener.settimeout(0.2)
+                self._listeners.append(listener)
+                self.ports.append(listener.getsockname()[1])
+                target = self._accept_loop
+            else:
+                line = PtyLine()
+                self._lines.append(line)
+                self.devices.append(line.path)
+                target = self._pty_loop
+            thread = threading.Thread(target=target, args=(gateway,), daemon=True,
+                                      name=f"iec-sim-{gateway}")
+            thread.start()
+            self._threads.append(thread)
+        log.info("IEC simulator: %d meters on %s", len(self.meters),
+                 ", ".join(self.interfaces()))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for listener in self._listeners:
+            listener.close()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+        for line in self._lines:
+            line.close()
+
+    def _accept_loop(self, gateway: int) -> None:
+        listener = self._listeners[gateway]
+        while not self._stop.is_set():
+            try:
+                conn, _peer = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve_connection, args=(gateway, conn),
+                                      daemon=True, name=f"iec-sim-{gateway}-conn")
+            with self._lock:
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve_connection(self, gateway: int, conn: socket.socket) -> None:
+        name = self.interfaces()[gateway]
+        self.sessions.started(name)
+        line = SocketLine(conn)
+        try:
+            IecEngine(line, self._meters_of(gateway), self._stop, self.observations).serve()
+        except Exception:  # one broken conversation must not take the gateway down
+            log.exception("simulated IEC gateway %s: conversation failed; connection closed", name)
+        finally:
+            line.close()
+            self.sessions.ended(name)
+
+    def _pty_loop(self, gateway: int) -> None:
+        line = self._lines[gateway]
+        try:
+            IecEngine(line, self._meters_of(gateway), self._stop, self.observations).serve()
+        except Exception:
+            log.exception("simulated IEC pty %s failed; the line is dead", line.path)
+
+    def interfaces(self) -> list[str]:
+        if self.transport == "pty":
+            return list(self.devices)
+        return [f"{self.host}:{p}" for p in self.ports]
+
+    def model(self, meter: SimIecMeter):
+        return self.models[(meter.gateway, meter.address)]
+
+    def url(self, meter: SimIecMeter) -> str:
+        protocol = "lis200" if meter.dialect == "lis200" else "iec62056-21"
+        where = self.interfaces()[meter.gateway]
+        if self.transport == "pty":
+            return f"{protocol}+serial://{where}?address={meter.address}"
+        return f"{protocol}+tcp://{where}?address={meter.address}"
+
+    def meter_entries(self, *, timezone: str | None = None) -> list[dict]:
+        """Rows for the registry's meter list (see docs/meters.md). A gateway with several meters
+        is an RS-485 bus: can_block, one conversation at a time."""
+        rows = []
+        for number, meter in enumerate(self.meters, start=1):
+            model = self.model(meter)
+            shared = sum(1 for m in self.meters if m.gateway == meter.gateway) > 1
+            row = {
+                "name": meter.name or f"sim-{meter.dialect}-{number:04d}",
+                "execution_type": "generic_lis200" if meter.dialect == "lis200" else "generic_iec6205621",
+                "meter_type": "sim_ek260" if meter.dialect == "lis200" else "sim_iec62056_21",
+                "url": self.url(meter),
+                "interface": self.interfaces()[meter.gateway],
+                "can_block": shared or self.transport == "pty",
+                "timezone": timezone or meter.timezone,
+                "series": model.series(),
+            }
+            if meter.password:
+                row["password"] = meter.password
+            rows.append(row)
+        return rows
