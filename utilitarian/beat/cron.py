@@ -93,6 +93,38 @@ class CronSchedule:
             out.append(slot)
         return out
 
+    def slots_before(self, until: dt.datetime, after: dt.datetime, limit: int | None = None) -> list[dt.datetime]:
+        """The latest slots in (after, until], at most `limit` of them, in increasing order.
+
+        Walks backwards, so catching up after a long outage costs `limit` steps, not one per
+        slot since the outage began.
+        """
+        from croniter import croniter
+
+        until = until.astimezone(UTC)
+        after = after.astimezone(UTC)
+        if until <= after or limit == 0:
+            return []
+        local = until.astimezone(self.tz)
+        start = local.replace(tzinfo=None, microsecond=0)
+        if local.fold:
+            # `until` lies in the second pass of a repeated hour: wall times up to the end of that
+            # hour map to their first occurrence, which is before `until`, so start there.
+            first = local.replace(fold=0).astimezone(UTC)
+            start += until - first
+        # get_prev is strictly before its start; +1 s makes `start` itself a candidate.
+        it = croniter(self.expr, start + dt.timedelta(seconds=1))
+        out: list[dt.datetime] = []
+        while limit is None or len(out) < limit:
+            instant = self.instant_of(it.get_prev(dt.datetime))
+            if instant > until or (out and instant == out[-1]):
+                continue
+            if instant <= after:
+                break
+            out.append(instant)
+        out.reverse()
+        return out
+
     def instant_of(self, wall: dt.datetime) -> dt.datetime:
         """The UTC instant a naive wall-clock time stands for, by the DST rules above."""
         if self.is_utc:
