@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utilitarian import queues
+from utilitarian.amr.settings import AmrConfig
 from utilitarian.config_schema import Binder, _join, setting
 from utilitarian.errors import ConfigError, ConfigErrors
 
@@ -191,7 +192,7 @@ class Config:
     schedule: dict[str, ScheduleEntry] = field(default_factory=dict)
     tasks: dict[str, TaskOptions] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    amr: dict[str, Any] = field(default_factory=dict)
+    amr: AmrConfig = field(default_factory=AmrConfig)
     meter_types: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the file this came from, None for built-in defaults
 

@@ -17,7 +17,7 @@ from utilitarian.protocol import UnknownTask
 log = logging.getLogger(__name__)
 
 # Modules every worker imports; a site adds its own with `-I` / `[worker] imports`.
-BUILTIN_TASK_MODULES = ("utilitarian.builtin_tasks",)
+BUILTIN_TASK_MODULES = ("utilitarian.builtin_tasks", "utilitarian.amr.tasks")
 
 
 class Retry(Exception):

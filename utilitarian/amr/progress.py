@@ -1,0 +1,92 @@
+"""Progress of dispatched rounds, computed from the store: done / failed / pending per round, the
+recent completion rate and an ETA. `utilitarian status` and the demo print `format_progress`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+UTC = dt.timezone.utc
+RATE_WINDOW = 120.0  # seconds of completions the rate of a running round is measured over
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    round_id: str
+    schedule: str
+    slot: dt.datetime
+    jobs: int
+    done: int
+    failed: int
+    dispatched_at: dt.datetime
+    dispatch_seconds: float
+    rate_per_min: float | None          # completions per minute (recent, or overall when finished)
+    eta_seconds: float | None           # None when finished or no rate yet
+    elapsed_seconds: float | None       # dispatch to last completion (finished rounds)
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.jobs - self.done - self.failed)
+
+    @property
+    def finished(self) -> bool:
+        return self.pending == 0
+
+
+def round_progress(store, now: dt.datetime | None = None, *, limit: int = 10,
+                   window: float = RATE_WINDOW) -> list[RoundProgress]:
+    """The `limit` most recent rounds, newest first."""
+    now = now or dt.datetime.now(UTC)
+    out = []
+    for c in store.round_counts(limit=limit, now=now, window=window):
+        rnd = c.round
+        finished = c.done + c.failed
+        pending = max(0, rnd.jobs - finished)
+        rate = eta = elapsed = None
+        if finished and c.first_finished is not None:
+            start = min(rnd.dispatched_at, c.first_finished)
+            if pending == 0:
+                elapsed = max(0.0, (c.last_finished - rnd.dispatched_at).total_seconds())
+                rate = finished / max(elapsed, 1.0) * 60.0
+            else:
+                span = min(window, max(1.0, (now - start).total_seconds()))
+                recent = c.recent if (now - start).total_seconds() > window else finished
+                rate = recent / span * 60.0
+                eta = pending / (rate / 60.0) if rate > 0 else None
+        out.append(RoundProgress(rnd.id, rnd.schedule, rnd.slot, rnd.jobs, c.done, c.failed, rnd.dispatched_at,
+                                 rnd.dispatch_seconds, rate, eta, elapsed))
+    return out
+
+
+def _slot_text(slot: dt.datetime) -> str:
+    slot = slot.astimezone(UTC)
+    return slot.strftime("%Y-%m-%dT%H:%MZ") if slot.second == 0 else slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_progress(rounds: list[RoundProgress]) -> list[str]:
+    """One line per round, e.g.
+    `daily 2026-11-24T00:00Z: 7,312 of 10,000, 412/min, about 6 min left (3 failed)`."""
+    lines = []
+    for p in rounds:
+        head = f"{p.schedule} {_slot_text(p.slot)}: {p.done + p.failed:,} of {p.jobs:,}"
+        parts = [head]
+        if p.finished:
+            parts.append(f"finished in {_duration(p.elapsed_seconds or 0.0)}" if p.jobs else "no jobs")
+        else:
+            if p.rate_per_min is not None:
+                parts.append(f"{p.rate_per_min:,.0f}/min")
+            parts.append(f"about {_duration(p.eta_seconds)} left" if p.eta_seconds is not None else "starting")
+        line = ", ".join(parts)
+        if p.failed:
+            line += f" ({p.failed:,} failed)"
+        lines.append(line)
+    return lines

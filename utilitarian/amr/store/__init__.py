@@ -1,0 +1,74 @@
+"""The AMR store: one interface (`Store`) over SQLite (default, one host) or PostgreSQL (several
+hosts), opened from `[database] url`. Workers get theirs through `store_for(app)`: built once per
+process after the fork, schema version checked at first use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from utilitarian.amr.store.backend import Backend, StoreError, open_backend
+from utilitarian.amr.store.migrations import LATEST, SchemaOutdated, check_version, current_version, migrate
+from utilitarian.amr.store.readings import CommitResult, ReadingStore
+from utilitarian.amr.store.registry import RegistryStore
+from utilitarian.amr.store.runs import RoundCounts, RunStore
+from utilitarian.log import mask_url
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Store", "StoreError", "SchemaOutdated", "CommitResult", "RoundCounts", "open_store", "store_for",
+           "LATEST"]
+
+
+class Store(RegistryStore, ReadingStore, RunStore):
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    @property
+    def url(self) -> str:
+        return mask_url(self.backend.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.backend.dialect
+
+    def migrate(self):
+        return migrate(self.backend)
+
+    def schema_version(self) -> int:
+        return current_version(self.backend)
+
+    def check_schema(self) -> int:
+        return check_version(self.backend)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(url: str, *, pool_size: int = 8, timeout: float = 30.0, check: bool = False) -> Store:
+    store = Store(open_backend(url, pool_size=pool_size, timeout=timeout))
+    if check:
+        try:
+            store.check_schema()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def store_for_config(config, *, check: bool = True) -> Store:
+    amr = config.amr
+    pool = getattr(amr, "store_pool_size", 8)
+    timeout = getattr(amr, "store_timeout", 30.0)
+    return open_store(config.database_url(), pool_size=pool, timeout=timeout, check=check)
+
+
+def store_for(app) -> Store:
+    """The process's store (an App resource): opened and version-checked on first use."""
+    return app.resource("amr.store", lambda a: store_for_config(a.config))

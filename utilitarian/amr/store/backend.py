@@ -1,0 +1,340 @@
+"""Database connections for the store: a bounded per-process pool over sqlite3 or psycopg, short
+transactions, and the few dialect differences (placeholders, timestamps, row ids) in one place.
+
+SQL is written once with `?` placeholders; the PostgreSQL backend rewrites them to `%s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Iterator, Sequence
+from urllib.parse import unquote, urlsplit
+
+from utilitarian.errors import ConfigError, UtilitarianError, EX_TEMPFAIL
+
+log = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+
+
+class StoreError(UtilitarianError):
+    """The database failed in a way retrying may fix (locked, connection lost, pool exhausted)."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class Tx:
+    """One transaction's cursor: `execute`, `executemany`, `one`, `all`, `scalar`."""
+
+    def __init__(self, backend: "Backend", conn):
+        self.backend = backend
+        self.cursor = conn.cursor()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Tx":
+        self.cursor.execute(self.backend.sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self.cursor.executemany(self.backend.sql(sql), rows)
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.execute(sql, params).cursor.fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return self.execute(sql, params).cursor.fetchone()
+
+    def scalar(self, sql: str, params: Sequence[Any] = (), default: Any = None) -> Any:
+        row = self.one(sql, params)
+        return default if row is None or row[0] is None else row[0]
+
+
+class Backend:
+    """Pool + dialect. Subclasses say how to connect and how a write transaction starts."""
+
+    dialect = ""
+    rowid = "rowid"
+
+    def __init__(self, url: str, *, pool_size: int = 8, timeout: float = 30.0):
+        self.url = url
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pid = os.getpid()
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._created = 0
+        self._lock = threading.Lock()
+        self._sql_cache: dict[str, str] = {}
+
+    # --- dialect -----------------------------------------------------------------------------
+    def sql(self, text: str) -> str:
+        return text
+
+    def ts(self, moment: dt.datetime | None) -> Any:
+        """A datetime as the database stores it."""
+        return moment
+
+    def from_ts(self, value: Any) -> dt.datetime | None:
+        return value
+
+    def ddl(self, text: str) -> str:
+        return text
+
+    # --- connections ---------------------------------------------------------------------------
+    def connect(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _checkout(self):
+        if self._pid != os.getpid():
+            # Inherited through fork: the parent's connections must not be touched (closing a
+            # psycopg connection here would end the parent's session), so they are abandoned.
+            self._idle, self._created, self._pid = queue.LifoQueue(), 0, os.getpid()
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._created < self.pool_size:
+                self._created += 1
+                try:
+                    return self.connect()
+                except BaseException:
+                    self._created -= 1
+                    raise
+        try:
+            return self._idle.get(timeout=self.timeout)
+        except queue.Empty:
+            raise StoreError(f"no database connection free within {self.timeout:g}s "
+                             f"(pool of {self.pool_size}; raise [amr] store_pool_size)") from None
+
+    def _checkin(self, conn, broken: bool) -> None:
+        if broken:
+            with self._lock:
+                self._created -= 1
+            with contextlib.suppress(Exception):
+                conn.close()
+            return
+        self._idle.put(conn)
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Tx]:
+        conn = self._checkout()
+        broken = False
+        try:
+            with self._begin(conn, write):
+                yield Tx(self, conn)
+        except self.transient_errors() as exc:
+            broken = self.is_broken(conn)
+            raise StoreError(f"database: {exc}") from exc
+        except BaseException:
+            broken = self.is_broken(conn)
+            raise
+        finally:
+            self._checkin(conn, broken)
+
+    def _begin(self, conn, write: bool):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        return ()
+
+    def is_broken(self, conn) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            return
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                conn.close()
+            with self._lock:
+                self._created -= 1
+
+
+class SqliteBackend(Backend):
+    """WAL mode, one connection per transaction from a pool. Writers queue on a per-process lock
+    and an flock on a side file: SQLite's busy handler sleeps in growing steps, which starves
+    writers when a hundred threads in several processes compete; a blocking flock queues them."""
+
+    dialect = "sqlite"
+    rowid = "rowid"
+
+    def __init__(self, url: str, path: str, **kwargs):
+        super().__init__(url, **kwargs)
+        self.path = path
+        self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
+
+    def connect(self):
+        import sqlite3
+
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def ts(self, moment: dt.datetime | None) -> Any:
+        # Fixed width, so text order is time order and equal instants are equal keys.
+        if moment is None:
+            return None
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def from_ts(self, value: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+    def ddl(self, text: str) -> str:
+        return (text.replace("{ID}", "INTEGER PRIMARY KEY AUTOINCREMENT").replace("{TS}", "TEXT")
+                .replace("{BOOL}", "INTEGER").replace("{REAL}", "REAL").replace("{TRUE}", "1")
+                .replace("{FALSE}", "0"))
+
+    def _flock_fd(self) -> int:
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self.path + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
+    @contextlib.contextmanager
+    def _begin(self, conn, write: bool):
+        if not write:
+            conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                conn.execute("COMMIT" if conn.in_transaction else "SELECT 1")
+            return
+        if not self._write_lock.acquire(timeout=self.timeout):
+            raise StoreError(f"database write lock not free within {self.timeout:g}s")
+        try:
+            fd = self._flock_fd() if self.path != ":memory:" else None
+            if fd is not None:
+                _flock_with_timeout(fd, self.timeout)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._write_lock.release()
+
+    def transient_errors(self):
+        import sqlite3
+
+        return (sqlite3.OperationalError,)
+
+    def close(self) -> None:
+        super().close()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _flock_with_timeout(fd: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StoreError(f"database write lock held by another process for {timeout:g}s") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+
+class PostgresBackend(Backend):
+    """psycopg 3, autocommit connections with explicit transactions, session time zone UTC."""
+
+    dialect = "postgresql"
+    rowid = "ctid"
+
+    def connect(self):
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("database.url is postgresql:// but psycopg is not installed "
+                              "(pip install 'utilitarian[postgres]')", key="database.url") from None
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.timeout)))
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {_where(self.url)}: "
+                             f"{str(exc).strip().splitlines()[0]}") from None
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn
+
+    def sql(self, text: str) -> str:
+        cached = self._sql_cache.get(text)
+        if cached is None:
+            cached = self._sql_cache[text] = text.replace("%", "%%").replace("?", "%s")
+        return cached
+
+    def ddl(self, text: str) -> str:
+        return (text.replace("{ID}", "BIGSERIAL PRIMARY KEY").replace("{TS}", "TIMESTAMPTZ")
+                .replace("{BOOL}", "BOOLEAN").replace("{REAL}", "DOUBLE PRECISION")
+                .replace("{TRUE}", "TRUE").replace("{FALSE}", "FALSE"))
+
+    @contextlib.contextmanager
+    def _begin(self, conn, write: bool):
+        with conn.transaction():
+            yield
+
+    def transient_errors(self):
+        import psycopg
+
+        return (psycopg.OperationalError,)
+
+    def is_broken(self, conn) -> bool:
+        return bool(conn.closed or conn.broken)
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+
+
+def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Backend:
+    """sqlite:///abs/path, sqlite:///:memory: (tests) or postgresql://..."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        path = unquote(urlsplit(url).path)
+        if url.startswith("sqlite:////"):
+            path = "/" + path.lstrip("/")
+        if not path or path == "/":
+            raise ConfigError("sqlite URL needs a path: sqlite:///var/lib/utilitarian/db.sqlite3",
+                              key="database.url")
+        if path == "/:memory:":
+            path = ":memory:"
+            pool_size = 1  # every connection would be its own empty database
+        return SqliteBackend(url, path, pool_size=pool_size, timeout=timeout)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(url, pool_size=pool_size, timeout=timeout)
+    raise ConfigError(f"unsupported database URL scheme {scheme!r}; use sqlite:/// or postgresql://",
+                      key="database.url")

@@ -1,0 +1,262 @@
+"""Readings and system events in the store: idempotent commits on (meter, series, timestamp), staging
+for unknown meters, rejection of series a meter's config does not allow, promotion, tail and export.
+
+A redelivered commit changes nothing. A different value for an existing key replaces it and leaves a
+"Reading value changed" event, so a meter that re-reports history differently is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Iterator, Sequence
+
+from utilitarian.amr.model import MeterReading, MeterSystemEvent, StagedMeterReading, event_id, iso_utc
+
+log = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+TITLE_MAX, CONTENT_MAX = 50, 500
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    inserted: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    staged: int = 0
+    rejected: int = 0
+    accepted: tuple[MeterReading, ...] = ()            # stored now with exactly this value
+    events: tuple[MeterSystemEvent, ...] = field(default=(), repr=False)
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return Decimal(a) == Decimal(b)
+    except InvalidOperation:
+        return a == b
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class ReadingStore:
+    """Mixin of Store."""
+
+    backend = None
+
+    def commit_readings(self, readings: Sequence[MeterReading], *,
+                        now: dt.datetime | None = None) -> CommitResult:
+        """Store a batch in one transaction; the events it produced are stored with it."""
+        now = now or dt.datetime.now(UTC)
+        b = self.backend
+        with b.transaction(write=True) as tx:
+            result = self._commit(tx, readings, now)
+            self._insert_events(tx, result.events, now)
+        if result.changed or result.rejected:
+            log.info("commit: %d readings changed value, %d rejected (system events recorded)",
+                     result.changed, result.rejected)
+        return result
+
+    def _commit(self, tx, readings: Sequence[MeterReading], now: dt.datetime,
+                *, staged_ok: bool = True) -> CommitResult:
+        b = self.backend
+        names = sorted({r.meter for r in readings})
+        meters: dict[str, tuple[int, frozenset[str]]] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            rows = tx.all("SELECT m.name, m.id, m.config_id FROM meter_device m WHERE m.name IN "
+                          f"({','.join('?' * len(chunk))})", chunk)
+            allowed = self._series_of_configs(tx, [r[2] for r in rows])
+            for name, mid, cid in rows:
+                meters[name] = (mid, frozenset(allowed.get(cid, ())))
+        staged: list[MeterReading] = []
+        rejected: dict[str, list[MeterReading]] = {}
+        by_meter: dict[str, dict[tuple[str, str], MeterReading]] = {}
+        for r in readings:
+            known = meters.get(r.meter)
+            if known is None:
+                staged.append(r)
+            elif known[1] and r.series not in known[1]:
+                rejected.setdefault(r.meter, []).append(r)
+            else:
+                # the last of duplicates inside one batch wins, like a later commit would
+                by_meter.setdefault(r.meter, {})[(r.series, b.ts(r.timestamp))] = r
+        inserts, updates, accepted, events = [], [], [], []
+        unchanged = 0
+        for meter, wanted in by_meter.items():
+            mid = meters[meter][0]
+            stamps = sorted({k[1] for k in wanted})
+            existing: dict[tuple[str, object], str] = {}
+            for start in range(0, len(stamps), 500):
+                chunk = stamps[start:start + 500]
+                for series, ts, value in tx.all(
+                        "SELECT series, ts, value FROM meter_reading WHERE meter_id = ? AND ts IN "
+                        f"({','.join('?' * len(chunk))})", [mid, *chunk]):
+                    existing[(series, b.ts(b.from_ts(ts)))] = value
+            for key, r in wanted.items():
+                old = existing.get(key)
+                if old is None:
+                    inserts.append((mid, r.series, key[1], r.value, r.unit, b.ts(now)))
+                elif _same(old, r.value):
+                    unchanged += 1
+                else:
+                    updates.append((r.value, r.unit, b.ts(now), mid, r.series, key[1]))
+                    events.append(MeterSystemEvent(
+                        event_id("changed", meter, r.series, iso_utc(r.timestamp), r.value), meter,
+                        "Reading value changed",
+                        _clip(f"{r.series} at {iso_utc(r.timestamp)}: {old} replaced by {r.value}", CONTENT_MAX),
+                        now))
+                    accepted.append(r)
+                    continue
+                accepted.append(r)
+        # DO NOTHING: a concurrent commit of the same key on PostgreSQL wins, never a duplicate.
+        tx.executemany("INSERT INTO meter_reading (meter_id, series, ts, value, unit, committed_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id, series, ts) DO NOTHING", inserts)
+        tx.executemany("UPDATE meter_reading SET value = ?, unit = ?, committed_at = ? "
+                       "WHERE meter_id = ? AND series = ? AND ts = ?", updates)
+        if staged and staged_ok:
+            tx.executemany("INSERT INTO staged_meter_reading (meter_name, series, ts, value, unit, received_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (meter_name, series, ts) DO UPDATE SET "
+                           "value = excluded.value, unit = excluded.unit",
+                           [(r.meter, r.series, b.ts(r.timestamp), r.value, r.unit, b.ts(now)) for r in staged])
+        for meter, rows in rejected.items():
+            series = sorted({r.series for r in rows})
+            stamps = sorted({iso_utc(r.timestamp) for r in rows})
+            events.append(MeterSystemEvent(
+                event_id("rejected", meter, ",".join(series), ",".join(stamps)), meter,
+                "Readings rejected",
+                _clip(f"{len(rows)} readings of series not allowed by the meter's config: "
+                      f"{', '.join(series)} (at {stamps[0]})", CONTENT_MAX), now))
+        return CommitResult(len(inserts), len(updates), unchanged, len(staged) if staged_ok else 0,
+                            sum(len(v) for v in rejected.values()), tuple(accepted), tuple(events))
+
+    def save_events(self, events: Sequence[MeterSystemEvent], *, now: dt.datetime | None = None) -> int:
+        """Store events; an event id seen before is skipped. Returns how many were new."""
+        now = now or dt.datetime.now(UTC)
+        with self.backend.transaction(write=True) as tx:
+            return self._insert_events(tx, events, now)
+
+    def _insert_events(self, tx, events: Sequence[MeterSystemEvent], now: dt.datetime) -> int:
+        if not events:
+            return 0
+        b = self.backend
+        ids = sorted({e.id for e in events})
+        seen: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            seen.update(r[0] for r in tx.all(
+                f"SELECT id FROM meter_system_event WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        names = sorted({e.meter for e in events})
+        meter_ids: dict[str, int] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            meter_ids.update({n: i for n, i in tx.all(
+                f"SELECT name, id FROM meter_device WHERE name IN ({','.join('?' * len(chunk))})", chunk)})
+        rows = {}
+        for e in events:
+            if e.id not in seen:
+                rows[e.id] = (e.id, e.meter, meter_ids.get(e.meter), _clip(e.title, TITLE_MAX),
+                              _clip(e.content or "", CONTENT_MAX), b.ts(e.timestamp or now))
+        tx.executemany("INSERT INTO meter_system_event (id, meter_name, meter_id, title, content, ts) "
+                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", list(rows.values()))
+        return len(rows)
+
+    def promote_staged(self, meters: Sequence[str] | None = None, *, batch_size: int = 5000,
+                       now: dt.datetime | None = None) -> CommitResult:
+        """Move staged readings of meters that now exist into the readings (one batch per call)."""
+        now = now or dt.datetime.now(UTC)
+        b = self.backend
+        with b.transaction(write=True) as tx:
+            where, params = "", []
+            if meters:
+                names = sorted(set(meters))[:1000]
+                where, params = f" AND s.meter_name IN ({','.join('?' * len(names))})", names
+            rows = tx.all("SELECT s.meter_name, s.series, s.ts, s.value, s.unit FROM staged_meter_reading s "
+                          "JOIN meter_device m ON m.name = s.meter_name WHERE 1 = 1" + where +
+                          f" ORDER BY s.meter_name, s.ts LIMIT {int(batch_size)}", params)
+            readings = [MeterReading(m, s, b.from_ts(ts), v, u) for m, s, ts, v, u in rows]
+            result = self._commit(tx, readings, now, staged_ok=False)
+            self._insert_events(tx, result.events, now)
+            tx.executemany("DELETE FROM staged_meter_reading WHERE meter_name = ? AND series = ? AND ts = ?",
+                           [(m, s, ts) for m, s, ts, _, _ in rows])
+        return result
+
+    def staged_meter_names(self) -> list[str]:
+        with self.backend.transaction() as tx:
+            return [r[0] for r in tx.all("SELECT DISTINCT s.meter_name FROM staged_meter_reading s "
+                                         "JOIN meter_device m ON m.name = s.meter_name ORDER BY 1")]
+
+    def list_staged(self, limit: int = 100) -> list[StagedMeterReading]:
+        b = self.backend
+        with b.transaction() as tx:
+            rows = tx.all("SELECT meter_name, series, ts, value, unit, received_at FROM staged_meter_reading "
+                          f"ORDER BY received_at DESC LIMIT {int(limit)}")
+        return [StagedMeterReading(m, s, b.from_ts(t), v, u, b.from_ts(r)) for m, s, t, v, u, r in rows]
+
+    def tail_readings(self, *, meter: str | None = None, limit: int = 20,
+                      after: dt.datetime | None = None) -> list[tuple[MeterReading, dt.datetime]]:
+        """Latest committed readings (reading, committed_at), oldest first."""
+        b = self.backend
+        where, params = [], []
+        if meter:
+            where.append("m.name = ?")
+            params.append(meter)
+        if after is not None:
+            where.append("r.committed_at > ?")
+            params.append(b.ts(after))
+        sql = ("SELECT m.name, r.series, r.ts, r.value, r.unit, r.committed_at FROM meter_reading r "
+               "JOIN meter_device m ON m.id = r.meter_id" + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY r.committed_at DESC, m.name DESC, r.series DESC LIMIT {int(limit)}")
+        with b.transaction() as tx:
+            rows = tx.all(sql, params)
+        return [(MeterReading(m, s, b.from_ts(t), v, u), b.from_ts(c)) for m, s, t, v, u, c in reversed(rows)]
+
+    def iter_readings(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                      meter: str | None = None, batch: int = 5000) -> Iterator[MeterReading]:
+        """Every reading in [since, until) ordered by (timestamp, meter, series), fetched in pages."""
+        b = self.backend
+        last: tuple | None = None
+        while True:
+            where, params = [], []
+            if since is not None:
+                where.append("r.ts >= ?")
+                params.append(b.ts(since))
+            if until is not None:
+                where.append("r.ts < ?")
+                params.append(b.ts(until))
+            if meter:
+                where.append("m.name = ?")
+                params.append(meter)
+            if last is not None:  # keyset paging: stable and cheap however far the export has got
+                where.append("(r.ts > ? OR (r.ts = ? AND (m.name > ? OR (m.name = ? AND r.series > ?))))")
+                params += [last[0], last[0], last[1], last[1], last[2]]
+            sql = ("SELECT r.ts, m.name, r.series, r.value, r.unit FROM meter_reading r "
+                   "JOIN meter_device m ON m.id = r.meter_id" + (" WHERE " + " AND ".join(where) if where else "")
+                   + f" ORDER BY r.ts, m.name, r.series LIMIT {int(batch)}")
+            with b.transaction() as tx:
+                rows = tx.all(sql, params)
+            for ts, m, s, v, u in rows:
+                yield MeterReading(m, s, b.from_ts(ts), v, u)
+            if len(rows) < batch:
+                return
+            last = rows[-1][:3]
+
+    def count_readings(self, meter: str | None = None) -> int:
+        with self.backend.transaction() as tx:
+            if meter:
+                return int(tx.scalar("SELECT count(*) FROM meter_reading r JOIN meter_device m "
+                                     "ON m.id = r.meter_id WHERE m.name = ?", (meter,), 0))
+            return int(tx.scalar("SELECT count(*) FROM meter_reading", default=0))
+
+    def list_events(self, *, meter: str | None = None, limit: int = 100) -> list[MeterSystemEvent]:
+        b = self.backend
+        where, params = "", []
+        if meter:
+            where, params = " WHERE meter_name = ?", [meter]
+        with b.transaction() as tx:
+            rows = tx.all("SELECT id, meter_name, title, content, ts FROM meter_system_event" + where +
+                          f" ORDER BY ts DESC, id LIMIT {int(limit)}", params)
+        return [MeterSystemEvent(i, m, t, c, b.from_ts(ts)) for i, m, t, c, ts in rows]

@@ -1,0 +1,272 @@
+"""The meter registry in the store: meters with their type, config, series and interface, AMR tasks
+and groups, and the question dispatch asks: which (meter, task) pairs does a schedule have.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Iterable, Sequence
+
+from utilitarian.amr.model import (AmrTask, AmrTaskGroup, ImportSummary, MeterDevice, MeterDeviceConfig,
+                                   MeterEntry, NetworkInterface)
+
+_METER_SELECT = """
+SELECT m.id, m.name, m.url, m.execution_type, t.name, t.meter_type, m.is_active, m.password,
+       c.id, c.name, c.timezone, i.id, i.host, i.port, i.can_block
+FROM meter_device m
+JOIN meter_device_type t ON t.id = m.type_id
+JOIN meter_device_config c ON c.id = m.config_id
+LEFT JOIN network_interface i ON i.id = m.interface_id
+"""
+
+_TASK_SELECT = """SELECT id, name, schedule, task_call, meter_execution_type, task_kwargs,
+       run_offset_seconds, is_active FROM amr_task"""
+
+# Every (meter, task) pair, direct or through a group; UNION removes a pair reachable both ways.
+_LINKS = """SELECT meter_id, task_id FROM meter_device_task
+            UNION SELECT mg.meter_id, gt.task_id FROM meter_device_group mg
+                  JOIN amr_task_group_task gt ON gt.group_id = mg.group_id"""
+
+
+def _chunks(items: Sequence, size: int = 500):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class RegistryStore:
+    """Mixin of Store: `self.backend` is the connection pool."""
+
+    backend = None
+
+    # --- reading the registry ------------------------------------------------------------------
+    def _meter_from_row(self, row, series: tuple[str, ...]) -> MeterDevice:
+        (mid, name, url, execution_type, type_name, meter_type, active, password,
+         _cid, cname, tz, iid, host, port, can_block) = row
+        interface = None
+        if iid is not None:
+            interface = NetworkInterface(host, port or None, bool(can_block), iid)
+        return MeterDevice(name=name, url=url, execution_type=execution_type, type_name=type_name,
+                           config=MeterDeviceConfig(cname, tz, series), interface=interface,
+                           meter_type=meter_type, is_active=bool(active), id=mid, password=password)
+
+    def _series_of_configs(self, tx, config_ids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+        out: dict[int, list[str]] = {}
+        ids = sorted(set(config_ids))
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for cid, name in tx.all(f"SELECT cs.config_id, s.name FROM meter_device_config_series cs "
+                                    f"JOIN meter_reading_series s ON s.id = cs.series_id "
+                                    f"WHERE cs.config_id IN ({marks}) ORDER BY s.name", chunk):
+                out.setdefault(cid, []).append(name)
+        return {cid: tuple(names) for cid, names in out.items()}
+
+    def get_meter(self, name: str) -> MeterDevice | None:
+        with self.backend.transaction() as tx:
+            row = tx.one(_METER_SELECT + " WHERE m.name = ?", (name,))
+            if row is None:
+                return None
+            series = self._series_of_configs(tx, [row[8]]).get(row[8], ())
+        return self._meter_from_row(row, series)
+
+    def get_meters(self, names: Iterable[str]) -> dict[str, MeterDevice]:
+        names = sorted(set(names))
+        out: dict[str, MeterDevice] = {}
+        with self.backend.transaction() as tx:
+            rows = []
+            for chunk in _chunks(names):
+                rows += tx.all(_METER_SELECT + f" WHERE m.name IN ({','.join('?' * len(chunk))})", chunk)
+            series = self._series_of_configs(tx, [r[8] for r in rows])
+        for row in rows:
+            out[row[1]] = self._meter_from_row(row, series.get(row[8], ()))
+        return out
+
+    def list_meters(self) -> list[MeterDevice]:
+        with self.backend.transaction() as tx:
+            rows = tx.all(_METER_SELECT + " ORDER BY m.name")
+            series = self._series_of_configs(tx, [r[8] for r in rows])
+        return [self._meter_from_row(r, series.get(r[8], ())) for r in rows]
+
+    def meter_tasks(self) -> dict[str, list[str]]:
+        """Meter name -> names of its AMR tasks (direct or through groups)."""
+        with self.backend.transaction() as tx:
+            rows = tx.all(f"SELECT m.name, t.name FROM ({_LINKS}) l JOIN meter_device m ON m.id = l.meter_id "
+                          "JOIN amr_task t ON t.id = l.task_id ORDER BY m.name, t.name")
+        out: dict[str, list[str]] = {}
+        for meter, task in rows:
+            out.setdefault(meter, []).append(task)
+        return out
+
+    def _task_from_row(self, row) -> AmrTask:
+        tid, name, schedule, call, etype, kwargs, offset, active = row
+        return AmrTask(name=name, schedule=schedule, task_call=call, meter_execution_type=etype,
+                       task_kwargs=json.loads(kwargs or "{}"), run_offset_seconds=float(offset),
+                       is_active=bool(active), id=tid)
+
+    def get_amr_task(self, name: str) -> AmrTask | None:
+        with self.backend.transaction() as tx:
+            row = tx.one(_TASK_SELECT + " WHERE name = ?", (name,))
+        return self._task_from_row(row) if row else None
+
+    def list_amr_tasks(self) -> list[AmrTask]:
+        with self.backend.transaction() as tx:
+            rows = tx.all(_TASK_SELECT + " ORDER BY schedule, name")
+        return [self._task_from_row(r) for r in rows]
+
+    def list_groups(self) -> list[AmrTaskGroup]:
+        with self.backend.transaction() as tx:
+            groups = tx.all("SELECT id, name FROM amr_task_group ORDER BY name")
+            links = tx.all("SELECT gt.group_id, t.name FROM amr_task_group_task gt "
+                           "JOIN amr_task t ON t.id = gt.task_id ORDER BY t.name")
+        tasks: dict[int, list[str]] = {}
+        for gid, tname in links:
+            tasks.setdefault(gid, []).append(tname)
+        return [AmrTaskGroup(name, tuple(tasks.get(gid, ())), gid) for gid, name in groups]
+
+    def jobs_for_schedule(self, schedule: str) -> list[tuple[str, str, float]]:
+        """(meter, AMR task, run offset) for every active task of `schedule` on every active meter
+        that has it and whose execution type the task is written for."""
+        with self.backend.transaction() as tx:
+            rows = tx.all(
+                f"SELECT m.name, t.name, t.run_offset_seconds FROM ({_LINKS}) l "
+                "JOIN amr_task t ON t.id = l.task_id JOIN meter_device m ON m.id = l.meter_id "
+                "WHERE t.schedule = ? AND t.is_active = ? AND m.is_active = ? "
+                "AND m.execution_type = t.meter_execution_type ORDER BY m.name, t.name",
+                (schedule, True, True))
+        return [(m, t, float(o)) for m, t, o in rows]
+
+    # --- changing the registry -----------------------------------------------------------------
+    def add_amr_task(self, task: AmrTask) -> None:
+        with self.backend.transaction(write=True) as tx:
+            self._upsert_tasks(tx, [task])
+
+    def _upsert_tasks(self, tx, tasks: Sequence[AmrTask]) -> None:
+        tx.executemany(
+            "INSERT INTO amr_task (name, schedule, run_offset_seconds, meter_execution_type, task_call, "
+            "task_kwargs, is_active) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "schedule = excluded.schedule, run_offset_seconds = excluded.run_offset_seconds, "
+            "meter_execution_type = excluded.meter_execution_type, task_call = excluded.task_call, "
+            "task_kwargs = excluded.task_kwargs, is_active = excluded.is_active",
+            [(t.name, t.schedule, float(t.run_offset_seconds), t.meter_execution_type, t.task_call,
+              json.dumps(t.task_kwargs, sort_keys=True), bool(t.is_active)) for t in tasks])
+
+    def _ids(self, tx, table: str, names: Iterable[str]) -> dict[str, int]:
+        names = sorted(set(names))
+        out: dict[str, int] = {}
+        for chunk in _chunks(names):
+            out.update({n: i for i, n in tx.all(
+                f"SELECT id, name FROM {table} WHERE name IN ({','.join('?' * len(chunk))})", chunk)})
+        return out
+
+    def _ensure_named(self, tx, table: str, names: Iterable[str]) -> dict[str, int]:
+        names = sorted(set(names))
+        tx.executemany(f"INSERT INTO {table} (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                       [(n,) for n in names])
+        return self._ids(tx, table, names)
+
+    def attach_task(self, task: str, *, group: str | None = None, meters: Sequence[str] = ()) -> None:
+        """Task into `group` (created if new); meters into `group`, or given the task directly."""
+        with self.backend.transaction(write=True) as tx:
+            task_id = tx.scalar("SELECT id FROM amr_task WHERE name = ?", (task,))
+            if task_id is None:
+                raise KeyError(f"no AMR task named {task!r}")
+            meter_ids = self._ids(tx, "meter_device", meters)
+            missing = sorted(set(meters) - set(meter_ids))
+            if missing:
+                raise KeyError(f"no meter named {', '.join(map(repr, missing[:5]))}")
+            if group:
+                gid = self._ensure_named(tx, "amr_task_group", [group])[group]
+                tx.execute("INSERT INTO amr_task_group_task (group_id, task_id) VALUES (?, ?) "
+                           "ON CONFLICT DO NOTHING", (gid, task_id))
+                tx.executemany("INSERT INTO meter_device_group (meter_id, group_id) VALUES (?, ?) "
+                               "ON CONFLICT DO NOTHING", [(mid, gid) for mid in meter_ids.values()])
+            else:
+                tx.executemany("INSERT INTO meter_device_task (meter_id, task_id) VALUES (?, ?) "
+                               "ON CONFLICT DO NOTHING", [(mid, task_id) for mid in meter_ids.values()])
+
+    def existing_names(self, table: str, names: Iterable[str]) -> set[str]:
+        if table not in ("meter_device", "amr_task", "amr_task_group"):
+            raise ValueError(table)
+        with self.backend.transaction() as tx:
+            return set(self._ids(tx, table, names))
+
+    def import_registry(self, entries: Sequence[MeterEntry], *, tasks: Sequence[AmrTask] = (),
+                        groups: Sequence[AmrTaskGroup] = (),
+                        now: dt.datetime | None = None) -> ImportSummary:
+        """Write a validated meter list in one transaction: all of it or nothing."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        b = self.backend
+        with b.transaction(write=True) as tx:
+            self._upsert_tasks(tx, tasks)
+            task_ids = self._ids(tx, "amr_task", [t for g in groups for t in g.tasks]
+                                 + [t for e in entries for t in (e.tasks or ())])
+            group_ids = self._ensure_named(tx, "amr_task_group", [g.name for g in groups]
+                                           + [n for e in entries for n in (e.groups or ())])
+            for g in groups:
+                tx.execute("DELETE FROM amr_task_group_task WHERE group_id = ?", (group_ids[g.name],))
+                tx.executemany("INSERT INTO amr_task_group_task (group_id, task_id) VALUES (?, ?)",
+                               [(group_ids[g.name], task_ids[t]) for t in sorted(set(g.tasks))])
+            devices = [e.device for e in entries]
+            # interfaces
+            ifaces = {(d.interface.host, d.interface.port or 0): d.interface.can_block
+                      for d in devices if d.interface}
+            tx.executemany("INSERT INTO network_interface (host, port, can_block) VALUES (?, ?, ?) "
+                           "ON CONFLICT (host, port) DO UPDATE SET can_block = excluded.can_block",
+                           [(h, p, bool(c)) for (h, p), c in sorted(ifaces.items())])
+            iface_ids = {(h, p): i for i, h, p in tx.all("SELECT id, host, port FROM network_interface")}
+            # series, with units where the list gives them
+            units: dict[str, str | None] = {}
+            for e in entries:
+                for s in e.device.config.series:
+                    units.setdefault(s, None)
+                for s, u in e.units.items():
+                    if u:
+                        units[s] = u
+            tx.executemany("INSERT INTO meter_reading_series (name, unit) VALUES (?, ?) ON CONFLICT (name) "
+                           "DO UPDATE SET unit = COALESCE(excluded.unit, meter_reading_series.unit)",
+                           sorted(units.items()))
+            series_ids = self._ids(tx, "meter_reading_series", units)
+            # configs: the series of a config named by several rows are their union
+            configs: dict[str, tuple[str, set[str]]] = {}
+            for d in devices:
+                tz, names = configs.setdefault(d.config.name, (d.config.timezone, set()))
+                names.update(d.config.series)
+            tx.executemany("INSERT INTO meter_device_config (name, timezone) VALUES (?, ?) ON CONFLICT (name) "
+                           "DO UPDATE SET timezone = excluded.timezone",
+                           [(n, tz) for n, (tz, _) in sorted(configs.items())])
+            config_ids = self._ids(tx, "meter_device_config", configs)
+            for name, (_, names) in configs.items():
+                tx.execute("DELETE FROM meter_device_config_series WHERE config_id = ?", (config_ids[name],))
+                tx.executemany("INSERT INTO meter_device_config_series (config_id, series_id) VALUES (?, ?)",
+                               [(config_ids[name], series_ids[s]) for s in sorted(names)])
+            types = {d.type_name: (d.execution_type, d.meter_type) for d in devices}
+            tx.executemany("INSERT INTO meter_device_type (name, execution_type, meter_type) VALUES (?, ?, ?) "
+                           "ON CONFLICT (name) DO UPDATE SET execution_type = excluded.execution_type, "
+                           "meter_type = excluded.meter_type",
+                           [(n, e, m) for n, (e, m) in sorted(types.items())])
+            type_ids = self._ids(tx, "meter_device_type", types)
+            existing = set(self._ids(tx, "meter_device", [d.name for d in devices]))
+            tx.executemany(
+                "INSERT INTO meter_device (name, url, execution_type, type_id, config_id, interface_id, "
+                "password, is_active, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET url = excluded.url, execution_type = excluded.execution_type, type_id = excluded.type_id, "
+                "config_id = excluded.config_id, interface_id = excluded.interface_id, "
+                "password = excluded.password, is_active = excluded.is_active",
+                [(d.name, d.url, d.execution_type, type_ids[d.type_name], config_ids[d.config.name],
+                  iface_ids[(d.interface.host, d.interface.port or 0)] if d.interface else None,
+                  d.password, bool(d.is_active), b.ts(now)) for d in devices])
+            meter_ids = self._ids(tx, "meter_device", [d.name for d in devices])
+            for e in entries:
+                mid = meter_ids[e.device.name]
+                if e.groups is not None:
+                    tx.execute("DELETE FROM meter_device_group WHERE meter_id = ?", (mid,))
+                    tx.executemany("INSERT INTO meter_device_group (meter_id, group_id) VALUES (?, ?)",
+                                   [(mid, group_ids[g]) for g in sorted(set(e.groups))])
+                if e.tasks is not None:
+                    tx.execute("DELETE FROM meter_device_task WHERE meter_id = ?", (mid,))
+                    tx.executemany("INSERT INTO meter_device_task (meter_id, task_id) VALUES (?, ?)",
+                                   [(mid, task_ids[t]) for t in sorted(set(e.tasks))])
+        names = [d.name for d in devices]
+        return ImportSummary(meters_added=tuple(n for n in names if n not in existing),
+                             meters_updated=tuple(n for n in names if n in existing),
+                             interfaces=len(ifaces), amr_tasks=len(tasks), groups=len(groups))

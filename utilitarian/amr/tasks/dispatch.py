@@ -1,0 +1,63 @@
+"""`amr.dispatch_schedule` on the amr queue: one firing of a schedule becomes one
+`amr.execute_meter_task` per (meter, AMR task) on the schedule's queue, published in pipelined
+batches with deterministic ids, and recorded as a round for progress."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from utilitarian import queues
+from utilitarian.amr.model import DispatchRound, Job, iso_utc, job_id, parse_utc, round_id
+from utilitarian.amr.store import StoreError
+from utilitarian.amr.tasks.common import chunks, settings_of, store_of, utc_now
+from utilitarian.errors import BrokerError
+from utilitarian.tasks import Reject, task
+
+log = logging.getLogger(__name__)
+EXECUTE = "amr.execute_meter_task"
+
+
+def plan_jobs(pairs, slot: dt.datetime) -> list[Job]:
+    """Jobs of one round: not before slot + the task's run offset."""
+    return [Job(job_id(meter, amr_task, slot), meter, amr_task, slot + dt.timedelta(seconds=offset))
+            for meter, amr_task, offset in pairs]
+
+
+@task("amr.dispatch_schedule", queue=queues.AMR, bind=True, max_retries=5, retry_backoff=2.0,
+      retry_backoff_max=60.0, retry_for=(StoreError, BrokerError))
+def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
+    """Fan a round out. A repeated dispatch of the same (schedule, slot) publishes only what an
+    earlier one did not (it failed midway), so a duplicate fire adds no jobs."""
+    queue = queues.SCHEDULE_QUEUES.get(schedule)
+    if queue is None:
+        raise Reject(f"unknown schedule {schedule!r}; known: {', '.join(queues.SCHEDULE_QUEUES)}")
+    now = utc_now()
+    try:
+        slot_time = parse_utc(slot) if slot else now.replace(microsecond=0)
+    except ValueError:
+        raise Reject(f"slot {slot!r} is not an ISO 8601 time") from None
+    started = time.monotonic()
+    store = store_of(ctx.app)
+    settings = settings_of(ctx.app)
+    jobs = plan_jobs(store.jobs_for_schedule(schedule), slot_time)
+    rnd = DispatchRound(round_id(schedule, slot_time), schedule, slot_time, len(jobs), now)
+    todo = store.record_round(rnd, jobs, now=now)
+    if len(todo) < len(jobs):
+        log.info("round %s was dispatched before; publishing the %d of %d jobs it did not publish",
+                 rnd.id, len(todo), len(jobs))
+    from utilitarian.app import TaskCall
+
+    for batch in chunks(todo, settings.dispatch_batch_size):
+        calls = [TaskCall(EXECUTE, kwargs={"meter": j.meter, "amr_task": j.amr_task, "slot": iso_utc(slot_time),
+                                           "round_id": rnd.id},
+                          queue=queue, task_id=j.id, eta=j.eta if j.eta > now else None)
+                 for j in batch]
+        ctx.send_tasks(calls)
+        store.mark_published([j.id for j in batch])
+    seconds = time.monotonic() - started
+    store.finish_dispatch(rnd.id, seconds)
+    log.info("round %s: %d jobs, %d published to %s in %.2fs", rnd.id, len(jobs), len(todo),
+             queues.short_name(queue), seconds)
+    return {"round": rnd.id, "jobs": len(jobs), "published": len(todo), "seconds": round(seconds, 3)}

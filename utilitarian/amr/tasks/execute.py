@@ -1,0 +1,160 @@
+"""`amr.execute_meter_task` on the scheduled queues and amr.on_demand: poll one meter through its
+execution environment, then hand readings, events and the run's outcome to the commit queues in one
+pipelined publish. Timeouts are retried with backoff; the last failure becomes a "Poll failed" event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+
+from utilitarian import queues
+from utilitarian.amr.blocking import InterfaceBusy, interface_lock
+from utilitarian.amr.errors import MeterError, MeterTimeout
+from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
+from utilitarian.amr.publish import reading_to_wire
+from utilitarian.amr.store import StoreError
+from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
+from utilitarian.errors import BrokerError, ConfigError
+from utilitarian.tasks import Defer, Reject, SoftTimeLimitExceeded, task
+
+log = logging.getLogger(__name__)
+
+SAVE_READINGS = "commits.save_meter_readings"
+SAVE_EVENTS = "commits.save_meter_system_events"
+RECORD_RUN = "commits.record_task_run"
+MAX_RETRIES = 3
+RETRY_FOR = (MeterTimeout, SoftTimeLimitExceeded, StoreError, BrokerError)
+
+
+class JobFailed(Exception):
+    """A failure that ends the job without a retry (recorded as an event and a failed run)."""
+
+
+@task("amr.execute_meter_task", queue=queues.AMR_ON_DEMAND, bind=True, max_retries=MAX_RETRIES,
+      retry_backoff=5.0, retry_backoff_max=300.0, retry_for=RETRY_FOR)
+def execute_meter_task(ctx, meter: str, amr_task: str | None = None, slot: str | None = None,
+                       round_id: str | None = None, task_call: str | None = None,
+                       task_kwargs: dict | None = None, execution_type: str | None = None) -> dict:
+    """Scheduled: `meter`, `amr_task`, `slot`, `round_id` (from dispatch). On demand (the platform's
+    amr-tasks/invoke, `utilitarian poll`): `meter`, `task_call`, optional `task_kwargs` and
+    `execution_type` (default: the meter's)."""
+    store = store_of(ctx.app)
+    settings = settings_of(ctx.app)
+    started = time.monotonic()
+    label = amr_task or task_call or "?"
+    try:
+        device, call, kwargs, etype = _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type)
+        target = _target(device)
+        stamp = utc_now()
+        if slot and amr_task and settings.stamp_scheduled_readings == "slot":
+            try:
+                stamp = parse_utc(slot)
+            except ValueError:
+                raise Reject(f"slot {slot!r} is not an ISO 8601 time") from None
+        iface = device.interface
+        if iface is not None and iface.can_block and iface.id is not None:
+            try:
+                with interface_lock(store, iface.id, iface.name, ctx.id, lease=settings.interface_block_lease,
+                                    wait=settings.interface_wait):
+                    result = _poll(ctx.app, etype, call, target, kwargs, stamp)
+            except InterfaceBusy as exc:
+                countdown = settings.interface_defer * random.uniform(0.75, 1.5)
+                log.debug("%s; job for %s deferred %.1fs", exc, meter, countdown)
+                raise Defer(str(exc), countdown=countdown) from None
+        else:
+            result = _poll(ctx.app, etype, call, target, kwargs, stamp)
+    except JobFailed as exc:
+        _finish(ctx, meter, amr_task, round_id, "failed", str(exc), started, events=[
+            _event(ctx, meter, "Poll failed", f"{label}: {exc}")])
+        return {"outcome": "failed", "error": str(exc)}
+    except (MeterError, SoftTimeLimitExceeded) as exc:
+        kind = getattr(exc, "kind", "timeout")
+        text = f"{kind}: {exc}" if str(exc) else kind
+        if isinstance(exc, RETRY_FOR) and ctx.retries < _max_retries(ctx):
+            log.info("poll of %s (%s) failed (%s); attempt %d will be retried", meter, label, text, ctx.retries + 1)
+            raise
+        log.warning("poll of %s (%s) failed after %d attempt(s): %s", meter, label, ctx.retries + 1, text)
+        _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
+            _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
+        return {"outcome": "failed", "error": text}
+    readings = [reading_to_wire(MeterReading(meter, r.series, r.timestamp, r.value, r.unit))
+                for r in result.readings]
+    events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
+    _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
+    return {"outcome": "done", "readings": len(readings), "events": len(events)}
+
+
+def _max_retries(ctx) -> int:
+    try:
+        return ctx.app.registry.get(ctx.name).retry.max_retries
+    except Exception:  # a bare App in a script: the decorator's value
+        return MAX_RETRIES
+
+
+def _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type):
+    device = store.get_meter(meter)
+    if device is None:
+        raise JobFailed(f"meter {meter!r} is not in the registry")
+    if not device.is_active:
+        raise JobFailed(f"meter {meter!r} is not active")
+    if amr_task:
+        found = store.get_amr_task(amr_task)
+        if found is None:
+            raise JobFailed(f"AMR task {amr_task!r} no longer exists")
+        return device, found.task_call, dict(found.task_kwargs), found.meter_execution_type
+    if not task_call:
+        raise Reject("execute_meter_task needs amr_task or task_call")
+    if task_kwargs is not None and not isinstance(task_kwargs, dict):
+        raise Reject("task_kwargs must be an object")
+    return device, task_call, dict(task_kwargs or {}), execution_type or device.execution_type
+
+
+def _target(device):
+    from utilitarian.amr.target import parse_meter_url
+
+    try:
+        target = parse_meter_url(device.url, secret=device.password)
+    except ConfigError as exc:
+        raise JobFailed(f"meter URL is invalid: {exc.reason}") from None
+    if device.meter_type and not target.meter_type:
+        target = dataclasses.replace(target, meter_type=device.meter_type)
+    if device.config.timezone and target.timezone == "UTC":
+        target = dataclasses.replace(target, timezone=device.config.timezone)
+    return target
+
+
+def _poll(app, execution_type, call, target, kwargs, stamp):
+    # Imported here: protocol drivers (pymodbus) must not load when the worker imports task modules.
+    from utilitarian.amr.environments import run_task_call
+
+    return run_task_call(execution_type, call, target, kwargs, meter_types=meter_types_of(app), now=stamp)
+
+
+def _event(ctx, meter: str, title: str, content: str, *, index: int = 0) -> dict:
+    from utilitarian.amr.readings import SystemEvent
+
+    event = SystemEvent.truncated(title, content)
+    # Deterministic per job and attempt: a re-published commit stores each event once.
+    return {"id": event_id(ctx.id, ctx.retries, index, event.title), "meter": meter, "title": event.title,
+            "content": event.content, "timestamp": iso_utc(utc_now())}
+
+
+def _finish(ctx, meter, amr_task, round_id, outcome, error, started, *, readings=(), events=()) -> None:
+    """One pipelined publish of everything the job produced; the job is acked only after it."""
+    from utilitarian.app import TaskCall
+
+    duration = round(time.monotonic() - started, 4)
+    run = {"job_id": ctx.id, "meter": meter, "amr_task": amr_task, "round_id": round_id, "outcome": outcome,
+           "error": (error or "")[:500] or None, "duration": duration, "attempts": ctx.retries + 1,
+           "finished_at": iso_utc(utc_now())}
+    calls = []
+    if readings:
+        calls.append(TaskCall(SAVE_READINGS, kwargs={"readings": list(readings), "job_id": ctx.id},
+                              queue=queues.COMMITS_READINGS))
+    if events:
+        calls.append(TaskCall(SAVE_EVENTS, kwargs={"events": list(events)}, queue=queues.COMMITS_EVENTS))
+    calls.append(TaskCall(RECORD_RUN, kwargs={"run": run}, queue=queues.COMMITS))
+    ctx.send_tasks(calls)
