@@ -41,6 +41,12 @@ class Store(RegistryStore, ReadingStore, RunStore):
     def check_schema(self) -> int:
         return check_version(self.backend)
 
+    def table_counts(self) -> dict[str, int]:
+        tables = ("meter_device", "network_interface", "amr_task", "amr_task_group", "meter_reading",
+                  "staged_meter_reading", "meter_system_event", "amr_round", "amr_task_run", "interface_block")
+        with self.backend.transaction() as tx:
+            return {t: int(tx.scalar(f"SELECT count(*) FROM {t}", default=0)) for t in tables}
+
     def close(self) -> None:
         self.backend.close()
 

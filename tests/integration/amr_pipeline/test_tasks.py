@@ -1,0 +1,178 @@
+"""The AMR tasks called directly with a real TaskContext whose App publishes to the per-test vhost:
+dispatch fan-out, polls of simulated Modbus meters, retries and failure events, commits, publishing
+to an exchange, cleanup, on-demand polls and promotion through the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pika
+import pytest
+
+from support.amr_harness import raw_messages
+from utilitarian import queues
+from utilitarian.amr.errors import MeterTimeout
+from utilitarian.amr.model import AmrTask, MeterReading, iso_utc, job_id
+from utilitarian.amr.progress import format_progress, round_progress
+from utilitarian.amr.simulate.faults import Faults
+from utilitarian.amr.simulate.modbus_sim import ModbusFleetSimulator, SimModbusMeter
+from utilitarian.amr.tasks import dispatch_schedule, execute_meter_task
+from utilitarian.tasks import Reject
+
+UTC = dt.timezone.utc
+SLOT = "2026-11-24T00:00:00Z"
+READ = AmrTask("read-daily", "daily", "read_values", "generic_modbus")
+
+
+@pytest.fixture
+def sim():
+    meters = [SimModbusMeter(device_id=i + 1, meter_type="eastron_sdm120") for i in range(3)]
+    meters.append(SimModbusMeter(device_id=10, meter_type="eastron_sdm120", name="slow",
+                                 faults=Faults(script=("timeout",) * 10)))
+    meters.append(SimModbusMeter(device_id=11, meter_type="eastron_sdm120", name="broken",
+                                 faults=Faults(exception=1.0, exception_code=2)))
+    with ModbusFleetSimulator(meters) as simulator:
+        yield simulator
+
+
+def entries(sim, *, can_block=False):
+    rows = sim.meter_entries(can_block=can_block)
+    for row in rows:
+        row["url"] += "&timeout=0.3"  # the "slow" meter's held answers time out quickly
+    return rows
+
+
+def run_all(amr, queue, expect):
+    messages = amr.drain(queue, expect=expect, timeout=15)
+    assert len(messages) == expect, f"{queue}: {len(messages)} of {expect} messages"
+    return [amr.run(m, queue) for m in messages]
+
+
+def test_dispatch_fans_out_once_with_deterministic_ids(amr):
+    rows = [{"name": f"m{i:03d}", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",
+             "url": f"modbus+tcp://127.0.0.1:1502?device_id={i % 200 + 1}", "series": ["voltage"]}
+            for i in range(300)]
+    weekly = AmrTask("read-weekly", "weekly", "read_values", "generic_modbus")
+    later = AmrTask("read-later", "daily", "read_values", "generic_modbus", run_offset_seconds=3600.0)
+    iec = AmrTask("read-iec", "daily", "readout", "generic_iec6205621")  # not for Modbus meters
+    amr.import_meters(rows, tasks=[READ, weekly, later, iec], group="all")
+    slot = dt.datetime.now(UTC).replace(second=0, microsecond=0)
+    text = iso_utc(slot)
+    # When a daily round is dispatched twice (a duplicate fire)
+    first = dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", text)
+    second = dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", text)
+    # Then 600 jobs exist, 300 run now, 300 wait an hour in the delay levels, none twice
+    assert (first["jobs"], first["published"], second["published"]) == (600, 600, 0)
+    now = amr.drain(queues.AMR_DAILY, expect=300, timeout=15)
+    assert len(now) == 300 and amr.drain(queues.AMR_DAILY) == []
+    assert {m.id for m in now} == {job_id(f"m{i:03d}", "read-daily", slot) for i in range(300)}
+    assert now[0].kwargs == {"meter": now[0].kwargs["meter"], "amr_task": "read-daily", "slot": text,
+                             "round_id": f"daily@{text}"}
+    # weekly rounds run on the daily queue
+    dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "weekly", text)
+    assert len(amr.drain(queues.AMR_DAILY, expect=300, timeout=15)) == 300
+    [weekly_p, daily_p] = round_progress(amr.store)
+    assert (daily_p.jobs, weekly_p.jobs, daily_p.pending) == (600, 300, 600)
+    with pytest.raises(Reject):
+        dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "fortnightly", SLOT)
+
+
+def test_polls_are_committed_once_and_failures_become_events(amr, sim):
+    amr.import_meters(entries(sim), tasks=[READ], group="all")
+    dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
+    jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
+    outcomes = {}
+    for message in jobs:
+        try:
+            outcomes[message.kwargs["meter"]] = amr.run(message)["outcome"]
+        except MeterTimeout:
+            outcomes[message.kwargs["meter"]] = "retry"
+            # the policy retries it; its last attempt records the failure instead of raising
+            last = amr.ctx(message.task, task_id=message.id, retries=3)
+            outcomes["slow-last"] = execute_meter_task(last, **message.kwargs)["outcome"]
+    assert outcomes == {"sim-modbus-0001": "done", "sim-modbus-0002": "done", "sim-modbus-0003": "done",
+                        "slow": "retry", "slow-last": "failed", "broken": "failed"}
+    # Then the commit queues carry readings (3 jobs), events (2 failures) and 5 outcomes
+    readings = amr.drain(queues.COMMITS_READINGS, expect=3, timeout=15)
+    for message in readings + readings:  # every commit delivered twice: nothing changes the 2nd time
+        amr.run(message)
+    run_all(amr, queues.COMMITS_EVENTS, 2)
+    run_all(amr, queues.COMMITS, 5)
+    series = len(sim.meter_types["eastron_sdm120"].series)
+    assert amr.store.count_readings() == 3 * series
+    titles = {(e.meter, e.title) for e in amr.store.list_events()}
+    assert titles == {("slow", "Poll failed"), ("broken", "Poll failed")}
+    broken = [e for e in amr.store.list_events() if e.meter == "broken"][0]
+    assert "unsupported" in broken.content and "after 1 attempt" in broken.content
+    [p] = round_progress(amr.store)
+    assert (p.jobs, p.done, p.failed, p.pending) == (5, 3, 2, 0)
+    assert format_progress([p])[0].startswith("daily 2026-11-24T00:00Z: 5 of 5, finished in")
+    # the readings carry the slot as their timestamp: a re-run job rewrites the same keys
+    assert {r.timestamp for r, _ in amr.store.tail_readings(limit=100)} == {dt.datetime(2026, 11, 24, tzinfo=UTC)}
+
+
+def test_committed_readings_are_published_to_the_exchange(amr):
+    amr.configure('[amr.publish]\nexchange = "platform.readings"\n')
+    amr.import_meters([{"name": "m1", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",
+                        "url": "modbus+tcp://127.0.0.1:1502?device_id=1",
+                        "series": ["active_energy_import", "voltage"]}])
+    conn = pika.BlockingConnection(pika.URLParameters(amr.broker_url))
+    ch = conn.channel()
+    ch.exchange_declare("platform.readings", exchange_type="topic", durable=True)
+    ch.queue_declare("platform-test", durable=False)
+    ch.queue_bind("platform-test", "platform.readings", routing_key="new_meter_value.#")
+    conn.close()
+    wire = [{"meter": "m1", "series": "active_energy_import", "timestamp": SLOT, "value": "12.5", "unit": "kWh"},
+            {"meter": "m1", "series": "voltage", "timestamp": SLOT, "value": "230", "unit": "V"},
+            {"meter": "nobody", "series": "voltage", "timestamp": SLOT, "value": "1", "unit": "V"}]
+    result = amr.run(amr_message("commits.save_meter_readings", readings=wire))
+    assert (result["inserted"], result["staged"]) == (2, 1)
+    run_all(amr, queues.EXTERNAL_PUBLISH, 1)
+    got = raw_messages(amr.broker_url, "platform-test", expect=2)
+    assert sorted(key for key, _, _ in got) == ["new_meter_value.m1.active-energy-import.v1",
+                                                "new_meter_value.m1.voltage.v1"]
+    body = json.loads(got[0][2])
+    assert set(body) == {"meter", "series", "timestamp", "value", "id_type"} and body["id_type"] == "name"
+
+
+def amr_message(task, **kwargs):
+    from utilitarian.protocol import TaskMessage
+
+    return TaskMessage(id="t-" + task, task=task, args=(), kwargs=kwargs)
+
+
+def test_retention_and_stale_blocks_are_cleaned(amr):
+    amr.configure("[amr]\ndata_retention_days = 30.0\ncleanup_batch_size = 100\n")
+    amr.import_meters([{"name": "m1", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",
+                        "url": "modbus+tcp://127.0.0.1:1502?device_id=1", "can_block": True}])
+    now = dt.datetime.now(UTC)
+    old = [MeterReading("m1", "voltage", now - dt.timedelta(days=60, minutes=k), "1") for k in range(250)]
+    fresh = [MeterReading("m1", "voltage", now - dt.timedelta(minutes=k), "1") for k in range(5)]
+    amr.store.commit_readings(old + fresh)
+    iface = amr.store.get_meter("m1").interface
+    assert amr.store.acquire_block(iface.id, "gone:1:x", lease=5.0, now=0.0)
+    result = amr.run(amr_message("cleanup.apply_retention"))
+    assert result["deleted"]["meter_reading"] == 250 and result["released_blocks"] == 1
+    assert amr.store.count_readings() == 5
+
+
+def test_on_demand_poll_and_promotion_through_the_cli(amr, sim):
+    # Given readings that arrived for a meter the registry does not know yet
+    amr.store.commit_readings([MeterReading("sim-modbus-0001", "voltage", dt.datetime(2026, 1, 1, tzinfo=UTC), "1")])
+    meters = amr.tmp / "meters.toml"
+    from support.amr_harness import render_meter_list
+
+    meters.write_text(render_meter_list(entries(sim)[:1]))
+    # When the meter is imported, its staged readings are promoted by a task on the default queue
+    code, out = amr.cli("meters import", str(meters))
+    assert code == 0, out
+    run_all(amr, queues.DEFAULT, 1)
+    assert amr.store.count_readings("sim-modbus-0001") == 1 and amr.store.list_staged() == []
+    # and `utilitarian poll` enqueues one on-demand job that polls it
+    code, out = amr.cli("poll", "sim-modbus-0001", "--call", "read_values", "--kwargs", '{"series": ["voltage"]}')
+    assert code == 0, out
+    [job] = amr.drain(queues.AMR_ON_DEMAND, expect=1)
+    assert amr.run(job)["readings"] == 1
+    run_all(amr, queues.COMMITS_READINGS, 1)
+    assert amr.store.count_readings("sim-modbus-0001") == 2
