@@ -309,7 +309,11 @@ class Arbiter:
         now = time.monotonic()
         self.restarts += 1
         window = self.config.worker.crash_loop_window
-        self.crash_times = [t for t in self.crash_times if now - t <= window] + [now]
+        self.crash_times = [t for t in self.crash_times if now - t <= window]
+        # Only a child that died without finishing a single task counts toward the crash loop: one
+        # killed while working (OOM killer, an operator) made progress and is simply replaced.
+        if not child.ready or sum(totals_of(child.stats).values()) == 0:
+            self.crash_times.append(now)
         if len(self.crash_times) >= self.config.worker.crash_loop_limit:
             self.begin_stop("quick", EX_SOFTWARE, f"{len(self.crash_times)} child crashes within {window:.0f}s: "
                                                   "crash loop, stopping")

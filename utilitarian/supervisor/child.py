@@ -129,14 +129,23 @@ class Child:
                 consumer.stop("drain" if self.stop == "graceful" else "now")
             elif self.stop == "quick":
                 consumer.stop("now")
-            if pool.max_tasks_per_child and not self.retire_sent and \
-                    stats.total() >= pool.max_tasks_per_child:
-                self.request_retire(writer, "max_tasks", drain_now=False)
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 last_beat = now
                 writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(),
                                  consuming=consumer.consuming, idle=round(runner.idle_for(), 3))
 
+        def on_task_limit() -> None:  # on a task thread: hand over to the pump
+            def retire_now() -> None:
+                # Stop taking work now (in-flight tasks finish); the master starts the
+                # replacement at once, so the pool is short of this child only while it boots.
+                consumer.cancel()
+                self.request_retire(writer, "max_tasks", drain_now=True)
+                self.stop = self.stop or "graceful"
+
+            consumer.call_soon(retire_now)
+
+        runner.task_limit = pool.max_tasks_per_child
+        runner.on_task_limit = on_task_limit
         consumer.on_consuming = on_consuming
         runner.on_hard_limit = on_hard_limit
         code = 0

@@ -62,6 +62,8 @@ class TaskRunner:
         self.running: dict[int, Running] = {}
         self.last_activity = time.monotonic()
         self.on_hard_limit = None  # called on the pump thread after a task was abandoned
+        self.task_limit = 0  # after this many finished tasks, `on_task_limit` runs once (0 = never)
+        self.on_task_limit = None
 
     # --- pump thread -----------------------------------------------------------------------
     def submit(self, delivery: Delivery) -> None:
@@ -120,7 +122,10 @@ class TaskRunner:
         finally:
             with self._lock:
                 self.finished += 1
+                reached = self.task_limit and self.finished == self.task_limit
             self.last_activity = time.monotonic()
+            if reached and self.on_task_limit:
+                self.on_task_limit()
 
     def _process(self, delivery: Delivery) -> None:
         props = delivery.properties
