@@ -59,8 +59,6 @@ class IecEngine:
         self.stop = stop
         self.observations = observations
         self.buffer = bytearray()
-        self.injectors = {a: FaultInjector(m.spec.faults, seed_offset=m.number)
-                          for a, m in meters.items()}
 
     # -- line helpers ------------------------------------------------------------------------
     def _fill(self, timeout: float) -> bool:
@@ -148,7 +146,7 @@ class IecEngine:
             return
         if not self._observe("request", 300):
             return
-        self._conversation(meter, self.injectors[meter.spec.address])
+        self._conversation(meter, meter.injector)
 
     def _conversation(self, meter, injector: FaultInjector) -> None:
         spec = meter.spec

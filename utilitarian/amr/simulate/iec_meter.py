@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo
 
-from utilitarian.amr.simulate.faults import Faults
+from utilitarian.amr.simulate.faults import FaultInjector, Faults
 from utilitarian.amr.simulate.values import simulated_value
 
 # OBIS id -> unit of the values a generic simulated meter reports (readout order).
@@ -100,6 +100,8 @@ class GenericMeterModel:
         self.started = started
         self._clock = clock
         self.meter_clock = MeterClock(spec.clock_offset, spec.timezone, clock)
+        # One injector per meter, shared by every connection, so a fault script runs once.
+        self.injector = FaultInjector(spec.faults, seed_offset=number)
         self.writes: list[tuple[str, str]] = []  # what W1 changed, for tests
 
     def value(self, address: str) -> str | None:

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Callable
 
 from utilitarian.amr.protocols.lis200 import LOCKS, TIME_ADDRESS, TIME_FORMAT
+from utilitarian.amr.simulate.faults import FaultInjector
 from utilitarian.amr.simulate.iec_meter import MeterClock, SimIecMeter
 from utilitarian.amr.simulate.values import simulated_value
 
@@ -40,6 +41,8 @@ class Lis200Model:
         self.started = started
         self._clock = clock
         self.meter_clock = MeterClock(spec.clock_offset, spec.timezone, clock)
+        # One injector per meter, shared by every connection, so a fault script runs once.
+        self.injector = FaultInjector(spec.faults, seed_offset=number)
         self._lock = threading.Lock()
         self.locks = {"supplier": False, "customer": False}
         self.writes: list[tuple[str, str]] = []

@@ -84,7 +84,8 @@ class _Device:
         if set_values is None:
             end = address + count
             for spec in self.specs:
-                if spec.address < end and spec.address + spec.count > address:
+                if (spec.function == function_code and spec.address < end
+                        and spec.address + spec.count > address):
                     offset = spec.address - start_address
                     registers[offset:offset + spec.count] = self.registers_for(spec)
         return None
@@ -225,22 +226,31 @@ class ModbusFleetSimulator:
         meter_type = self.meter_types[meter.meter_type]
         device = _Device(meter, meter_type, started, self.clock)
         self._devices[(meter.gateway, meter.device_id)] = device
-        blocks: dict[int, list[int]] = {}
-        for spec in meter_type.registers:
-            for i, word in enumerate(device.registers_for(spec)):
-                blocks[spec.address + i] = word
-        # One SimData per register run; gaps between them stay invalid (exception 2 on read).
-        simdata, run_start, run = [], None, []
-        for address in sorted(blocks):
-            if run and address != run_start + len(run):
+
+        def block(function: int) -> list:
+            words: dict[int, int] = {}
+            for spec in meter_type.registers:
+                if spec.function == function:
+                    for i, word in enumerate(device.registers_for(spec)):
+                        words[spec.address + i] = word
+            # One SimData per register run; gaps stay invalid (exception 2 when read).
+            simdata, run_start, run = [], 0, []
+            for address in sorted(words):
+                if run and address != run_start + len(run):
+                    simdata.append(SimData(run_start, values=run, datatype=DataType.REGISTERS))
+                    run = []
+                if not run:
+                    run_start = address
+                run.append(words[address])
+            if run:
                 simdata.append(SimData(run_start, values=run, datatype=DataType.REGISTERS))
-                run = []
-            if not run:
-                run_start = address
-            run.append(blocks[address])
-        if run:
-            simdata.append(SimData(run_start, values=run, datatype=DataType.REGISTERS))
-        return SimDevice(meter.device_id, simdata=simdata, action=device.action)
+            return simdata or [SimData(0, datatype=DataType.INVALID)]
+
+        # Separate blocks per table, as real meters have: holding (3) and input (4) registers
+        # at the same address are different values.
+        no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+        return SimDevice(meter.device_id, simdata=(no_bits, list(no_bits), block(3), block(4)),
+                         action=device.action)
 
     def _catch_all_device(self):
         """Device id 0 answers for every id not configured (pymodbus's rule for id 0)."""

@@ -1,0 +1,136 @@
+"""Execution environment `generic_iec6205621`: mode C readout, programming-mode reads, set_time.
+
+Series are the OBIS ids exactly as the meter reports them; timestamps are the poll time, because a
+readout's values are current values. A non-zero error register F.F becomes a system event.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from utilitarian.amr.environments.params import Call, Param
+from utilitarian.amr.errors import MeterProtocolError, MeterUnsupported
+from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
+from utilitarian.amr.protocols.iec_datasets import DataSet
+from utilitarian.amr.readings import PollResult, Reading, SystemEvent
+from utilitarian.amr.target import MeterTarget
+
+NAME = "generic_iec6205621"
+ERROR_REGISTER = "F.F"
+# OBIS value group C of objects that are not measurements: 0 general purpose (ids, clock), C and 96
+# service entries, F and 97 error registers, 98/99 data profiles. They become readings only when
+# asked for by address.
+NOT_MEASUREMENTS = {"0", "C", "F", "96", "97", "98", "99"}
+
+
+def is_measurement(address: str) -> bool:
+    """True for quantities (1.8.0, 1-0:32.7.0*255), False for ids, clock, status (0.0.0, C.1.0, F.F)."""
+    group_c = address.split(":")[-1].split(".")[0]
+    return group_c not in NOT_MEASUREMENTS
+
+
+def _error_event(dataset: DataSet) -> SystemEvent | None:
+    raw = dataset.value.raw.strip()
+    if raw and set(raw) - {"0"}:
+        return SystemEvent.truncated("Error register F.F != 0", f"F.F({raw}) reported by the meter")
+    return None
+
+
+def datasets_to_result(datasets, stamp: datetime, only: set[str] | None = None, *,
+                       measurements_only: bool = True) -> PollResult:
+    readings: list[Reading] = []
+    events: list[SystemEvent] = []
+    for dataset in datasets:
+        if not dataset.values:
+            continue
+        if dataset.address == ERROR_REGISTER and (event := _error_event(dataset)):
+            events.append(event)
+        if only is not None and dataset.address not in only:
+            continue
+        if only is None and measurements_only and not is_measurement(dataset.address):
+            continue
+        number = dataset.value.number
+        if dataset.address and number is not None:
+            readings.append(Reading(dataset.address, stamp, number, dataset.value.unit))
+    return PollResult(tuple(readings), tuple(events))
+
+
+def readout(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+    with Iec62056Session(target) as session:
+        result = session.readout()
+    only = set(kwargs["addresses"]) if kwargs["addresses"] else None
+    return datasets_to_result(result.datasets, now.replace(microsecond=0), only)
+
+
+def read_values(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+    datasets: list[DataSet] = []
+    events: list[SystemEvent] = []
+    with Iec62056Session(target) as session:
+        session.enter_programming(target.password)
+        for address in kwargs["addresses"]:
+            try:
+                datasets.extend(session.read(address, kwargs["params"]))
+            except MeterUnsupported as exc:
+                # One unknown address must not cost the others; the operator sees which.
+                events.append(SystemEvent.truncated("Address not readable", exc.message))
+    result = datasets_to_result(datasets, now.replace(microsecond=0), measurements_only=False)
+    return PollResult(result.readings, result.events + tuple(events))
+
+
+def _parse_clock(time_text: str, date_text: str, tz: ZoneInfo) -> datetime:
+    t = "".join(c for c in time_text if c.isdigit())
+    d = "".join(c for c in date_text if c.isdigit())[-6:]  # "1YYMMDD" (century flag) -> YYMMDD
+    if len(t) != 6 or len(d) != 6:
+        raise MeterProtocolError(f"meter clock not understood: time {time_text[:20]!r}, "
+                                 f"date {date_text[:20]!r}")
+    try:
+        local = datetime(2000 + int(d[:2]), int(d[2:4]), int(d[4:]), int(t[:2]), int(t[2:4]), int(t[4:]))
+    except ValueError:
+        raise MeterProtocolError(f"meter clock is not a valid date: {date_text[:20]} {time_text[:20]}") from None
+    return local.replace(tzinfo=tz)
+
+
+def _like(sample: str, digits: str) -> str:
+    """`digits` in the shape the meter used: "12:00:00" or "120000", "24-01-05" or "240105"."""
+    separator = next((c for c in sample if not c.isdigit()), "")
+    return separator.join(digits[i:i + 2] for i in range(0, 6, 2)) if separator else digits
+
+
+def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+    tz = ZoneInfo(target.timezone)
+    started = time.monotonic()
+    with Iec62056Session(target) as session:
+        session.enter_programming(target.password)
+        time_text = session.read(kwargs["time_address"])[0].value.raw
+        date_text = session.read(kwargs["date_address"])[0].value.raw
+        # Compare against the true time at the moment of the read, not at the start of the task.
+        true_now = now + timedelta(seconds=time.monotonic() - started)
+        meter_now = _parse_clock(time_text, date_text, tz)
+        drift = (meter_now - true_now).total_seconds()
+        if abs(drift) <= kwargs["allowed_drift_seconds"]:
+            return PollResult()
+        corrected = (now + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
+        session.write(kwargs["time_address"], _like(time_text, corrected.strftime("%H%M%S")))
+        session.write(kwargs["date_address"], _like(date_text, corrected.strftime("%y%m%d")))
+    direction = "ahead" if drift > 0 else "behind"
+    content = (f"meter clock was {abs(drift):.1f} s {direction}; set to "
+               f"{corrected.strftime('%Y-%m-%d %H:%M:%S')} ({target.timezone}) "
+               f"[{corrected.astimezone(timezone.utc).isoformat()}]")
+    return PollResult((), (SystemEvent.truncated("Time adjusted", content),))
+
+
+CALLS = {
+    "readout": Call("readout", readout, (Param("addresses", "str_list"),),
+                    "mode C data readout; all numeric values, or only `addresses`"),
+    "read_values": Call("read_values", read_values, (
+        Param("addresses", "str_list", required=True),
+        Param("params", "str", default=""),
+    ), "programming mode R1 read of each address (password from the meter's secret)"),
+    "set_time": Call("set_time", set_time, (
+        Param("allowed_drift_seconds", "float", default=10.0, minimum=0.0),
+        Param("time_address", "str", default="0.9.1"),
+        Param("date_address", "str", default="0.9.2"),
+    ), "read the meter clock; if off by more than allowed_drift_seconds, write time and date"),
+}
