@@ -144,25 +144,27 @@ def _due_for(entry: Entry, done_until: dt.datetime, now: dt.datetime,
         return done_until, [], []
     grace = max(entry.misfire_grace, ON_TIME)
     window_after = max(done_until, now - dt.timedelta(seconds=grace))
-    candidates = entry.cron.slots_before(now, window_after, limit=max_catch_up)
+    # Coalescing needs only the latest slot: one backward step, however long the outage was.
+    candidates = entry.cron.slots_before(now, window_after, limit=1 if entry.coalesce else max_catch_up)
     notes = []
     too_late = window_after > done_until and entry.cron.next_after(done_until) <= window_after
     if too_late:
         notes.append(f"entry {entry.name}: slots from {_iso(entry.cron.next_after(done_until))} to "
                      f"{_iso(window_after)} are later than misfire_grace {entry.misfire_grace:g}s; skipped")
-    if len(candidates) == max_catch_up and entry.cron.next_after(window_after) < candidates[0]:
-        notes.append(f"entry {entry.name}: more than max_catch_up={max_catch_up} missed slots; "
-                     f"the ones before {_iso(candidates[0])} are skipped")
     if not candidates:
         if too_late:
             latest = entry.cron.slots_before(window_after, done_until, limit=1)
             return (latest[-1] if latest else done_until), [], notes
         return done_until, [], notes
-    if entry.coalesce and len(candidates) > 1:
-        notes.append(f"entry {entry.name}: {len(candidates)} missed slots coalesced into the one at "
-                     f"{_iso(candidates[-1])}")
-        candidates = candidates[-1:]
-    elif len(candidates) > 1:
+    first = entry.cron.next_after(window_after)
+    if entry.coalesce:
+        if first < candidates[-1]:
+            notes.append(f"entry {entry.name}: missed slots from {_iso(first)} to {_iso(candidates[-1])} "
+                         "coalesced into one fire at the latest")
+    elif len(candidates) == max_catch_up and first < candidates[0]:
+        notes.append(f"entry {entry.name}: more than max_catch_up={max_catch_up} missed slots; "
+                     f"the ones before {_iso(candidates[0])} are skipped")
+    if len(candidates) > 1:
         notes.append(f"entry {entry.name}: catching up {len(candidates)} missed slots from {_iso(candidates[0])}")
     return candidates[-1], [Due(entry, slot) for slot in candidates], notes
 

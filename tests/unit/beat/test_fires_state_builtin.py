@@ -118,13 +118,18 @@ def test_unknown_task_in_an_enabled_entry_names_entry_and_key():
     assert "schedule.nightly.task" in str(err.value) and "did you mean 'utilitarian.ping'" in str(err.value)
 
 
-def test_builtin_entries_fail_validation_until_their_task_module_exists():
+def test_builtin_entries_validate_and_fire_the_amr_dispatch_on_the_amr_queue():
     config = parse_config({})
-    registry = registry_for(config)
-    if "amr.dispatch_schedule" in registry:
-        pytest.skip("the AMR task module has landed")
+    entries = {e.name: e for e in entries_from_config(config, registry_for(config))}
+    assert {f"amr-{n}" for n in ("quarterly", "hourly", "daily", "weekly", "monthly", "yearly")} <= set(entries)
+    daily = entries["amr-daily"]
+    env = envelope_for(daily, dt.datetime(2025, 1, 1, tzinfo=UTC))
+    assert json.loads(env.body)[1] == {"schedule": "daily", "slot": "2025-01-01T00:00:00+00:00"}
+    assert daily.queue == queues.AMR and entries["cleanup-retention"].queue == queues.CLEANUP
+    # a typo in an override of a built-in entry is caught with its key
+    bad = parse_config({"schedule": {"amr-daily": {"task": "amr.dispatch_schedul"}}})
     with pytest.raises(ConfigError, match="schedule.amr-daily.task"):
-        entries_from_config(config, registry)
+        entries_from_config(bad, registry_for(bad))
 
 
 def test_disabled_entry_with_unknown_task_is_fine_and_routes_come_from_the_registry():
