@@ -84,8 +84,13 @@ class MeterTarget:
             query.append(("device_id", str(self.device_id)))
         if self.meter_type:
             query.append(("type", self.meter_type))
-        if self.serial and self.transport == "serial":
-            query.append(("baud", str(self.serial.baudrate)))
+        if self.serial:
+            defaults = (9600, 8, "N", 1) if self.protocol == "modbus" else (300, 7, "E", 1)
+            for name, value, default in zip(("baud", "bytesize", "parity", "stopbits"), (
+                    self.serial.baudrate, self.serial.bytesize, self.serial.parity,
+                    self.serial.stopbits), defaults):
+                if value != default and (name == "baud" or self.protocol == "modbus"):
+                    query.append((name, str(value)))
         if self.password:
             query.append(("password", self.password if include_secret else "***"))
         text = "&".join(f"{k}={quote(v, safe='*:/.-_')}" for k, v in query)

@@ -3,17 +3,21 @@ merged reads, exception responses, unknown devices, timeouts, disconnects, sessi
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from utilitarian.amr.environments import run_task_call
-from utilitarian.amr.errors import (BadTaskCall, MeterProtocolError, MeterTimeout,
+from utilitarian.amr.errors import (BadTaskCall, MeterError, MeterProtocolError, MeterTimeout,
                                     MeterUnreachable, MeterUnsupported)
 from utilitarian.amr.meter_types import load_builtin_meter_types, parse_meter_types
+from utilitarian.amr.protocols.modbus import read_meter
 from utilitarian.amr.simulate import Faults, ModbusFleetSimulator, SimModbusMeter
 from utilitarian.amr.target import parse_meter_url
 
@@ -140,7 +144,6 @@ def test_timeout_disconnect_and_garbage():
 
 
 def test_connection_refused():
-    import socket
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     target = parse_meter_url(f"modbus+tcp://127.0.0.1:{port}?type=eastron_sdm120&timeout=0.5")
@@ -195,3 +198,55 @@ def test_sequential_sessions_never_overlap():
         sessions = sim.sessions.sessions(gateway)
     assert len(sessions) == 6 and sim.sessions.peak_concurrency(gateway) == 1
     assert all(a.end <= b.start for a, b in zip(sessions, sessions[1:]))
+
+
+class RandomAnswers:
+    """A raw TCP peer answering each Modbus request with bytes chosen by the test: either anything,
+    or a well-formed MBAP header (echoing the request's transaction id) around a random PDU."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.answer = (False, b"")
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    request = conn.recv(260)
+                    framed, body = self.answer
+                    if framed and len(request) >= 7:
+                        body = request[:4] + (len(body) + 1).to_bytes(2, "big") + request[6:7] + body
+                    conn.sendall(body)
+                    conn.recv(260)   # wait for the client to give up or hang up
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def random_peer():
+    peer = RandomAnswers()
+    yield peer
+    peer.listener.close()
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(framed=st.booleans(), body=st.binary(max_size=40),
+       data_type=st.sampled_from(["uint16", "float32", "int64"]))
+def test_random_answers_only_raise_typed_errors(random_peer, framed, body, data_type):
+    random_peer.answer = (framed, body)
+    meter_type = parse_meter_types({"fuzz": {"function": 3, "registers": [
+        {"series": "x", "address": 0, "data_type": data_type}]}}, file="fuzz")["fuzz"]
+    target = parse_meter_url(f"modbus+tcp://127.0.0.1:{random_peer.port}?timeout=0.05")
+    try:
+        result = read_meter(target, meter_type)
+    except MeterError:
+        return
+    assert len(result.readings) + len(result.events) == 1

@@ -136,6 +136,7 @@ def test_password_is_masked_everywhere():
 def test_url_round_trip():
     for url in ("modbus+tcp://127.0.0.1:1502?device_id=7&type=eastron_sdm630",
                 "iec62056-21+tcp://127.0.0.1:4001?address=12345678",
-                "modbus+rtu:///dev/ttyUSB1?device_id=3&baud=19200"):
+                "modbus+rtu:///dev/ttyUSB1?device_id=3&baud=19200&parity=E",
+                "iec62056-21+tcp://gw:4001?address=1&baud=9600"):
         target = parse_meter_url(url)
         assert parse_meter_url(target.url) == target

@@ -7,6 +7,8 @@ robustness, not that the protocol works (the integration tests do that against r
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -101,7 +103,7 @@ def run_every_parser(data: bytes, cuts: list[int]) -> None:
                     session.read_partial("3:V.0", "3;;;10")
                     session.write("0.9.1", "12:00:00")
                 else:
-                    client = Lis200Client(session, __import__("zoneinfo").ZoneInfo("UTC"))
+                    client = Lis200Client(session, ZoneInfo("UTC"))
                     client.sign_on()
                     client.archive_columns(3, 3)
                     client.archive_rows(3, control_position=3)

@@ -23,7 +23,6 @@ TIME_ADDRESS = "1:400.0"
 LOCKS = {"supplier": ("3:170", "3:171"), "customer": ("4:170", "4:171")}
 
 # Error answers "#dddd" (Elster LIS-200 protocol description, list of error messages).
-_AUTH = (MeterAuthenticationError, None)
 LIS_ERRORS: dict[int, tuple[type[MeterError], str]] = {
     1: (MeterUnsupported, "unknown address"),
     2: (MeterUnsupported, "object not available"),

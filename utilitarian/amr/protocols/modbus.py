@@ -129,6 +129,12 @@ class ModbusSession:
         except OSError as exc:
             self.close()
             raise MeterUnreachable(f"{where}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            # pymodbus decoding bytes we do not control: whatever it trips over is the meter's
+            # malformed answer as far as the caller is concerned.
+            log.debug("pymodbus failed on an answer from %s", where, exc_info=True)
+            self.close()
+            raise MeterProtocolError(f"{where}: malformed answer ({type(exc).__name__})") from None
         if response.isError():
             raise exception_error(getattr(response, "exception_code", 0), where)
         registers = list(getattr(response, "registers", []) or [])

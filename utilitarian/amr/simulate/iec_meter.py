@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo
@@ -159,7 +159,3 @@ class GenericMeterModel:
 
     def series(self) -> list[str]:
         return [s for s, _u in GENERIC_SERIES]
-
-
-def seconds_between(a: datetime, b: datetime) -> float:
-    return (a - b) / timedelta(seconds=1)
