@@ -12,6 +12,7 @@ Run simulated meters for tests, demos and benchmarks, in the foreground until SI
 
   modbus   Modbus TCP gateways on pymodbus's own server; many meters per port by device id
            (at most 247 per gateway); registers advance with time (energy grows, volts wobble).
+           --rtu-over-tcp frames RTU over the TCP ports; --pty makes each gateway a serial line.
   iec      IEC 62056-21 mode C meters on TCP ports (meters sharing a port behave like an RS-485
            bus behind a transparent gateway) or on ptys (--pty: pyserial talks to a real tty; the
            simulator checks the line speed at each step: 300 baud for the request, the proposed
@@ -68,6 +69,8 @@ def register(subparsers, parent) -> None:
     m.add_argument("--type", action="append", dest="types", metavar="METER_TYPE",
                    help="meter type, repeat to mix (default eastron_sdm630)")
     m.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing instead of Modbus TCP")
+    m.add_argument("--pty", action="store_true",
+                   help="each gateway is a serial line (pty pair, RTU 9600 8N1) instead of a TCP port")
     m.add_argument("--unknown-device", choices=("gateway_error", "silent"), default="gateway_error",
                    help="answer to unknown device ids: exception 0x0B (default) or nothing")
     _common(m)
@@ -120,7 +123,7 @@ def _build(args):
                                    types=args.types or ["eastron_sdm630"], faults=faults)
         return sim.FleetSimulator(modbus=sim.ModbusFleetSimulator(
             meters, gateways=args.gateways, host=args.host, ports=_ports(args, args.gateways),
-            unknown_device=args.unknown_device,
+            unknown_device=args.unknown_device, transport="pty" if args.pty else "tcp",
             framer="rtu" if args.rtu_over_tcp else "socket"))
     if args.kind in ("iec", "lis200"):
         meters = sim.iec_meters(args.meters, gateways=args.gateways,

@@ -140,3 +140,18 @@ def test_url_round_trip():
                 "iec62056-21+tcp://gw:4001?address=1&baud=9600"):
         target = parse_meter_url(url)
         assert parse_meter_url(target.url) == target
+
+
+def test_session_log_overlaps_with_grace():
+    from utilitarian.amr.simulate.sessions import SessionLog
+    now = {"t": 0.0}
+    log = SessionLog(clock=lambda: now["t"])
+    # a: 0-1, b: 0.99-2 (overlap 10 ms: a late close), c: 3-5 and d: 3.5-4 (real overlap)
+    events = [(0.0, "s"), (0.99, "s"), (1.0, "e"), (2.0, "e"), (3.0, "s"), (3.5, "s"), (4.0, "e"), (5.0, "e")]
+    for t, kind in events:
+        now["t"] = t
+        (log.started if kind == "s" else log.ended)("gw")
+    assert log.peak_concurrency("gw") == 2
+    pairs = log.overlaps("gw", grace=0.05)
+    assert [(a.start, b.start) for a, b in pairs] == [(3.0, 3.5)]
+    assert len(log.overlaps("gw", grace=0.0)) == 2

@@ -96,17 +96,22 @@ class ModbusFleetSimulator:
 
     unknown_device: "gateway_error" answers exception 0x0B (what serial gateways do when no device
     answers), "silent" never answers. framer: "socket" (Modbus TCP) or "rtu" (RTU over TCP).
+    transport "pty": each gateway is an RS-485 line instead, a pty pair with pymodbus's serial
+    server (RTU, 9600 8N1) on one end and `devices[i]` for clients on the other.
     """
 
     def __init__(self, meters: Sequence[SimModbusMeter], *, gateways: int = 1,
                  host: str = "127.0.0.1", ports: Sequence[int] | None = None,
                  meter_types: Mapping[str, MeterType] | None = None,
                  unknown_device: str = "gateway_error", framer: str = "socket",
-                 gateway_faults: Faults = Faults(), clock: Callable[[], float] = time.time):
+                 gateway_faults: Faults = Faults(), transport: str = "tcp",
+                 clock: Callable[[], float] = time.time):
         if unknown_device not in ("gateway_error", "silent"):
             raise ValueError("unknown_device must be 'gateway_error' or 'silent'")
         if framer not in ("socket", "rtu"):
             raise ValueError("framer must be 'socket' or 'rtu'")
+        if transport not in ("tcp", "pty"):
+            raise ValueError("transport must be 'tcp' or 'pty'")
         types = dict(meter_types) if meter_types is not None else load_builtin_meter_types()
         self.gateways = max([gateways, *(m.gateway + 1 for m in meters)])
         if ports is not None and len(ports) != self.gateways:
@@ -121,12 +126,15 @@ class ModbusFleetSimulator:
         self.meters = tuple(meters)
         self.meter_types = types
         self.host = host
-        self.framer = framer
+        self.transport = transport
+        self.framer = "rtu" if transport == "pty" else framer
         self.unknown_device = unknown_device
         self.gateway_faults = gateway_faults
         self.clock = clock
         self.sessions = SessionLog(clock)
         self.ports: list[int] = []
+        self.devices: list[str] = []   # client ends of the pty lines (transport "pty")
+        self._pairs: list = []
         self._wanted_ports = list(ports) if ports is not None else [0] * self.gateways
         self._devices: dict[tuple[int, int], _Device] = {}
         self._gateway_injectors = [FaultInjector(gateway_faults, seed_offset=i)
@@ -165,6 +173,8 @@ class ModbusFleetSimulator:
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout)
+            for pair in self._pairs:
+                pair.stop()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -191,7 +201,8 @@ class ModbusFleetSimulator:
 
     async def _start_servers(self) -> None:
         from pymodbus import FramerType
-        from pymodbus.server import ModbusTcpServer
+        from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+        from utilitarian.amr.simulate.pty_pair import PtyPair
         started = self.clock()
         for index in range(self.gateways):
             devices = [self._catch_all_device()]
@@ -199,17 +210,27 @@ class ModbusFleetSimulator:
                 if meter.gateway == index:
                     devices.append(self._sim_device(meter, started))
             framer = FramerType.SOCKET if self.framer == "socket" else FramerType.RTU
-            server = ModbusTcpServer(
-                devices, framer=framer, address=(self.host, self._wanted_ports[index]),
-                trace_packet=partial(self._trace_packet, index),
-                trace_connect=partial(self._trace_connect, index))
+            hooks = {"trace_packet": partial(self._trace_packet, index),
+                     "trace_connect": partial(self._trace_connect, index)}
+            if self.transport == "pty":
+                pair = PtyPair()
+                pair.start()
+                self._pairs.append(pair)
+                self.devices.append(pair.client_path)
+                server = ModbusSerialServer(devices, framer=framer, port=pair.server_path,
+                                            baudrate=9600, **hooks)
+                await server.serve_forever(background=True)
+                self._servers.append(server)
+                continue
+            server = ModbusTcpServer(devices, framer=framer,
+                                     address=(self.host, self._wanted_ports[index]), **hooks)
             await server.serve_forever(background=True)
             self._servers.append(server)
             # pymodbus keeps the asyncio Server as `transport`; it is the only place the port
             # chosen for port 0 can be read from.
             self.ports.append(server.transport.sockets[0].getsockname()[1])
         log.info("Modbus simulator: %d meters on %s", len(self.meters),
-                 ", ".join(f"{self.host}:{p}" for p in self.ports))
+                 ", ".join(self.gateway_name(i) for i in range(self.gateways)))
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -298,13 +319,17 @@ class ModbusFleetSimulator:
 
     # -- what clients need to know -----------------------------------------------------------
     def gateway_name(self, gateway: int) -> str:
+        if self.transport == "pty":
+            return self.devices[gateway]
         port = self.ports[gateway] if gateway < len(self.ports) else self._wanted_ports[gateway]
         return f"{self.host}:{port}"
 
     def url(self, meter: SimModbusMeter) -> str:
+        query = f"device_id={meter.device_id}&type={meter.meter_type}"
+        if self.transport == "pty":
+            return f"modbus+rtu://{self.gateway_name(meter.gateway)}?{query}"
         scheme = "modbus+tcp" if self.framer == "socket" else "modbus+rtu-over-tcp"
-        return (f"{scheme}://{self.gateway_name(meter.gateway)}"
-                f"?device_id={meter.device_id}&type={meter.meter_type}")
+        return f"{scheme}://{self.gateway_name(meter.gateway)}?{query}"
 
     def meter_entries(self, *, can_block: bool = False, timezone: str = "UTC") -> list[dict]:
         """Rows for the registry's meter list (see docs/meters.md)."""
@@ -316,7 +341,7 @@ class ModbusFleetSimulator:
                 "meter_type": meter.meter_type,
                 "url": self.url(meter),
                 "interface": self.gateway_name(meter.gateway),
-                "can_block": can_block,
+                "can_block": can_block or self.transport == "pty",
                 "timezone": timezone,
                 "series": list(self.meter_types[meter.meter_type].series),
             })

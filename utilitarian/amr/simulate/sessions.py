@@ -60,6 +60,20 @@ class SessionLog:
         with self._lock:
             return self._peak.get(gateway, 0)
 
+    def overlaps(self, gateway: str, *, grace: float = 0.05) -> list[tuple[Session, Session]]:
+        """Pairs of sessions on `gateway` that were open at the same time for more than `grace`
+        seconds. The server notices a client's close a scheduling delay after the client does, so
+        strictly sequential clients can look overlapped by a few milliseconds; `grace` absorbs that."""
+        sessions = self.sessions(gateway)
+        found = []
+        for i, first in enumerate(sessions):
+            first_end = first.end if first.end is not None else float("inf")
+            for second in sessions[i + 1:]:
+                if second.start >= first_end - grace:
+                    break
+                found.append((first, second))
+        return found
+
     def open_count(self, gateway: str) -> int:
         with self._lock:
             return len(self._open.get(gateway, ()))
