@@ -101,9 +101,16 @@ class App:
     def send_tasks(self, calls: Iterable[TaskCall], *, timeout: float | None = None) -> list[str]:
         """Publish many tasks with pipelined confirms; returns their ids in order."""
         now = dt.datetime.now(UTC)
-        prepared = [self.prepare(call, now) for call in calls]
-        self.publisher.publish_many([out for _, out in prepared], timeout=timeout)
-        return [env.task_id for env, _ in prepared]
+        ids: list[str] = []
+
+        def outgoing():
+            for call in calls:
+                envelope, out = self.prepare(call, now)
+                ids.append(envelope.task_id)
+                yield out
+
+        self.publisher.publish_many(outgoing(), timeout=timeout)
+        return ids
 
     def send_task(self, name: str, args: tuple | list = (), kwargs: Mapping | None = None, **options) -> str:
         return self.send_tasks([TaskCall(name, args, kwargs, **options)])[0]

@@ -65,7 +65,7 @@ class Consumer:
         self._pending: collections.deque = collections.deque()
         self._wake_scheduled = False
         self._lock = threading.Lock()
-        self.unsettled = 0  # deliveries of the live channel not settled yet
+        self._outstanding: set[int] = set()  # delivery tags of the live channel not settled yet
         self.on_consuming: Callable[[], None] | None = None
         self.prepare: Callable[[object], None] | None = None  # e.g. declare the topology
         self.on_connection_lost: Callable[[Exception], None] | None = None
@@ -104,29 +104,41 @@ class Consumer:
             self._pending.clear()
             self._wake_scheduled = False
         channel = self.channel
+        acks = []
         for delivery, how in batch:
             if delivery.generation != self.generation or channel is None or not channel.is_open:
                 log.debug("dropping %s of delivery %d from a closed channel; the broker redelivers it",
                           how, delivery.delivery_tag)
                 continue
-            self.unsettled -= 1
+            self._outstanding.discard(delivery.delivery_tag)
             if how == ACK:
-                channel.basic_ack(delivery.delivery_tag)
+                acks.append(delivery.delivery_tag)
             elif how == REQUEUE:
                 channel.basic_nack(delivery.delivery_tag, requeue=True)
             else:
                 channel.basic_reject(delivery.delivery_tag, requeue=False)
+        if not acks:
+            return
+        # One frame for many acks: `multiple` covers every tag up to the one given, so it may
+        # only reach below the oldest delivery still being worked on.
+        oldest = min(self._outstanding) if self._outstanding else None
+        below = [tag for tag in acks if oldest is None or tag < oldest]
+        if below:
+            channel.basic_ack(max(below), multiple=True)
+        for tag in acks:
+            if oldest is not None and tag > oldest:
+                channel.basic_ack(tag)
 
     def _on_message(self, channel, method, properties, body) -> None:
         queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
-        self.unsettled += 1
+        self._outstanding.add(method.delivery_tag)
         self.on_delivery(Delivery(queue, method.delivery_tag, method.redelivered, body, properties,
                                   self.generation, exchange=method.exchange, routing_key=method.routing_key))
 
     def _open(self) -> None:
         self.connection = connect_blocking(self.settings, name=self.name, attempts=1)
         self.generation += 1
-        self.unsettled = 0
+        self._outstanding = set()
         try:
             channel = self.connection.channel()
             if self.prepare is not None:

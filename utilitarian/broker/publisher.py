@@ -9,10 +9,12 @@ import itertools
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from utilitarian.broker.connection import Backoff, BrokerSettings, translate
+from utilitarian.broker.wire import Properties
 from utilitarian.errors import BrokerUnavailable, PublishError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,6 @@ class _IOThread(threading.Thread):
 
     # --- publishing (runs on the I/O thread) -------------------------------------------------
     def publish(self, batch: _Batch, items: Sequence[Outgoing]) -> None:
-        import pika
-
         if self.closed or self.channel is None or not self.channel.is_open:
             batch.fail_rest(str(self.error or "publisher is closed"), range(len(items)))
             return
@@ -135,7 +135,7 @@ class _IOThread(threading.Thread):
             self._pending[self._seq] = (batch, index)
             try:
                 self.channel.basic_publish(item.exchange, item.routing_key, item.body,
-                                           pika.BasicProperties(**props), mandatory=item.mandatory)
+                                           Properties(**props), mandatory=item.mandatory)
             except Exception as exc:  # bad property types must fail the message, not the loop
                 self._pending.pop(self._seq, None)
                 batch.settle(index, f"cannot publish: {exc}")
@@ -238,24 +238,49 @@ class ConfirmedPublisher:
                 threading.Event().wait(delay)
             raise BrokerUnavailable(f"cannot reach {self.settings.where}")
 
-    def publish_many(self, items: Sequence[Outgoing], *, timeout: float | None = None) -> None:
+    def publish_many(self, items: Iterable[Outgoing], *, timeout: float | None = None, chunk: int = 500) -> None:
         """Publish all items; returns once all are confirmed, else raises PublishError naming
-        how many failed and why (the others were confirmed and will be delivered)."""
-        items = list(items)
-        if not items:
+        how many failed and why (the others were confirmed and will be delivered).
+
+        `items` may be a generator: chunks go to the I/O thread as soon as they are built, so
+        building message N+500 overlaps with the broker storing message N."""
+        io = None
+        batches: list[tuple[_Batch, int]] = []
+        total = 0
+        buffer: list[Outgoing] = []
+        for item in items:
+            buffer.append(item)
+            if len(buffer) >= chunk:
+                io = io or self._ensure_io()
+                batches.append(self._submit(io, buffer, total))
+                total += len(buffer)
+                buffer = []
+        if buffer:
+            io = io or self._ensure_io()
+            batches.append(self._submit(io, buffer, total))
+            total += len(buffer)
+        if not batches:
             return
-        io = self._ensure_io()
+        limit = self.settings.confirm_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        failures: dict[int, str] = {}
+        for batch, offset in batches:
+            if not batch.done.wait(max(0.0, deadline - time.monotonic())):
+                pending = sum(b.remaining for b, _ in batches)
+                raise PublishError(f"{pending} of {total} messages not confirmed within {limit:.1f}s")
+            failures.update({offset + i: reason for i, reason in batch.failures.items()})
+        if failures:
+            reasons = sorted(set(failures.values()))
+            error_cls = TopologyError if any("404" in r or "406" in r for r in reasons) else PublishError
+            err = error_cls(f"{len(failures)} of {total} messages failed: {'; '.join(reasons[:3])}")
+            err.failed_indices = sorted(failures)
+            raise err
+
+    @staticmethod
+    def _submit(io: _IOThread, items: list[Outgoing], offset: int) -> tuple[_Batch, int]:
         batch = _Batch(len(items))
         io.submit(batch, items)
-        limit = self.settings.confirm_timeout if timeout is None else timeout
-        if not batch.done.wait(limit):
-            raise PublishError(f"{batch.remaining} of {len(items)} messages not confirmed within {limit:.1f}s")
-        if batch.failures:
-            reasons = sorted(set(batch.failures.values()))
-            error_cls = TopologyError if any("404" in r or "406" in r for r in reasons) else PublishError
-            err = error_cls(f"{len(batch.failures)} of {len(items)} messages failed: {'; '.join(reasons[:3])}")
-            err.failed_indices = sorted(batch.failures)
-            raise err
+        return batch, offset
 
     def publish(self, item: Outgoing, *, timeout: float | None = None) -> None:
         self.publish_many([item], timeout=timeout)
