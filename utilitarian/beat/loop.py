@@ -10,11 +10,12 @@ import os
 import random
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Collection, Sequence
 
 from utilitarian.beat.fires import outgoing_fire, slot_iso, task_id_for
 from utilitarian.beat.lock import BeatConnection, BeatEvent, LockLost
-from utilitarian.beat.schedule import Entry, next_due, plan
+from utilitarian.beat.schedule import ON_TIME, Entry, Plan, next_due, plan
 from utilitarian.beat.state import BeatState, encode_state
 from utilitarian.broker.connection import Backoff, BrokerSettings
 from utilitarian.errors import EX_SOFTWARE, AuthenticationRefused, BrokerUnavailable, UtilitarianError
@@ -26,6 +27,17 @@ TICK = 0.2  # longest sleep between looks at the stop request: TERM hand-over st
 JUMP_THRESHOLD = 1.0  # wall and monotonic elapsed differing by more than this is a clock jump
 ANNOUNCE_INTERVAL = 5.0  # how often a leader tells standbys who holds the lock (for their STATUS)
 LOG_EACH_FIRE = 10  # a catch-up burst larger than this is logged as one line
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The plan of the next slot, made just before it (see Beat.prepare)."""
+
+    slot: dt.datetime
+    base: BeatState  # the state it was planned from; stale once that changes
+    plan: Plan
+    outgoing: tuple
+    state_body: bytes
 
 
 class Beat:
@@ -49,6 +61,7 @@ class Beat:
         self.holder: BeatEvent | None = None
         self.state = BeatState()
         self.next: tuple[dt.datetime, Entry] | None = None
+        self.prepared: Prepared | None = None
         self.next_try = 0.0
         self.contend_now = False
         self.next_announce = 0.0
@@ -180,6 +193,7 @@ class Beat:
         self.leader_since = self.now()
         self.state = state
         self.next = None  # plan at once: catch up what was missed while nobody led
+        self.prepared = None
         self.next_announce = 0.0
         if state.writer:
             log.info("leading since %s (term %d); state of %d entries last written by %s at %s",
@@ -189,6 +203,7 @@ class Beat:
             log.info("leading since %s (term %d); no beat state yet, every entry starts from now",
                      _iso(self.leader_since), self.term)
         self.mark_ready()
+        self.set_status(self.leader_status())
 
     def lead_step(self) -> None:
         now = self.now()
@@ -199,31 +214,56 @@ class Beat:
             self.conn.publish_event(BeatEvent("leader", self.identity, self.leader_since))
             self.next_announce = mono + ANNOUNCE_INTERVAL
         self.set_status(self.leader_status())
-        remaining = (self.next[0] - self.now()).total_seconds() if self.next else TICK
-        self.wait(min(TICK, remaining))
+        if self.next is None:
+            self.wait(TICK)
+            return
+        if self.prepared is None and (self.next[0] - self.now()).total_seconds() < TICK:
+            self.prepared = self.prepare(self.next[0])
+        self.wait(min(TICK, (self.next[0] - self.now()).total_seconds()))
+
+    def prepare(self, slot: dt.datetime) -> Prepared:
+        """Plan and encode the coming slot before it is due, so that at the slot only the lock
+        check and the transaction stand between the clock and the broker."""
+        p = plan(self.entries, self.state, slot, max_catch_up=self.cfg.max_catch_up, disabled=self.disabled)
+        leader = f"{self.identity}/{self.term}"
+        outgoing = tuple(outgoing_fire(d.entry, d.slot, slot, leader=leader) for d in p.fires)
+        return Prepared(slot, self.state, p, outgoing, encode_state(p.state, writer=leader, now=slot))
 
     def fire_due(self, now: dt.datetime) -> None:
-        p = plan(self.entries, self.state, now, max_catch_up=self.cfg.max_catch_up, disabled=self.disabled)
+        ready, self.prepared = self.prepared, None
+        # Slots are whole seconds apart, so within ON_TIME of the prepared slot nothing else can
+        # have become due; anything else (a late wake, a clock step) is planned afresh.
+        if ready is not None and ready.base is self.state and dt.timedelta(0) <= now - ready.slot < \
+                dt.timedelta(seconds=ON_TIME):
+            p, outgoing, body = ready.plan, ready.outgoing, ready.state_body
+        else:
+            p = plan(self.entries, self.state, now, max_catch_up=self.cfg.max_catch_up, disabled=self.disabled)
+            leader = f"{self.identity}/{self.term}"
+            outgoing = tuple(outgoing_fire(d.entry, d.slot, now, leader=leader) for d in p.fires)
+            body = encode_state(p.state, writer=leader, now=now)
         for note in p.notes:
             log.warning("%s", note)
         if p.fires or p.changed:
-            leader = f"{self.identity}/{self.term}"
-            outgoing = [outgoing_fire(d.entry, d.slot, now, leader=leader) for d in p.fires]
+            started = self.monotonic()
             self.conn.verify()
-            self.conn.commit(outgoing, encode_state(p.state, writer=leader, now=now))
+            self.conn.commit(outgoing, body)
             self.fired += len(p.fires)
-            self.log_fires(p.fires)
+            self.log_fires(p.fires, self.now())
+            log.debug("committed %d fires and the state in %.1f ms", len(p.fires),
+                      (self.monotonic() - started) * 1e3)
         self.state = p.state
         self.next = next_due(self.entries, self.state, now)
 
-    def log_fires(self, fires) -> None:
+    def log_fires(self, fires, committed: dt.datetime) -> None:
+        """One line per fire with its lateness (commit done minus slot), or one per burst."""
         if len(fires) > LOG_EACH_FIRE:
             log.info("fired %d catch-up slots from %s to %s", len(fires), slot_iso(fires[0].slot),
                      slot_iso(fires[-1].slot))
             return
         for due in fires:
-            log.info("fired %s slot %s as %s[%s] to %s", due.entry.name, slot_iso(due.slot), due.entry.task,
-                     task_id_for(due.entry.name, due.slot), due.entry.queue)
+            late = (committed - due.slot).total_seconds() * 1000.0
+            log.info("fired %s slot %s (+%.1f ms) as %s[%s] to %s", due.entry.name, slot_iso(due.slot), late,
+                     due.entry.task, task_id_for(due.entry.name, due.slot), due.entry.queue)
 
     def leader_status(self) -> str:
         text = f"leader since {_iso(self.leader_since)}, {len(self.entries)} entries"
@@ -246,6 +286,7 @@ class Beat:
                             "slots already fired will not fire again" if jump < 0
                             else "missed slots follow misfire_grace/coalesce")
                 self.next = None if self.role == "leader" else self.next
+                self.prepared = None
         self.last_clock = (wall, mono)
 
     def wait(self, seconds: float) -> None:

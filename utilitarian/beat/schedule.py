@@ -164,9 +164,21 @@ def _due_for(entry: Entry, done_until: dt.datetime, now: dt.datetime,
     elif len(candidates) == max_catch_up and first < candidates[0]:
         notes.append(f"entry {entry.name}: more than max_catch_up={max_catch_up} missed slots; "
                      f"the ones before {_iso(candidates[0])} are skipped")
+    if entry.expires is not None:
+        # A catch-up fire already past its expiry would only be dead-lettered by the worker.
+        live = [slot for slot in candidates if slot + dt.timedelta(seconds=entry.expires) > now]
+        if len(live) < len(candidates):
+            notes.append(f"entry {entry.name}: {len(candidates) - len(live)} missed slot(s) already expired "
+                         f"(expires {entry.expires:g}s); not sent")
+        if not live:
+            return candidates[-1], [], notes
+        done = candidates[-1]
+        candidates = live
+    else:
+        done = candidates[-1]
     if len(candidates) > 1:
         notes.append(f"entry {entry.name}: catching up {len(candidates)} missed slots from {_iso(candidates[0])}")
-    return candidates[-1], [Due(entry, slot) for slot in candidates], notes
+    return done, [Due(entry, slot) for slot in candidates], notes
 
 
 def next_due(entries: Sequence[Entry], state: BeatState, now: dt.datetime) -> tuple[dt.datetime, Entry] | None:

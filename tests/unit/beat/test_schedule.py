@@ -90,6 +90,17 @@ def test_max_catch_up_bounds_a_burst_to_the_latest_slots():
     assert any("max_catch_up" in n for n in p.notes)
 
 
+def test_catch_up_fires_already_expired_are_not_sent():
+    e = entry(misfire_grace=3600.0, coalesce=False, expires=150.0)
+    p = plan([e], state_of(e, T0), at(605))
+    assert slots(p) == [at(480), at(540), at(600)]  # 12:08 expires at 12:10:30 > now 12:10:05
+    assert any("7 missed slot(s) already expired" in n for n in p.notes)
+    hourly = entry(cron="0 * * * *", misfire_grace=3600.0, expires=60.0)
+    gone = plan([hourly], state_of(hourly, T0), at(3600 + 90))
+    assert gone.fires == () and gone.changed
+    assert gone.state.entries["e"].done_until == at(3600)
+
+
 def test_clock_stepping_back_fires_nothing_twice():
     e = entry(cron="* * * * * *", misfire_grace=60.0, coalesce=False)
     s = state_of(e, at(10))
