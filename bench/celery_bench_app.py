@@ -9,7 +9,7 @@ from celery import Celery
 
 app = Celery("bench", broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"))
 app.conf.update(task_serializer="json", accept_content=["json"], worker_hijack_root_logger=False,
-                task_acks_late=True, broker_connection_retry_on_startup=True, worker_send_task_events=False)
+                broker_connection_retry_on_startup=True, worker_send_task_events=False)
 _fd = None
 
 

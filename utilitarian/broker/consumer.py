@@ -67,7 +67,8 @@ class Consumer:
         self._lock = threading.Lock()
         self._outstanding: set[int] = set()  # delivery tags of the live channel not settled yet
         self.on_consuming: Callable[[], None] | None = None
-        self.prepare: Callable[[object], None] | None = None  # e.g. declare the topology
+        # (connection, channel) -> channel to consume on; e.g. declare the topology first
+        self.prepare: Callable[[object, object], object] | None = None
         self.on_connection_lost: Callable[[Exception], None] | None = None
 
     # --- thread-safe API ---------------------------------------------------------------------
@@ -142,7 +143,7 @@ class Consumer:
         try:
             channel = self.connection.channel()
             if self.prepare is not None:
-                self.prepare(channel)
+                channel = self.prepare(self.connection, channel) or channel
             # One limit for the whole channel (global_qos): a child never holds more messages
             # than it has threads, whichever queues they came from.
             channel.basic_qos(prefetch_count=self.prefetch, global_qos=True)

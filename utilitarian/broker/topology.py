@@ -30,12 +30,34 @@ def declare_queue(channel, name: str) -> None:
     channel.queue_bind(name, name, routing_key=name)
 
 
+# Declared last, so its existence means everything before it exists. The name carries a version:
+# a release that changes the topology bumps it and every process declares again.
+MARKER = "utilitarian.topology.v1"
+
+
 def declare_all(channel, task_queues=queues.QUEUES) -> None:
     """Declare everything workers, beat and producers rely on, on an open pika channel."""
     for name in task_queues:
         declare_queue(channel, name)
     declare_queue(channel, queues.DEAD_LETTER)
     delay.declare(channel, list(task_queues) + [queues.DEAD_LETTER])
+    channel.exchange_declare(MARKER, exchange_type="fanout", durable=True)
+
+
+def ensure_declared(connection, channel):
+    """Declare the topology unless the marker says it is complete; returns a usable channel.
+    One round trip instead of ~150 when a worker child starts or reconnects."""
+    import pika.exceptions
+
+    try:
+        channel.exchange_declare(MARKER, exchange_type="fanout", durable=True, passive=True)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+    channel = connection.channel()  # the 404 closed the first one
+    declare_all(channel)
+    return channel
 
 
 def declare_topology(settings: BrokerSettings, task_queues=queues.QUEUES, *, attempts: int | None = 3) -> None:

@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args, process_name="master")
     plan, settings, registry = prepare(args, config)
+    # Imported here, before the fork, so every child starts with them loaded (copy-on-write).
+    import pika.adapters.blocking_connection  # noqa: F401
+    import utilitarian.broker.consumer  # noqa: F401
+    import utilitarian.supervisor.runner  # noqa: F401
     loglevel = getattr(args, "loglevel", None) or config.logging.level
     log = logging.getLogger("utilitarian.worker")
 

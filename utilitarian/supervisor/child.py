@@ -79,7 +79,7 @@ class Child:
     def run(self) -> int:
         from utilitarian.app import App
         from utilitarian.broker.consumer import Consumer
-        from utilitarian.broker.topology import declare_all
+        from utilitarian.broker.topology import ensure_declared
         from utilitarian.log import setup_logging
         from utilitarian.supervisor.heartbeat import StatusWriter
         from utilitarian.supervisor.runner import TaskRunner
@@ -95,7 +95,7 @@ class Child:
                   name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index} publisher")
         consumer = Consumer(spec.settings, list(pool.queues), pool.threads, on_delivery=lambda d: runner.submit(d),
                             name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index}")
-        consumer.prepare = declare_all
+        consumer.prepare = ensure_declared
         stats = TaskStats()
         runner = TaskRunner(registry=spec.registry, app=app, consumer=consumer, threads=pool.threads, stats=stats,
                             max_deliveries=spec.config.worker.max_deliveries,

@@ -1,0 +1,296 @@
+"""Benchmark: one daily AMR round of 10,000 simulated Modbus meters, end to end, side by side with
+Celery in the same run.
+
+The meters are `utilitarian simulate modbus` in a separate process (50 gateways that serve parallel
+sessions, --latency per answer, one request per poll). Each system gets a fresh vhost and SQLite
+store with the same registry, and is timed from the moment the round is dispatched:
+
+  utilitarian  `utilitarian worker -c 2 --threads 100` (all 14 queues): amr.dispatch_schedule fans
+               out 10,000 amr.execute_meter_task (pipelined confirms); each poll hands readings and
+               its outcome to the commit queues, which the same worker stores.
+  celery       `celery worker -P prefork -c 8` (the usual setup); the round is dispatched with
+               send_task in a loop; each task polls with the same driver and writes readings and
+               its outcome to the store itself.
+
+Printed: dispatch time, round wall time (dispatch to last poll finished) against the ideal
+(meters x latency / slots), readings committed per second, time until every reading was stored,
+and peak RSS of each worker's process tree. Figures only; nothing is asserted.
+
+    .venv/bin/python bench/amr_round.py [--meters 10000] [--latency 0.05] [--skip-celery]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+BENCH = pathlib.Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(REPO), str(BENCH)]
+SERIES = ["active_energy_import", "active_energy_export"]  # adjacent registers: one request per poll
+UTC = dt.timezone.utc
+
+# --- the Celery side (imported by `celery -A amr_round worker`) ---------------------------------
+if os.environ.get("AMR_BENCH_CELERY"):
+    from celery import Celery
+
+    celery_app = Celery("amr_round", broker=os.environ["AMR_BENCH_BROKER"])
+    celery_app.conf.update(task_serializer="json", accept_content=["json"], worker_hijack_root_logger=False)
+    _store = {}
+
+    def _store_here():
+        from utilitarian.amr.store import open_store
+
+        if os.getpid() not in _store:  # one per prefork child, opened after the fork
+            _store[os.getpid()] = open_store(os.environ["AMR_BENCH_DB"], pool_size=1)
+        return _store[os.getpid()]
+
+    @celery_app.task(name="amr.execute_meter_task")
+    def celery_execute(meter, amr_task, slot, round_id):
+        import time as _time
+
+        from utilitarian.amr.environments import run_task_call
+        from utilitarian.amr.model import AmrTaskRun, MeterReading, parse_utc
+        from utilitarian.amr.target import parse_meter_url
+
+        started = _time.monotonic()
+        store = _store_here()
+        device, task = store.get_meter(meter), store.get_amr_task(amr_task)
+        target = parse_meter_url(device.url, secret=device.password)
+        result = run_task_call(task.meter_execution_type, task.task_call, target, task.task_kwargs,
+                               now=parse_utc(slot))
+        store.commit_readings([MeterReading(meter, r.series, r.timestamp, r.value, r.unit) for r in result.readings])
+        store.record_runs([AmrTaskRun(celery_execute.request.id, meter, amr_task, "done", round_id,
+                                      duration=_time.monotonic() - started, attempts=1)])
+
+
+# --- shared measurement ---------------------------------------------------------------------------
+class RssSampler(threading.Thread):
+    """Peak RSS (MiB) of a process tree, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.2):
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                continue
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total / 2**20)
+
+
+def start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
+    meters_file = work / "meters.toml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "utilitarian", "simulate", "modbus", "--meters", str(args.meters), "--gateways",
+         str(args.gateways), "--type", "eastron_sdm120", "--latency", str(args.latency),
+         "--meters-out", str(meters_file), "-l", "warning"],
+        env={**os.environ, "UTILITARIAN_CONFIG": os.devnull}, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not meters_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the simulator did not start")
+        time.sleep(0.1)
+    return proc, meters_file
+
+
+def install(db_url: str, meters_file: pathlib.Path) -> None:
+    from utilitarian.amr.meter_types import load_builtin_meter_types
+    from utilitarian.amr.model import AmrTask, AmrTaskGroup
+    from utilitarian.amr.registry_import import Known, known_execution_types, load_meter_list
+    from utilitarian.amr.store import open_store
+
+    task = AmrTask("read-daily", "daily", "read_values", "generic_modbus", {"series": SERIES})
+    meters = load_meter_list(str(meters_file), Known(meter_types=load_builtin_meter_types(),
+                                                     execution_types=known_execution_types()))
+    entries = [e.__class__(e.device, e.units, ("daily",), None) for e in meters.entries]
+    with open_store(db_url) as store:
+        store.migrate()
+        store.import_registry(entries, tasks=[task], groups=[AmrTaskGroup("daily", ("read-daily",))])
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_log(path: pathlib.Path, needle: str, count: int, timeout: float = 60.0) -> None:
+    wait_until(lambda: path.exists() and path.read_text(errors="replace").count(needle) >= count, timeout,
+               f"{count}x {needle!r} in {path.name}", 0.1)
+
+
+def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout: float) -> dict:
+    """Wait for n outcomes and n x len(SERIES) readings; times are seconds after t0 (wall clock)."""
+    from utilitarian.amr.store import open_store
+
+    with open_store(db_url) as store:
+        def outcomes():
+            with store.backend.transaction() as tx:
+                return tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome <> 'pending'", default=0) >= n
+        wait_until(outcomes, timeout, "every poll to finish", 0.2)
+        wait_until(lambda: store.count_readings() >= n * len(SERIES), timeout, "every reading", 0.2)
+        b = store.backend
+        with b.transaction() as tx:
+            last_poll = b.from_ts(tx.scalar("SELECT max(finished_at) FROM amr_task_run"))
+            first_c = b.from_ts(tx.scalar("SELECT min(committed_at) FROM meter_reading"))
+            last_c = b.from_ts(tx.scalar("SELECT max(committed_at) FROM meter_reading"))
+            failed = tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome = 'failed'", default=0)
+        rnd = store.get_round(round_id) if round_id else None
+    readings = n * len(SERIES)
+    return {"round": last_poll.timestamp() - t0, "stored": last_c.timestamp() - t0,
+            "commit_rate": readings / max(1e-3, (last_c - first_c).total_seconds()), "failed": failed,
+            "dispatch": rnd.dispatch_seconds if rnd else None}
+
+
+# --- the two systems --------------------------------------------------------------------------------
+def run_ours(args, meters_file: pathlib.Path) -> dict:
+    from common import tmpdir, url_for, vhost
+
+    from utilitarian.app import App
+    from utilitarian.broker.connection import settings_from_config
+    from utilitarian.broker.topology import declare_topology
+    from utilitarian.config import load_config
+
+    work = tmpdir()
+    db_url = f"sqlite:///{work / 'amr.sqlite3'}"
+    install(db_url, meters_file)
+    with vhost("bench-amr") as v:
+        config_path = work / "utilitarian.toml"
+        config_path.write_text(f'[broker]\nurl = "{url_for(v)}"\n[database]\nurl = "{db_url}"\n'
+                               f'[paths]\nstate_dir = "{work / "state"}"\nruntime_dir = "{work / "run"}"\n'
+                               '[beat]\nbuiltin_schedules = false\n[amr]\nstore_pool_size = 16\n')
+        config = load_config(str(config_path))
+        declare_topology(settings_from_config(config))
+        log = work / "worker.log"
+        worker = subprocess.Popen([sys.executable, "-m", "utilitarian", "worker", "--config", str(config_path),
+                                   "-c", str(args.processes), "--threads", str(args.threads), "-l", "info"],
+                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        rss = RssSampler(worker.pid)
+        try:
+            wait_log(log, "consuming (boot", args.processes)
+            rss.start()
+            app = App(config, name="bench dispatch")
+            slot = dt.datetime.now(UTC).replace(microsecond=0)
+            t0 = time.time()
+            app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
+            app.close()
+            round_id = f"daily@{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+            result = measure_store(db_url, args.meters, t0, round_id, timeout=600)
+        finally:
+            rss.stop.set()
+            from common import stop
+
+            stop(worker)
+    result["rss"] = rss.peak
+    return result
+
+
+def run_celery(args, meters_file: pathlib.Path) -> dict:
+    from common import stop, tmpdir, url_for, vhost
+
+    work = tmpdir()
+    db_url = f"sqlite:///{work / 'amr.sqlite3'}"
+    install(db_url, meters_file)
+    queue = "utilitarian.tasks.amr.scheduled.daily"
+    with vhost("bench-amr-celery") as v:
+        env = {**os.environ, "AMR_BENCH_CELERY": "1", "AMR_BENCH_BROKER": url_for(v), "AMR_BENCH_DB": db_url,
+               "PYTHONPATH": f"{BENCH}{os.pathsep}{REPO}"}
+        log = work / "celery.log"
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "amr_round", "worker", "-P", "prefork",
+                                   "-c", str(args.celery_concurrency), "-Q", queue, "--without-gossip",
+                                   "--without-mingle", "--without-heartbeat", "-l", "info"],
+                                  env=env, cwd=BENCH, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        rss = RssSampler(worker.pid)
+        try:
+            wait_log(log, "ready.", 1)
+            rss.start()
+            os.environ.update({"AMR_BENCH_CELERY": "1", "AMR_BENCH_BROKER": url_for(v)})
+            from celery import Celery
+
+            producer = Celery("dispatch", broker=url_for(v))
+            producer.conf.update(task_serializer="json")
+            from utilitarian.amr.store import open_store
+
+            with open_store(db_url) as store:
+                pairs = store.jobs_for_schedule("daily")
+            slot = dt.datetime.now(UTC).replace(microsecond=0)
+            t0 = time.time()
+            began = time.monotonic()
+            with producer.connection_for_write() as conn:
+                for meter, task, _ in pairs:  # a Celery dispatch task: one send_task per job
+                    producer.send_task("amr.execute_meter_task", kwargs={
+                        "meter": meter, "amr_task": task, "slot": slot.isoformat(),
+                        "round_id": "celery"}, queue=queue, connection=conn)
+            dispatch = time.monotonic() - began
+            result = measure_store(db_url, args.meters, t0, None, timeout=900)
+            result["dispatch"] = dispatch
+        finally:
+            rss.stop.set()
+            stop(worker)
+    result["rss"] = rss.peak
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meters", type=int, default=10_000)
+    parser.add_argument("--gateways", type=int, default=50)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=100)
+    parser.add_argument("--celery-concurrency", type=int, default=8)
+    parser.add_argument("--skip-celery", action="store_true")
+    args = parser.parse_args()
+    from common import stop, tmpdir
+
+    sim, meters_file = start_simulator(args, tmpdir())
+    slots = args.processes * args.threads
+    ideal = args.meters * args.latency / slots
+    print(f"# daily round: {args.meters:,} Modbus meters, {args.latency * 1000:.0f} ms per answer, "
+          f"{args.gateways} gateways; {os.cpu_count()} CPUs")
+    print(f"# command: {' '.join([os.path.relpath(sys.executable, REPO), 'bench/amr_round.py', *sys.argv[1:]])}")
+    rows = []
+    try:
+        ours = run_ours(args, meters_file)
+        rows.append((f"utilitarian -c {args.processes} --threads {args.threads}", ours, ideal))
+        if not args.skip_celery:
+            celery = run_celery(args, meters_file)
+            c_ideal = args.meters * args.latency / args.celery_concurrency
+            rows.append((f"celery -P prefork -c {args.celery_concurrency}", celery, c_ideal))
+    finally:
+        stop(sim)
+    print(f"{'system':<34} {'dispatch':>9} {'round':>8} {'ideal':>7} {'x ideal':>8} {'stored':>8} "
+          f"{'commits/s':>10} {'failed':>7} {'peak RSS':>9}")
+    for name, r, ideal_s in rows:
+        print(f"{name:<34} {r['dispatch']:>8.2f}s {r['round']:>7.1f}s {ideal_s:>6.1f}s {r['round'] / ideal_s:>7.1f}x "
+              f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Worker benchmarks, side by side with Celery 5 in the same run (medians of --runs):
+
+  noop    20,000 tasks appending one byte each, 2 processes (Celery -P prefork -c 2; a raw pika
+          consumer as the floor of what Python + pika can do)
+  io      2,000 tasks sleeping 0.1 s: 100 slots (Celery -P threads -c 100) and 8 slots
+          (Celery -P prefork -c 8), against the ideal N x 0.1 / slots
+  memory  idle PSS/RSS of the whole process tree, and start-up to ready
+
+Every figure is printed with the command that produced it (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+from common import (BENCH, REPO, counter_size, env_for, fill, median, stop, tmpdir, tree_memory, url_for, vhost,
+                    wait_counter, write_config)
+
+PY = sys.executable
+CELERY = [PY, "-m", "celery", "-A", "celery_bench_app", "worker", "-Q", "utilitarian.tasks.default",
+          "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def run_celery(url: str, counter: pathlib.Path, n: int, pool_args: list[str], log: pathlib.Path):
+    proc = subprocess.Popen(CELERY + pool_args + ["-l", "info"], env=env_for(counter, url), cwd=BENCH,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return proc
+
+
+def run_ours(config: pathlib.Path, counter: pathlib.Path, args: list[str], log: pathlib.Path, env_extra=None):
+    env = {**env_for(counter, ""), **(env_extra or {})}
+    return subprocess.Popen([PY, "-m", "utilitarian", "worker", "--config", str(config), "-I", "bench_tasks",
+                             "-Q", "default", *args], env=env, cwd=REPO, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def timed(system: str, n: int, task: str, task_args: list, start) -> tuple[float, float]:
+    """(end-to-end seconds from process start, steady seconds from first to last task)."""
+    with vhost("bench-w") as v:
+        url = url_for(v)
+        work = tmpdir()
+        config = write_config(work, url)
+        fill(config, task, n, task_args)
+        counter = work / "counter"
+        began = time.monotonic()
+        proc = start(url, config, counter, work)
+        try:
+            first: list = []
+            done = wait_counter(counter, n, first=first)
+        finally:
+            stop(proc)
+        return done - began, done - first[0]
+
+
+def noop(runs: int, n: int, threads: int) -> None:
+    rows = {"celery prefork -c 2": [], f"utilitarian -c 2 --threads {threads}": [], "raw pika consumer": []}
+    for _ in range(runs):
+        rows["celery prefork -c 2"].append(timed("celery", n, "bench.noop", [], lambda url, cfg, ctr, w: run_celery(
+            url, ctr, n, ["-P", "prefork", "-c", "2"], w / "celery.log")))
+        rows[f"utilitarian -c 2 --threads {threads}"].append(timed("ours", n, "bench.noop", [], lambda url, cfg, ctr, w: run_ours(
+            cfg, ctr, ["-c", "2", "--threads", str(threads)], w / "worker.log")))
+        rows["raw pika consumer"].append(timed("raw", n, "bench.noop", [], lambda url, cfg, ctr, w: subprocess.Popen(
+            [PY, str(BENCH / "raw_pika_consumer.py"), url, "utilitarian.tasks.default", str(ctr), str(n)])))
+    report(f"no-op: {n:,} tasks", n, rows)
+    c = median([n / e for e, _ in rows["celery prefork -c 2"]])
+    o = median([n / e for e, _ in rows[f"utilitarian -c 2 --threads {threads}"]])
+    r = median([n / e for e, _ in rows["raw pika consumer"]])
+    print(f"  utilitarian / celery = {o / c:.1f}x (target >= 3x); utilitarian / raw pika = {o / r:.0%} (moonshot >= 70%)")
+
+
+def io_bound(runs: int, n: int, sleep: float) -> None:
+    for slots, celery_pool, ours_args in ((100, ["-P", "threads", "-c", "100"], ["-c", "2", "--threads", "50"]),
+                                          (8, ["-P", "prefork", "-c", "8"], ["-c", "2", "--threads", "4"])):
+        name_c = f"celery {' '.join(celery_pool)}"
+        name_o = f"utilitarian {' '.join(ours_args)}"
+        rows = {name_c: [], name_o: []}
+        for _ in range(runs):
+            rows[name_c].append(timed("celery", n, "bench.sleep", [sleep], lambda url, cfg, ctr, w: run_celery(
+                url, ctr, n, celery_pool, w / "celery.log")))
+            rows[name_o].append(timed("ours", n, "bench.sleep", [sleep], lambda url, cfg, ctr, w: run_ours(
+                cfg, ctr, ours_args, w / "worker.log")))
+        ideal = n * sleep / slots
+        report(f"I/O-bound: {n:,} tasks x {sleep}s on {slots} slots (ideal {ideal:.2f}s)", n, rows)
+        steady = median([s for _, s in rows[name_o]])
+        e2e_c = median([e for e, _ in rows[name_c]])
+        e2e_o = median([e for e, _ in rows[name_o]])
+        print(f"  utilitarian steady {steady:.2f}s = {steady / ideal:.2f}x ideal (target <= 1.2x); "
+              f"end to end {e2e_c / e2e_o:.2f}x faster than celery")
+
+
+def memory(runs: int) -> None:
+    from support_notify import NotifyListener
+
+    startup_o, startup_c, mem = [], [], {}
+    for _ in range(runs):
+        with vhost("bench-m") as v:
+            url = url_for(v)
+            work = tmpdir()
+            config = write_config(work, url)
+            fill(config, "bench.noop", 0)
+            counter = work / "counter"
+            listener = NotifyListener(work / "notify.sock")
+            began = time.monotonic()
+            proc = run_ours(config, counter, ["-c", "2", "--threads", "100"], work / "worker.log",
+                            {"NOTIFY_SOCKET": str(listener.path)})
+            listener.wait_for("READY=1", 30)
+            startup_o.append(time.monotonic() - began)
+            time.sleep(2)
+            mem.setdefault("utilitarian idle at start, -c 2 --threads 100", []).append(tree_memory(proc.pid))
+            fill(config, "bench.sleep", 400, [0.2])  # every thread of both children exists now
+            wait_counter(counter, 400)
+            time.sleep(2)
+            mem.setdefault("utilitarian idle after using all 200 threads", []).append(tree_memory(proc.pid))
+            stop(proc)
+            listener.close()
+        with vhost("bench-m") as v:
+            url = url_for(v)
+            work = tmpdir()
+            log = work / "celery.log"
+            began = time.monotonic()
+            proc = run_celery(url, work / "counter", 0, ["-P", "prefork", "-c", "8"], log)
+            deadline = time.monotonic() + 60
+            while b" ready." not in log.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            startup_c.append(time.monotonic() - began)
+            time.sleep(2)
+            mem.setdefault("celery prefork -c 8 idle", []).append(tree_memory(proc.pid))
+            stop(proc)
+    print("memory (whole process tree), median:")
+    for name, values in mem.items():
+        print(f"  {name:<48} PSS {median([p for p, _ in values]):6.1f} MiB   RSS {median([r for _, r in values]):6.1f} MiB")
+    print(f"start to ready, median: utilitarian {median(startup_o):.3f}s (target <= 0.5s)   "
+          f"celery prefork -c 8 {median(startup_c):.3f}s")
+
+
+def report(title: str, n: int, rows: dict) -> None:
+    print(f"{title}, median of {len(next(iter(rows.values())))} runs:")
+    for name, values in rows.items():
+        e2e = median([e for e, _ in values])
+        steady = median([s for _, s in values])
+        print(f"  {name:<36} end to end {e2e:6.2f}s = {n / e2e:8,.0f}/s   steady {steady:6.2f}s = {n / steady:8,.0f}/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="*", default=["noop", "io", "memory"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=64, help="threads per child for the no-op run")
+    args = parser.parse_args()
+    os.chdir(BENCH)
+    if "noop" in args.which:
+        noop(args.runs, 20_000, args.threads)
+    if "io" in args.which:
+        io_bound(args.runs, 2_000, 0.1)
+    if "memory" in args.which:
+        memory(args.runs)
+
+
+if __name__ == "__main__":
+    main()
