@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.beat_harness import BeatProcess, FireConsumer, wait_until, write_config  # noqa: E402
+from support.beat_harness import (BeatProcess, FireConsumer, contiguous_seconds, wait_quiet, wait_until,  # noqa: E402
+                                  write_config)
 
 
 def leader_note(note: dict) -> bool:
@@ -87,18 +88,25 @@ def main() -> int:
                 results[sig.name][1].append(fired.at - sent)
                 leader.wait_exit(10)
                 live = [standby, spawn()]
+        for b in live:
+            b.signal(signal.SIGTERM)
+            b.wait_exit(10)
+        wait_quiet(consumer)
     finally:
         for b in beats:
             b.stop()
         consumer.close()
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
-    ids = [f.task_id for f in consumer.snapshot()]
+    seen = consumer.snapshot()
+    ids = [f.task_id for f in seen]
+    gaps = contiguous_seconds([f.slot for f in seen])
     print(f"beat fail-over: {args.trials} trials per signal; retry_interval={args.retry_interval}s "
           f"+- {args.retry_jitter}s; every-second entry")
     for name, (lead, fire) in results.items():
         print(stats(f"{name}: signal -> standby leads", lead))
         print(stats(f"{name}: signal -> first fire of new", fire))
-    print(f"fires: {len(ids)}, duplicates by task id: {len(ids) - len(set(ids))}")
+    print(f"fires: {len(ids)} over {len(set(f.leader for f in seen))} leaderships, duplicates by task id: "
+          f"{len(ids) - len(set(ids))}, slots missing between first and last: {len(gaps)}")
     print("load average at the end (1/5/15 min): %.2f %.2f %.2f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
     return 0
 
