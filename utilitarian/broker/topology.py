@@ -72,6 +72,18 @@ def declare_topology(settings: BrokerSettings, task_queues=queues.QUEUES, *, att
         _close_quietly(connection)
 
 
+def ensure_topology(settings: BrokerSettings, *, attempts: int | None = 3) -> None:
+    """Declare the topology on a broker that lacks it (one round trip when it is there)."""
+    connection = connect_blocking(settings, name="utilitarian topology", attempts=attempts)
+    try:
+        try:
+            ensure_declared(connection, connection.channel())
+        except Exception as exc:
+            raise translate(exc, settings) from None
+    finally:
+        _close_quietly(connection)
+
+
 def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3) -> list[QueueState]:
     """Depth and consumer count per queue by passive declare (no management plugin needed)."""
     import pika.exceptions

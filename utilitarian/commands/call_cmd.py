@@ -41,7 +41,10 @@ def run(args) -> int:
         raise UsageError("--countdown must not be negative")
     if args.queue and not queues.resolve(args.queue):
         raise UsageError(queues.check_queue(args.queue))
+    from utilitarian.broker.topology import ensure_topology
+
     app = App(config, name="utilitarian call")
+    ensure_topology(app.settings)  # a fresh broker or vhost: declare rather than fail unroutable
     try:
         task_id = app.send_task(args.task, task_args, task_kwargs, queue=args.queue, countdown=args.countdown,
                                 eta=eta, expires=args.expires, task_id=args.task_id)
