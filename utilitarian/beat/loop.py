@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Collection, Sequence
 
 from utilitarian.beat.fires import outgoing_fire, slot_iso, task_id_for
-from utilitarian.beat.lock import BeatConnection, BeatEvent, LockLost
+from utilitarian.beat.lock import BeatConnection, BeatEvent
 from utilitarian.beat.schedule import ON_TIME, Entry, Plan, next_due, plan
 from utilitarian.beat.state import BeatState, encode_state
 from utilitarian.broker.connection import Backoff, BrokerSettings
@@ -41,6 +41,9 @@ class Prepared:
 
 
 class Beat:
+    """One beat process: `run()` until `request_stop()`; the role moves between disconnected,
+    standby and leader, and only a leader with an open lock channel ever publishes a fire."""
+
     def __init__(self, settings: BrokerSettings, entries: Sequence[Entry], *, beat_config,
                  disabled: Collection[str] = (), notifier=None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, identity: str | None = None):

@@ -95,7 +95,7 @@ def test_clock_jumps_fire_nothing_twice_and_follow_the_catch_up_policy(tmp_path,
         stepped = time.monotonic()
         assert wait_until(lambda: "wall clock jumped -20" in caplog.text, 5)
         time.sleep(2.5)  # the observation window: slots already fired must not fire again
-        assert [f for f in consumer.snapshot() if f.at > stepped + 0.2] == []
+        assert [f for f in consumer.snapshot() if f.at > stepped + 0.5] == []
 
         # When it then leaps an hour ahead (suspend/resume)
         offset[0] = 3600.0
