@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import (BENCH, REPO, counter_size, env_for, fill, median, stop, tmpdir, tree_memory, url_for, vhost,
+from common import (BENCH, REPO, env_for, fill, median, stop, tmpdir, tree_memory, url_for, vhost,
                     wait_counter, write_config)
 
 PY = sys.executable

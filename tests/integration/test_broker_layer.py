@@ -17,7 +17,7 @@ from utilitarian.broker.connection import connect_blocking, settings_from_url
 from utilitarian.broker.publisher import ConfirmedPublisher, Outgoing
 from utilitarian.broker.topology import declare_topology, inspect_queues
 from utilitarian.config import parse_config
-from utilitarian.errors import AuthenticationRefused, BrokerUnavailable, PublishError
+from utilitarian.errors import AuthenticationRefused, PublishError
 from utilitarian.protocol import decode
 
 UTC = dt.timezone.utc

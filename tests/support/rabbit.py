@@ -115,6 +115,18 @@ class PrivateNode(Rabbit):
             fh.write("[].\n")
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as fh:
             fh.write(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        if os.geteuid() == 0:
+            # Debian's rabbitmq-server wrapper drops to the rabbitmq user, which must own the dir.
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("rabbitmq")
+            except KeyError:
+                pw = None
+            if pw is not None:
+                for root, dirs, files in os.walk(self.base):
+                    for name in [root] + [os.path.join(root, x) for x in dirs + files]:
+                        os.chown(name, pw.pw_uid, pw.pw_gid)
         super().__init__(f"amqp://guest:guest@127.0.0.1:{self.port}/", node=node, env=env)
         self.has_ctl = True
 

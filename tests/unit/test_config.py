@@ -3,7 +3,6 @@ must each exit 78 with a one-line error naming the file and the key."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys

@@ -22,7 +22,7 @@ def register(sub, parent) -> None:
 
 
 def run(args) -> int:
-    from utilitarian.app import App, TaskCall
+    from utilitarian.app import App
     from utilitarian.commands.common import json_arg, load
     from utilitarian import queues
 

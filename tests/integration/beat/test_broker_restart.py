@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import os
-import pwd
 import shutil
 import signal
 import time
@@ -29,26 +27,11 @@ def node():
     if not shutil.which("rabbitmq-server"):
         pytest.skip("no rabbitmq-server binary for a private node")
     node = PrivateNode()
-    _let_rabbitmq_user_write(node.base)
     try:
         node.start()
         yield node
     finally:
         node.stop()
-
-
-def _let_rabbitmq_user_write(base: str) -> None:
-    """As root, the Debian wrapper runs the server as user `rabbitmq` (su), which cannot write
-    into our 0700 temp dir: hand the dir over (PrivateNode itself does not, yet)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        pw = pwd.getpwnam("rabbitmq")
-    except KeyError:
-        return
-    for root, dirs, files in os.walk(base):
-        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-            os.chown(name, pw.pw_uid, pw.pw_gid)
 
 
 def _plus(iso: str, seconds: float) -> str:

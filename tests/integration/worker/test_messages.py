@@ -13,7 +13,6 @@ import pika
 
 from support.procs import ran_counts, read_sink, wait_for
 from utilitarian import queues
-from utilitarian.app import TaskCall
 from utilitarian.broker import redeliver
 from utilitarian.broker.topology import inspect_queues
 from utilitarian.protocol import encode_task

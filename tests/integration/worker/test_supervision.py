@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import threading
 import time
 
 from support.procs import children_of, ran_counts, read_sink, wait_for
