@@ -61,3 +61,13 @@ def flaky(ctx, fail_times: int = 2) -> None:
 def always_fails(ctx) -> None:
     _sink(f"{ctx.id} {os.getpid()} attempt{ctx.retries}")
     raise ValueError("meter said no")
+
+
+@task("test.hold_the_gil", queue=queues.DEFAULT, bind=True, max_retries=0)
+def hold_the_gil(ctx, seconds: int = 3600) -> None:
+    """Freeze the whole child: libc sleep() called through PyDLL keeps the GIL, so the pump
+    thread cannot beat either (what a wedged C extension does)."""
+    import ctypes
+
+    _sink(f"{ctx.id} {os.getpid()} start")
+    ctypes.PyDLL(None).sleep(int(seconds))

@@ -55,11 +55,19 @@ def dead_letter(queue: str, body: bytes, properties, *, reason: str, error: str,
     return Outgoing("", queues.DEAD_LETTER, body, copy_properties(properties, headers))
 
 
+COUNT_DELAY = 0.2  # seconds: the ack of the original is on the wire long before the copy is back
+
+
 def count_delivery(queue: str, body: bytes, properties, deliveries: int) -> Outgoing:
-    """The same message back on its queue, carrying how often it was delivered so far."""
+    """The same message back on its queue, carrying how often it was delivered so far.
+
+    It comes back through the delay levels, not straight to the queue: straight back, the copy
+    could reach this very child and wedge it (it may be the poison) before the ack of the
+    original was flushed, and then both would be redelivered."""
     headers = _headers(properties)
     headers[DELIVERIES] = deliveries
-    return Outgoing("", queue, body, copy_properties(properties, headers))
+    exchange, key = delay.route(queue, COUNT_DELAY)
+    return Outgoing(exchange, key, body, copy_properties(properties, headers))
 
 
 def deliveries_of(properties, redelivered: bool) -> int:

@@ -144,3 +144,23 @@ def test_connections_dropped_three_times_lose_nothing(kit, rabbit, vhost):
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert queue_depth(kit, queues.DEAD_LETTER)[queues.DEAD_LETTER] == 0
+
+
+def test_a_frozen_child_is_aborted_with_a_stack_dump_and_its_message_becomes_poison(kit):
+    kit.configure("[worker]\nheartbeat_timeout = 2.0\nmax_deliveries = 2\n")
+    frozen = kit.app.send_task("test.hold_the_gil")
+    worker = kit.worker("-Q", "default", "-c", "1", "--threads", "2")
+    # The message freezes each child it reaches; after two deliveries it is dead-lettered.
+    wait_for(lambda: queue_depth(kit, queues.DEAD_LETTER)[queues.DEAD_LETTER] == 1, timeout=60,
+             what="the freezing task to be dead-lettered as poison")
+    starts = [pid for tid, pid, what in read_sink(kit.sink) if tid == frozen and what == "start"]
+    assert len(starts) == 2 and starts[0] != starts[1]
+    out = worker.output()
+    assert out.count("heartbeat timeout 2.0s); SIGABRT dumps its stacks") == 2
+    assert "Fatal Python error: Aborted" in out and "hold_the_gil" in out  # faulthandler's dump
+    assert "dead-lettering it as poison" in out
+    # the worker goes on with a fresh child
+    ok = kit.app.send_task("test.record")
+    wait_for(lambda: ok in ran_counts(kit.sink), timeout=30, what="a task after the poison")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
