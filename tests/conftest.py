@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from support.rabbit import find_broker
+from support.rabbit import ContainerRabbit, PrivateNode, find_broker
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -22,7 +22,7 @@ def rabbit():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     yield broker
-    if hasattr(broker, "stop") and broker.node:
+    if isinstance(broker, (PrivateNode, ContainerRabbit)):
         broker.stop()
 
 

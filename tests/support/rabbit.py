@@ -175,13 +175,54 @@ def find_broker() -> tuple[Rabbit | None, str]:
             reason = f"private node failed: {exc}"
     else:
         reason = "no rabbitmq-server binary"
+    container = _start_container()
+    if isinstance(container, Rabbit):
+        return container, "a RabbitMQ container started with testcontainers"
+    return None, f"{reason}; {container}"
+
+
+class ContainerRabbit(Rabbit):
+    """A broker in a container (testcontainers), where a Docker engine runs. Admin goes through
+    `rabbitmqctl` inside the container."""
+
+    def __init__(self, container):
+        self.container = container
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        super().__init__(f"amqp://guest:guest@{host}:{port}/")
+        self.has_ctl = True
+        self.node = None
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True):
+        code, output = self.container.exec(["rabbitmqctl", *args])
+        result = subprocess.CompletedProcess(args, code, output.decode(errors="replace"), "")
+        if check and code:
+            raise subprocess.CalledProcessError(code, args, result.stdout)
+        return result
+
+    def delete_vhost(self, vhost: str, wait: bool = False) -> None:
+        self.ctl("delete_vhost", vhost, check=False)
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
+def _start_container():
+    """A ContainerRabbit, or a sentence saying why there is none."""
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer  # noqa: F401
+        from testcontainers.rabbitmq import RabbitMqContainer
     except ImportError:
-        return None, reason + "; testcontainers not installed"
+        return "testcontainers not installed"
     if not shutil.which("docker"):
-        return None, reason + "; no Docker for testcontainers"
-    return None, reason + "; Docker engine not usable here"
+        return "no Docker for testcontainers"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        return "no Docker engine answers (docker info failed)"
+    try:
+        container = RabbitMqContainer("rabbitmq:3.13")
+        container.start()
+    except Exception as exc:  # image pull or start failure: report, do not crash collection
+        return f"testcontainers could not start RabbitMQ: {exc}"
+    return ContainerRabbit(container)
 
 
 def _mask(url: str) -> str:
