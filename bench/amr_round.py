@@ -78,6 +78,7 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0.0
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds seen last (children exit before the end)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -93,9 +94,31 @@ class RssSampler(threading.Thread):
             for p in procs:
                 try:
                     total += p.memory_info().rss
+                    times = p.cpu_times()
+                    self.cpu[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total / 2**20)
+
+
+def cpu_seconds(pids) -> float:
+    """CPU seconds so far of these processes (the simulator, the broker) for the per-round share."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def broker_pids() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("beam")]
 
 
 def start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
@@ -196,17 +219,21 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             rss.start()
             app = App(config, name="bench dispatch")
             slot = dt.datetime.now(UTC).replace(microsecond=0)
+            others = [args.sim_pid, *broker_pids()]
+            before = cpu_seconds(others)
             t0 = time.time()
             app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
             app.close()
             round_id = f"daily@{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}"
             result = measure_store(db_url, args.meters, t0, round_id, timeout=600)
+            result["other_cpu"] = cpu_seconds(others) - before
         finally:
             rss.stop.set()
             from common import stop
 
             stop(worker)
     result["rss"] = rss.peak
+    result["cpu"] = sum(rss.cpu.values())
     return result
 
 
@@ -240,6 +267,8 @@ def run_celery(args, meters_file: pathlib.Path) -> dict:
             with open_store(db_url) as store:
                 pairs = store.jobs_for_schedule("daily")
             slot = dt.datetime.now(UTC).replace(microsecond=0)
+            others = [args.sim_pid, *broker_pids()]
+            before = cpu_seconds(others)
             t0 = time.time()
             began = time.monotonic()
             with producer.connection_for_write() as conn:
@@ -250,10 +279,12 @@ def run_celery(args, meters_file: pathlib.Path) -> dict:
             dispatch = time.monotonic() - began
             result = measure_store(db_url, args.meters, t0, None, timeout=900)
             result["dispatch"] = dispatch
+            result["other_cpu"] = cpu_seconds(others) - before
         finally:
             rss.stop.set()
             stop(worker)
     result["rss"] = rss.peak
+    result["cpu"] = sum(rss.cpu.values())
     return result
 
 
@@ -270,6 +301,7 @@ def main() -> None:
     from common import stop, tmpdir
 
     sim, meters_file = start_simulator(args, tmpdir())
+    args.sim_pid = sim.pid
     slots = args.processes * args.threads
     ideal = args.meters * args.latency / slots
     print(f"# daily round: {args.meters:,} Modbus meters, {args.latency * 1000:.0f} ms per answer, "
@@ -286,10 +318,10 @@ def main() -> None:
     finally:
         stop(sim)
     print(f"{'system':<34} {'dispatch':>9} {'round':>8} {'ideal':>7} {'x ideal':>8} {'stored':>8} "
-          f"{'commits/s':>10} {'failed':>7} {'peak RSS':>9}")
+          f"{'commits/s':>10} {'failed':>7} {'peak RSS':>9} {'worker CPU':>10} {'sim+broker CPU':>14}")
     for name, r, ideal_s in rows:
         print(f"{name:<34} {r['dispatch']:>8.2f}s {r['round']:>7.1f}s {ideal_s:>6.1f}s {r['round'] / ideal_s:>7.1f}x "
-              f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB")
+              f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB {r['cpu']:>9.1f}s {r['other_cpu']:>13.1f}s")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from utilitarian.amr.store.backend import Backend, StoreError, open_backend
+from utilitarian.amr.store.group_commit import GroupCommitter
 from utilitarian.amr.store.migrations import LATEST, SchemaOutdated, check_version, current_version, migrate
 from utilitarian.amr.store.readings import CommitResult, ReadingStore
 from utilitarian.amr.store.registry import RegistryStore
@@ -23,6 +24,11 @@ __all__ = ["Store", "StoreError", "SchemaOutdated", "CommitResult", "RoundCounts
 class Store(RegistryStore, ReadingStore, RunStore):
     def __init__(self, backend: Backend):
         self.backend = backend
+        self._group = GroupCommitter(backend, timeout=backend.timeout)
+
+    def _write(self, work):
+        """Commits of readings, events and runs: shared transactions across this process's threads."""
+        return self._group.run(work)
 
     @property
     def url(self) -> str:
@@ -48,6 +54,7 @@ class Store(RegistryStore, ReadingStore, RunStore):
             return {t: int(tx.scalar(f"SELECT count(*) FROM {t}", default=0)) for t in tables}
 
     def close(self) -> None:
+        self._group.close()
         self.backend.close()
 
     def __enter__(self) -> "Store":

@@ -173,7 +173,10 @@ class SqliteBackend(Backend):
     dialect = "sqlite"
     rowid = "rowid"
 
+    MIN_POOL = 32  # SQLite connections are cheap and WAL readers never block: don't ration them
+
     def __init__(self, url: str, path: str, **kwargs):
+        kwargs["pool_size"] = 1 if path == ":memory:" else max(kwargs.get("pool_size", 8), self.MIN_POOL)
         super().__init__(url, **kwargs)
         self.path = path
         self._write_lock = threading.Lock()
@@ -229,7 +232,7 @@ class SqliteBackend(Backend):
         try:
             fd = self._flock_fd() if self.path != ":memory:" else None
             if fd is not None:
-                _flock_with_timeout(fd, self.timeout)
+                _flock(fd)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -256,18 +259,16 @@ class SqliteBackend(Backend):
             self._lock_fd = None
 
 
-def _flock_with_timeout(fd: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
+def _flock(fd: int) -> None:
+    # Blocking: the kernel hands the lock over the moment it is released (polling with LOCK_NB
+    # would add its sleep to every hand-over). Holders keep it for one short transaction, and a
+    # dead holder's lock is dropped by the kernel.
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise StoreError(f"database write lock held by another process for {timeout:g}s") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
+        except InterruptedError:
+            continue
 
 
 class PostgresBackend(Backend):
@@ -331,8 +332,7 @@ def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Back
             raise ConfigError("sqlite URL needs a path: sqlite:///var/lib/utilitarian/db.sqlite3",
                               key="database.url")
         if path == "/:memory:":
-            path = ":memory:"
-            pool_size = 1  # every connection would be its own empty database
+            path = ":memory:"  # one connection only: every connection would be its own empty database
         return SqliteBackend(url, path, pool_size=pool_size, timeout=timeout)
     if scheme in ("postgresql", "postgres"):
         return PostgresBackend(url, pool_size=pool_size, timeout=timeout)

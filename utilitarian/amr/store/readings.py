@@ -47,14 +47,21 @@ class ReadingStore:
 
     backend = None
 
+    def _write(self, work):  # Store replaces this with its group committer
+        with self.backend.transaction(write=True) as tx:
+            return work(tx)
+
     def commit_readings(self, readings: Sequence[MeterReading], *,
                         now: dt.datetime | None = None) -> CommitResult:
         """Store a batch in one transaction; the events it produced are stored with it."""
         now = now or dt.datetime.now(UTC)
-        b = self.backend
-        with b.transaction(write=True) as tx:
+
+        def work(tx) -> CommitResult:
             result = self._commit(tx, readings, now)
             self._insert_events(tx, result.events, now)
+            return result
+
+        result = self._write(work)
         if result.changed or result.rejected:
             log.info("commit: %d readings changed value, %d rejected (system events recorded)",
                      result.changed, result.rejected)
@@ -89,12 +96,16 @@ class ReadingStore:
         for meter, wanted in by_meter.items():
             mid = meters[meter][0]
             stamps = sorted({k[1] for k in wanted})
+            names = sorted({k[0] for k in wanted})
             existing: dict[tuple[str, object], str] = {}
-            for start in range(0, len(stamps), 500):
-                chunk = stamps[start:start + 500]
+            # The full key in the WHERE clause keeps the planner on the primary key: the ts index
+            # alone would scan every reading of the round (they all carry the round's slot).
+            for start in range(0, len(stamps), 400):
+                chunk = stamps[start:start + 400]
                 for series, ts, value in tx.all(
-                        "SELECT series, ts, value FROM meter_reading WHERE meter_id = ? AND ts IN "
-                        f"({','.join('?' * len(chunk))})", [mid, *chunk]):
+                        f"SELECT series, ts, value FROM meter_reading WHERE meter_id = ? AND series IN "
+                        f"({','.join('?' * len(names))}) AND ts IN ({','.join('?' * len(chunk))})",
+                        [mid, *names, *chunk]):
                     existing[(series, b.ts(b.from_ts(ts)))] = value
             for key, r in wanted.items():
                 old = existing.get(key)
@@ -136,8 +147,7 @@ class ReadingStore:
     def save_events(self, events: Sequence[MeterSystemEvent], *, now: dt.datetime | None = None) -> int:
         """Store events; an event id seen before is skipped. Returns how many were new."""
         now = now or dt.datetime.now(UTC)
-        with self.backend.transaction(write=True) as tx:
-            return self._insert_events(tx, events, now)
+        return self._write(lambda tx: self._insert_events(tx, events, now))
 
     def _insert_events(self, tx, events: Sequence[MeterSystemEvent], now: dt.datetime) -> int:
         if not events:

@@ -69,6 +69,13 @@ class RegistryStore:
             series = self._series_of_configs(tx, [row[8]]).get(row[8], ())
         return self._meter_from_row(row, series)
 
+    def lookup_job(self, meter: str, amr_task: str | None) -> tuple[MeterDevice | None, AmrTask | None]:
+        """What a poll needs, in one short read: the meter (without its series list) and its task."""
+        with self.backend.transaction() as tx:
+            row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
+            task = tx.one(_TASK_SELECT + " WHERE name = ?", (amr_task,)) if amr_task else None
+        return (self._meter_from_row(row, ()) if row else None), (self._task_from_row(task) if task else None)
+
     def get_meters(self, names: Iterable[str]) -> dict[str, MeterDevice]:
         names = sorted(set(names))
         out: dict[str, MeterDevice] = {}

@@ -30,6 +30,10 @@ class RunStore:
 
     backend = None
 
+    def _write(self, work):  # Store replaces this with its group committer
+        with self.backend.transaction(write=True) as tx:
+            return work(tx)
+
     # --- rounds ----------------------------------------------------------------------------------
     def record_round(self, rnd: DispatchRound, jobs: Sequence[Job], *,
                      now: dt.datetime | None = None) -> list[Job]:
@@ -106,15 +110,14 @@ class RunStore:
         crash and failed the second time still read its meter)."""
         now = now or dt.datetime.now(UTC)
         b = self.backend
-        with b.transaction(write=True) as tx:
-            tx.executemany(
+        rows = [(r.job_id, r.round_id, r.meter, r.amr_task, r.outcome, r.error, r.duration, r.attempts, True,
+                 b.ts(now), b.ts(r.finished_at or now)) for r in runs]
+        self._write(lambda tx: tx.executemany(
                 "INSERT INTO amr_task_run (job_id, round_id, meter_name, amr_task, outcome, error, duration, "
                 "attempts, published, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO UPDATE SET outcome = excluded.outcome, error = excluded.error, "
                 "duration = excluded.duration, attempts = excluded.attempts, finished_at = excluded.finished_at "
-                "WHERE amr_task_run.outcome <> 'done' OR excluded.outcome = 'done'",
-                [(r.job_id, r.round_id, r.meter, r.amr_task, r.outcome, r.error, r.duration, r.attempts, True,
-                  b.ts(now), b.ts(r.finished_at or now)) for r in runs])
+                "WHERE amr_task_run.outcome <> 'done' OR excluded.outcome = 'done'", rows))
 
     def get_run(self, job_id: str) -> AmrTaskRun | None:
         b = self.backend

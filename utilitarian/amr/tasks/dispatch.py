@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from utilitarian import queues
 from utilitarian.amr.model import DispatchRound, Job, iso_utc, job_id, parse_utc, round_id
@@ -17,6 +18,7 @@ from utilitarian.tasks import Reject, task
 
 log = logging.getLogger(__name__)
 EXECUTE = "amr.execute_meter_task"
+PUBLISH_THREADS = 3  # batches in flight at once while dispatching
 
 
 def plan_jobs(pairs, slot: dt.datetime) -> list[Job]:
@@ -49,13 +51,23 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
                  rnd.id, len(todo), len(jobs))
     from utilitarian.app import TaskCall
 
-    for batch in chunks(todo, settings.dispatch_batch_size):
-        calls = [TaskCall(EXECUTE, kwargs={"meter": j.meter, "amr_task": j.amr_task, "slot": iso_utc(slot_time),
-                                           "round_id": rnd.id},
-                          queue=queue, task_id=j.id, eta=j.eta if j.eta > now else None)
-                 for j in batch]
-        ctx.send_tasks(calls)
+    slot_text = iso_utc(slot_time)
+    batches = list(chunks(todo, settings.dispatch_batch_size))
+
+    def publish(batch) -> None:
+        ctx.send_tasks([TaskCall(EXECUTE, kwargs={"meter": j.meter, "amr_task": j.amr_task, "slot": slot_text,
+                                                  "round_id": rnd.id},
+                                 queue=queue, task_id=j.id, eta=j.eta if j.eta > now else None)
+                        for j in batch])
         store.mark_published([j.id for j in batch])
+
+    # Batches overlap: one is encoded while the previous ones wait for their confirms. A failed
+    # batch stays unpublished in the store, so a repeated dispatch sends exactly what is missing.
+    with ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="dispatch") as pool:
+        results = [pool.submit(publish, batch) for batch in batches]
+        errors = [f.exception() for f in results if f.exception() is not None]
+    if errors:
+        raise errors[0]
     seconds = time.monotonic() - started
     store.finish_dispatch(rnd.id, seconds)
     log.info("round %s: %d jobs, %d published to %s in %.2fs", rnd.id, len(jobs), len(todo),

@@ -1,6 +1,7 @@
 """`amr.execute_meter_task` on the scheduled queues and amr.on_demand: poll one meter through its
-execution environment, then hand readings, events and the run's outcome to the commit queues in one
-pipelined publish. Timeouts are retried with backoff; the last failure becomes a "Poll failed" event.
+execution environment, then hand readings, events and the run's outcome to the commit queues
+(batched with the other polls of this process, see outbox.py). Timeouts are retried with backoff;
+the last failure becomes a "Poll failed" event.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
 from utilitarian.amr.publish import reading_to_wire
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
+from utilitarian.amr.tasks.outbox import outbox_of
 from utilitarian.errors import BrokerError, ConfigError
 from utilitarian.tasks import Defer, Reject, SoftTimeLimitExceeded, task
 
 log = logging.getLogger(__name__)
 
-SAVE_READINGS = "commits.save_meter_readings"
-SAVE_EVENTS = "commits.save_meter_system_events"
-RECORD_RUN = "commits.record_task_run"
 MAX_RETRIES = 3
 RETRY_FOR = (MeterTimeout, SoftTimeLimitExceeded, StoreError, BrokerError)
 
@@ -95,13 +94,12 @@ def _max_retries(ctx) -> int:
 
 
 def _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type):
-    device = store.get_meter(meter)
+    device, found = store.lookup_job(meter, amr_task)
     if device is None:
         raise JobFailed(f"meter {meter!r} is not in the registry")
     if not device.is_active:
         raise JobFailed(f"meter {meter!r} is not active")
     if amr_task:
-        found = store.get_amr_task(amr_task)
         if found is None:
             raise JobFailed(f"AMR task {amr_task!r} no longer exists")
         return device, found.task_call, dict(found.task_kwargs), found.meter_execution_type
@@ -143,18 +141,10 @@ def _event(ctx, meter: str, title: str, content: str, *, index: int = 0) -> dict
 
 
 def _finish(ctx, meter, amr_task, round_id, outcome, error, started, *, readings=(), events=()) -> None:
-    """One pipelined publish of everything the job produced; the job is acked only after it."""
-    from utilitarian.app import TaskCall
-
+    """Hand everything the job produced to the commit queues (batched with other jobs of this
+    process); returns once the broker confirmed it, so the job is acked only after that."""
     duration = round(time.monotonic() - started, 4)
     run = {"job_id": ctx.id, "meter": meter, "amr_task": amr_task, "round_id": round_id, "outcome": outcome,
            "error": (error or "")[:500] or None, "duration": duration, "attempts": ctx.retries + 1,
            "finished_at": iso_utc(utc_now())}
-    calls = []
-    if readings:
-        calls.append(TaskCall(SAVE_READINGS, kwargs={"readings": list(readings), "job_id": ctx.id},
-                              queue=queues.COMMITS_READINGS))
-    if events:
-        calls.append(TaskCall(SAVE_EVENTS, kwargs={"events": list(events)}, queue=queues.COMMITS_EVENTS))
-    calls.append(TaskCall(RECORD_RUN, kwargs={"run": run}, queue=queues.COMMITS))
-    ctx.send_tasks(calls)
+    outbox_of(ctx.app).send(readings=list(readings), events=list(events), run=run)
