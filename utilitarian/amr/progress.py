@@ -90,3 +90,20 @@ def format_progress(rounds: list[RoundProgress]) -> list[str]:
             line += f" ({p.failed:,} failed)"
         lines.append(line)
     return lines
+
+
+def progress_for_status(config, now: dt.datetime | None = None, *, limit: int = 10) -> list[str]:
+    """Lines for `utilitarian status`: the recent rounds of this installation's store. A host with
+    no SQLite store yet (it only runs workers elsewhere) has none; nothing is created for asking."""
+    import os
+
+    from utilitarian.amr.store import Store, check_version
+    from utilitarian.amr.store.backend import SqliteBackend, open_backend
+
+    amr = config.amr
+    backend = open_backend(config.database_url(), pool_size=1, timeout=amr.store_timeout)
+    if isinstance(backend, SqliteBackend) and not os.path.exists(backend.path):
+        return []
+    with Store(backend) as store:
+        check_version(backend)
+        return format_progress(round_progress(store, now, limit=limit))

@@ -54,3 +54,19 @@ def test_round_not_started_yet():
     [p] = round_progress(Counts(RoundCounts(rnd, 0, 0, None, None)), now=at(3))
     assert p.pending == 5 and p.eta_seconds is None
     assert format_progress([p]) == ["daily 2026-11-24T00:00Z: 0 of 5, starting"]
+
+
+def test_status_lines_come_from_the_store_and_a_missing_store_is_not_created(tmp_path):
+    from utilitarian.amr.model import Job
+    from utilitarian.amr.progress import progress_for_status
+    from utilitarian.amr.store import open_store
+    from utilitarian.config import parse_config
+
+    db = tmp_path / "amr.sqlite3"
+    config = parse_config({"database": {"url": f"sqlite:///{db}"}, "beat": {"builtin_schedules": False}})
+    assert progress_for_status(config) == [] and not db.exists()
+    with open_store(f"sqlite:///{db}") as store:
+        store.migrate()
+        rnd = DispatchRound("hourly@x", "hourly", SLOT, 0, at(0))
+        store.record_round(rnd, [Job("j1", "m1", "t", SLOT), Job("j2", "m2", "t", SLOT)], now=at(0))
+    assert progress_for_status(config, now=at(5)) == ["hourly 2026-11-24T00:00Z: 0 of 2, starting"]
