@@ -176,3 +176,69 @@ def test_on_demand_poll_and_promotion_through_the_cli(amr, sim):
     assert amr.run(job)["readings"] == 1
     run_all(amr, queues.COMMITS_READINGS, 1)
     assert amr.store.count_readings("sim-modbus-0001") == 2
+
+
+def test_a_busy_interface_defers_the_job_and_a_dead_holder_is_taken_over(amr, sim):
+    import socket
+    import subprocess
+    import time
+
+    from utilitarian.amr.blocking import interface_lock
+    from utilitarian.tasks import Defer
+
+    amr.configure("[amr]\ninterface_wait = 0.2\ninterface_defer = 4.0\n")
+    amr.import_meters(entries(sim, can_block=True)[:1], tasks=[READ], group="all")
+    meter = amr.store.get_meter("sim-modbus-0001")
+    # Given another live job holds the bus
+    with interface_lock(amr.store, meter.interface.id, meter.interface.name, "other-job", lease=60, wait=0):
+        ctx = amr.ctx("amr.execute_meter_task")
+        with pytest.raises(Defer) as info:
+            execute_meter_task(ctx, "sim-modbus-0001", "read-daily", SLOT, "r")
+        assert 3.0 <= info.value.countdown <= 6.0 and "busy" in str(info.value)
+    # Given a holder on this host whose process is gone (a SIGKILLed worker child)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = f"{socket.gethostname()}:{gone.pid}:lost-job"
+    assert amr.store.acquire_block(meter.interface.id, dead, lease=600, now=time.time())
+    # Then the next job takes the bus over at once instead of waiting for the lease
+    assert execute_meter_task(amr.ctx("amr.execute_meter_task"), "sim-modbus-0001", "read-daily", SLOT,
+                              "r")["outcome"] == "done"
+    assert amr.store.block_holder(meter.interface.id) is None
+
+
+def test_webhook_posts_retries_then_gives_up(amr):
+    import http.server
+    import threading
+
+    from utilitarian.tasks import Retry
+
+    answers, bodies = [200, 503, 503], []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(answers.pop(0))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        amr.configure(f'[amr.publish]\nwebhook_url = "http://127.0.0.1:{server.server_address[1]}/r"\n'
+                      "webhook_retries = 1\nwebhook_backoff = 0.5\n")
+        wire = [{"meter": "m1", "series": "voltage", "timestamp": SLOT, "value": "230", "unit": "V"}]
+        assert amr.run(amr_message("external.post_meter_readings", readings=wire)) == {"posted": 1, "status": 200}
+        assert bodies[0]["readings"][0] == {"meter": "m1", "series": "voltage", "timestamp": SLOT,
+                                            "value": "230", "id_type": "name"}
+        with pytest.raises(Retry) as info:
+            amr.run(amr_message("external.post_meter_readings", readings=wire))
+        assert info.value.countdown == 0.5
+        from utilitarian.protocol import TaskMessage
+
+        last = TaskMessage(id="w", task="external.post_meter_readings", args=(), kwargs={"readings": wire}, retries=1)
+        with pytest.raises(Reject, match="webhook failed 2 times"):
+            amr.run(last)
+    finally:
+        server.shutdown()
