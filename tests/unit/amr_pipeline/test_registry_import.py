@@ -101,3 +101,20 @@ def test_toml_rows_are_reported_by_the_line_of_their_table(tmp_path):
     assert f"{path}:1: amr_tasks 'read': schedule: must be one of" in text
     assert f"{path}:20: meter 'c': tasks: no AMR task named 'missing'" in text
     assert f"{path}:13: meter 'b': interface 127.0.0.1:5020 has can_block=true here but false on line 7" in text
+
+
+@pytest.mark.parametrize("name", ["meters.example.toml", "meters.example.csv"])
+def test_shipped_examples_import(site, name, capsys):
+    import pathlib
+
+    config, db = site
+    example = pathlib.Path(__file__).parents[3] / "etc" / name
+    if name.endswith(".csv"):  # the CSV names groups the TOML defines: import the TOML's tasks first
+        assert main(["meters", "import", str(example.with_suffix(".toml")), "--config", str(config)]) == 0
+    assert main(["meters", "import", str(example), "--config", str(config)]) == 0, capsys.readouterr().err
+    with open_store(db) as store:
+        meters = {m.name: m for m in store.list_meters()}
+        jobs = store.jobs_for_schedule("daily")
+    assert set(meters) == {"substation-7-feeder-1", "substation-7-feeder-2", "house-1042", "house-1043"}
+    assert meters["house-1042"].password == "00000000" and meters["house-1042"].interface.can_block
+    assert ("house-1043", "iec-readout-daily", 0.0) in jobs
