@@ -61,7 +61,8 @@ class Tx:
 
 
 class Backend:
-    """Pool + dialect. Subclasses say how to connect and how a write transaction starts."""
+    """Pool + dialect. Subclasses say how to connect and how a write transaction starts; reads
+    (`transaction()` without write) run statement by statement in autocommit."""
 
     dialect = ""
     rowid = "rowid"
@@ -221,11 +222,9 @@ class SqliteBackend(Backend):
     @contextlib.contextmanager
     def _begin(self, conn, write: bool):
         if not write:
-            conn.execute("BEGIN")
-            try:
-                yield
-            finally:
-                conn.execute("COMMIT" if conn.in_transaction else "SELECT 1")
+            # Reads run in autocommit: each statement sees a consistent snapshot of its own, and
+            # BEGIN/COMMIT would double the calls (and GIL hand-overs) of the hottest path.
+            yield
             return
         if not self._write_lock.acquire(timeout=self.timeout):
             raise StoreError(f"database write lock not free within {self.timeout:g}s")
@@ -304,6 +303,9 @@ class PostgresBackend(Backend):
 
     @contextlib.contextmanager
     def _begin(self, conn, write: bool):
+        if not write:  # autocommit reads: no BEGIN/COMMIT round trips
+            yield
+            return
         with conn.transaction():
             yield
 

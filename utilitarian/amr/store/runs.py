@@ -58,11 +58,13 @@ class RunStore:
         return [j for j in jobs if not known.get(j.id, False)]
 
     def mark_published(self, job_ids: Sequence[str]) -> None:
-        with self.backend.transaction(write=True) as tx:
+        def work(tx) -> None:
             for start in range(0, len(job_ids), 900):
                 chunk = list(job_ids[start:start + 900])
                 tx.execute(f"UPDATE amr_task_run SET published = ? WHERE job_id IN ({','.join('?' * len(chunk))})",
                            [True, *chunk])
+
+        self._write(work)  # shares a transaction with the commits running meanwhile
 
     def finish_dispatch(self, round_id: str, seconds: float) -> None:
         with self.backend.transaction(write=True) as tx:
