@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import subprocess
@@ -36,6 +37,13 @@ def missing_prerequisite() -> str | None:
     if not os.path.exists("/usr/lib/systemd/system/dbus.socket"):
         return "dbus is needed inside the machine for systemd-run (apt-get install dbus)"
     return None
+
+
+def build_bundle(src: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    built = subprocess.run([str(src / "deploy" / "bundle.sh"), str(out)], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "PYTHON": "/usr/bin/python3"})
+    assert built.returncode == 0, f"deploy/bundle.sh failed:\n{built.stdout}\n{built.stderr}"
+    return pathlib.Path(built.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -69,26 +77,37 @@ def machine(rabbit, tmp_path_factory) -> MachineRun:
     inbox, out = base / "in", base / "out"
     inbox.mkdir()
     out.mkdir()
-    # The release bundle, built as an operator builds it, with the Python the machine has.
-    built = subprocess.run([str(REPO / "deploy" / "bundle.sh"), str(base / "dist")], capture_output=True,
-                           text=True, timeout=600, env={**os.environ, "PYTHON": "/usr/bin/python3"})
-    assert built.returncode == 0, f"deploy/bundle.sh failed:\n{built.stdout}\n{built.stderr}"
-    bundle = pathlib.Path(built.stdout.strip().splitlines()[-1])
+    # The release bundles, built as an operator builds them, with the Python the machine has: this
+    # tree, and the same code as a later release (version bumped) for the documented upgrade.
+    bundle = build_bundle(REPO, base / "dist")
+    newer = base / "newer"
+    newer.mkdir()
+    for part in ("pyproject.toml", "README.md", "utilitarian", "deploy", "systemd", "etc", "docs"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy2
+        copy(REPO / part, newer / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                           if (REPO / part).is_dir() else {}))
+    for path, pattern in ((newer / "pyproject.toml", r'^version = "(.*)"$'),
+                          (newer / "utilitarian" / "__init__.py", r'^__version__ = "(.*)"$')):
+        path.write_text(re.sub(pattern, lambda m: m.group(0).replace(m.group(1), m.group(1) + ".post1"),
+                               path.read_text(), count=1, flags=re.M))
+    upgrade_bundle = build_bundle(newer, base / "dist")
     # A broker user and vhost like a site's: the password reaches the units only via LoadCredential.
     vhost = rabbit.add_vhost("sys")
     user, password = f"utilsys-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     rabbit.ctl("add_user", user, password)
     rabbit.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    site = {"BUNDLE": bundle.name, "BROKER_URL": f"amqp://{user}@127.0.0.1:5672/{vhost}"}
-    for section in ("install", "upgrade", "uninstall"):
-        (inbox / f"{section}.sh").write_text(script(section, site))
-    (inbox / "params.json").write_text(json.dumps({"broker_password": password, "vhost": vhost}))
+    url = f"amqp://{user}@127.0.0.1:5672/{vhost}"
+    for section, name in (("install", bundle.name), ("backup", bundle.name), ("upgrade", upgrade_bundle.name),
+                          ("uninstall", upgrade_bundle.name)):
+        (inbox / f"{section}.sh").write_text(script(section, {"BUNDLE": name, "BROKER_URL": url}))
+    (inbox / "params.json").write_text(json.dumps({"broker_password": password, "vhost": vhost,
+                                                   "upgrade_version": upgrade_bundle.name[len("utilitarian-"):-7]}))
     name = f"utiltest{secrets.token_hex(3)}"
     cmd = ["timeout", "--kill-after=10", str(BOOT_TIMEOUT), "systemd-nspawn", "--quiet", "--volatile=yes", "-D", "/",
            "--register=no", "--keep-unit", "-M", name,
            # A server's /usr/local is writable (units, sysusers.d, the `utilitarian` command go there).
            "--overlay=/usr/local::/usr/local",
-           f"--bind-ro={bundle}:/root/{bundle.name}",
+           f"--bind-ro={bundle}:/root/{bundle.name}", f"--bind-ro={upgrade_bundle}:/root/{upgrade_bundle.name}",
            f"--bind-ro={MACHINE}:/srv/system",
            f"--bind-ro={REPO / 'tests' / 'support'}:/srv/system-support",
            f"--bind-ro={MACHINE / 'system-test-driver.service'}:/etc/systemd/system/system-test-driver.service",

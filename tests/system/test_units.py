@@ -132,7 +132,15 @@ def test_config_error_fails_with_78_and_is_not_restarted(machine):
     assert lines_with(setup["nosuch_journal"], "no such worker profile"), setup["nosuch_journal"]
     final = machine.scenario("config_error_final")
     assert final["seconds_since_start"] > 10.0  # RestartSec=5 s passed twice over
-    assert final["show"]["ActiveState"] == "failed" and final["show"]["NRestarts"] == "0", final["show"]
+    assert final["nosuch"]["ActiveState"] == "failed" and final["nosuch"]["NRestarts"] == "0", final["nosuch"]
+
+
+def test_refused_broker_password_fails_with_78_and_is_not_restarted(machine):
+    setup = machine.scenario("setup")
+    assert setup["badpass_start"]["rc"] != 0
+    assert setup["badpass_show"]["ExecMainStatus"] == "78", (setup["badpass_show"], setup["badpass_journal"])
+    final = machine.scenario("config_error_final")
+    assert final["badpass"]["ActiveState"] == "failed" and final["badpass"]["NRestarts"] == "0", final["badpass"]
 
 
 def test_second_beat_by_hand_stands_by_and_takes_over(machine):
@@ -193,11 +201,22 @@ def test_restarting_the_target_restarts_everything(machine):
     assert migrate["after"]["Result"] == "success"
 
 
-def test_documented_upgrade_restarts_what_ran(machine):
+def test_documented_backup_copies_the_store_as_the_service_user(machine):
+    r = machine.scenario("backup")
+    assert r["doc"]["rc"] == 0, r["doc"]["stderr"][-4000:]
+    assert len(r["files"]) == 1 and r["owner"] == r["utilitarian_uid"], r
+    assert r["integrity"] == "ok" and "meter_reading" in r["tables"] and "schema_version" in r["tables"]
+    assert r["state_owners"] == [r["utilitarian_uid"]], "a root-owned file in /var/lib/utilitarian"
+
+
+def test_documented_upgrade_installs_the_new_release_and_restarts_what_ran(machine):
     r = machine.scenario("upgrade")
     assert r["doc"]["rc"] == 0, r["doc"]["stderr"][-4000:]
+    assert r["version"] == r["expected_version"] and r["expected_version"].endswith(".post1")
+    assert r["cli_version"] == f"utilitarian {r['expected_version']}"
     for unit, before in r["before"].items():
         assert r["after"][unit]["ActiveState"] == "active" and r["after"][unit]["MainPID"] != before, unit
+    assert r["test_worker_status"].startswith("2/2 children")
     assert r["config_kept"]
 
 

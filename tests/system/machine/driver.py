@@ -244,6 +244,10 @@ queues = ["amr.scheduled.quarterly"]
 processes = 2
 threads = 4
 
+[workers.badpass]
+[[workers.badpass.pools]]
+queues = ["amr.scheduled.daily"]
+
 [workers.serial]
 imports = ["system_tasks"]
 [[workers.serial.pools]]
@@ -281,6 +285,17 @@ def setup(r):
                             "ExecMainStatus", "NRestarts")
     r["nosuch_journal"] = wait_journal(c, "utilitarian-worker@nosuch.service", "no such worker profile")
     r["nosuch_checked_at"] = time.monotonic()
+    # A password the broker refuses, handed over by LoadCredential= like the real one, is exit 78 too.
+    with open("/etc/utilitarian/wrong-password", "w") as fh:
+        fh.write("not-the-password\n")
+    write_dropin("utilitarian-worker@badpass.service", "wrong-password.conf",
+                 "[Service]\nLoadCredential=\nLoadCredential=broker-password:/etc/utilitarian/wrong-password\n")
+    run(["systemctl", "daemon-reload"], check=True)
+    c = mark()
+    r["badpass_start"] = out_of(run(["systemctl", "start", "utilitarian-worker@badpass.service"]))
+    r["badpass_show"] = show("utilitarian-worker@badpass.service", "ActiveState", "Result", "ExecMainStatus",
+                             "NRestarts")
+    r["badpass_journal"] = wait_journal(c, "utilitarian-worker@badpass.service", "Failed with result")
 
 
 @scenario("ready")
@@ -555,10 +570,32 @@ def target_restart(r):
 
 @scenario("config_error_final")
 def config_error_final(r):
-    # Long after the failed start (RestartSec=5 s has passed many times over): still failed, never restarted.
+    # Long after the failed starts (RestartSec=5 s has passed many times over): still failed, never restarted.
     r["seconds_since_start"] = round(time.monotonic() - results["setup"]["nosuch_checked_at"], 1)
-    r["show"] = show("utilitarian-worker@nosuch.service", "ActiveState", "SubState", "Result", "ExecMainStatus",
-                     "NRestarts")
+    for profile in ("nosuch", "badpass"):
+        r[profile] = show(f"utilitarian-worker@{profile}.service", "ActiveState", "SubState", "Result",
+                          "ExecMainStatus", "NRestarts")
+
+
+@scenario("backup")
+def backup(r):
+    import sqlite3
+
+    os.chdir("/root")
+    r["doc"] = run_doc_script("backup")
+    found = sorted(os.listdir("/var/backups/utilitarian"))
+    r["files"] = found
+    if found:
+        path = f"/var/backups/utilitarian/{found[-1]}"
+        r["owner"] = os.stat(path).st_uid
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        r["integrity"] = db.execute("PRAGMA integrity_check").fetchone()[0]
+        r["tables"] = sorted(t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        db.close()
+    # Nothing in the state directory may belong to anyone but the service user (workers must open it all).
+    r["state_owners"] = sorted({os.stat(os.path.join("/var/lib/utilitarian", f)).st_uid
+                                for f in os.listdir("/var/lib/utilitarian")})
+    r["utilitarian_uid"] = results["install"]["utilitarian_uid"]
 
 
 @scenario("upgrade")
@@ -575,6 +612,9 @@ def upgrade(r):
     with open(CONFIG) as fh:
         r["config_kept"] = fh.read() == config_before
     r["version"] = open("/opt/utilitarian/share/doc/utilitarian/VERSION").read().strip()
+    r["expected_version"] = PARAMS["upgrade_version"]
+    r["cli_version"] = run([VENV_BIN, "--version"]).stdout.strip()
+    r["test_worker_status"] = show(WORKER_TEST, "StatusText")["StatusText"]
 
 
 @scenario("uninstall")
@@ -598,7 +638,7 @@ def main() -> None:
     if results["install"].get("error") or results["install"]["doc"]["rc"] != 0:
         return  # nothing else can run without the documented install
     for step in (verify, setup, ready, status, reload_, stop, watchdog, beat_failover, monthly, serial,
-                 target_restart, config_error_final, upgrade, uninstall):
+                 target_restart, config_error_final, backup, upgrade, uninstall):
         step()
 
 
