@@ -61,21 +61,27 @@ def test_worker_exposure_is_in_the_ok_band(machine):
 
 def test_active_only_after_ready(machine):
     r = machine.scenario("ready")
-    assert r["frozen_child"], "no child to freeze was seen"
-    # While one child could not consume, the unit stayed activating, its STATUS saying so.
-    assert r["while_frozen"], r
-    for _, active, sub, status in r["while_frozen"]:
-        assert (active, sub) == ("activating", "start"), r["while_frozen"]
-        assert not status.startswith("2/2"), r["while_frozen"]
-    # Once it consumed, the master sent READY=1 and only then was the unit active (running).
-    for _, active, sub, status in r["after_thaw"]:
+    none = [x for x in r["samples"] if x[0] == "none"]
+    one = [x for x in r["samples"] if x[0] == "one"]
+    everyone = [x for x in r["samples"] if x[0] == "all"]
+    # While no child, then one child of two, had its broker connection, the unit was activating
+    # (start), its STATUS line counting the children that consume,
+    assert none and one and everyone, r["samples"]
+    for label, _, active, sub, status in none + one:
+        assert (active, sub) == ("activating", "start"), r["samples"]
+        assert not status.startswith("2/2"), r["samples"]
+    assert one[-1][4].startswith("1/2 children"), one
+    # and only the master's READY=1, once both consumed, made it active (running).
+    assert everyone[-1][2:4] == ["active", "running"] and everyone[-1][4].startswith("2/2 children"), everyone
+    for label, _, active, sub, status in everyone:
         if active == "active":
-            assert sub == "running" and status.startswith("2/2 children"), r["after_thaw"]
+            assert status.startswith("2/2 children"), everyone
+    assert r["forwarded"] == 2, "each child has exactly one broker connection before it is ready"
     assert r["show"]["Type"] == "notify" and r["show"]["NotifyAccess"] == "main"
     assert r["show"]["User"] == "utilitarian"
-    ready = [i for i, m in enumerate(r["journal"]) if "children consuming: ready" in m]
-    started = [i for i, m in enumerate(r["journal"]) if m.startswith("Started utilitarian-worker@test.service")]
-    assert ready and started, r["journal"]
+    # A plain, blocking `systemctl start utilitarian-worker@test` returns once READY came.
+    assert r["start"]["rc"] == 0 and r["after_start"]["ActiveState"] == "active", r
+    assert r["after_start"]["StatusText"].startswith("2/2 children"), r["after_start"]
 
 
 def test_systemctl_status_shows_the_status_line(machine):

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import traceback
 
@@ -298,43 +299,118 @@ def setup(r):
     r["badpass_journal"] = wait_journal(c, "utilitarian-worker@badpass.service", "Failed with result")
 
 
+class HeldProxy:
+    """A TCP proxy to the broker that accepts connections but forwards none until released, one
+    by one: it decides when each child of a worker can finish its broker handshake."""
+
+    def __init__(self, target=("127.0.0.1", 5672)):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pending: list[socket.socket] = []
+        self.forwarded = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept_all, daemon=True).start()
+
+    def accept_all(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.pending.append(conn)
+
+    def waiting(self) -> int:
+        with self.lock:
+            return len(self.pending)
+
+    def release(self, count: int = 1) -> int:
+        with self.lock:
+            batch, self.pending = self.pending[:count], self.pending[count:]
+        for conn in batch:
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+        self.forwarded += len(batch)
+        return len(batch)
+
+    @staticmethod
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 @scenario("ready")
 def ready(r):
-    # Given a worker whose second child we freeze before it reports for work,
+    # Given the test worker reaching the broker through a proxy that holds every connection,
+    proxy = HeldProxy()
+    with open(CONFIG) as fh:
+        text = fh.read()
+    held = "/etc/utilitarian/held-broker.toml"
+    with open(held, "w") as fh:
+        fh.write(re.sub(r'(?m)^(url = "amqp://[^"]*@127\.0\.0\.1):5672/', rf"\g<1>:{proxy.port}/", text, count=1))
+    os.chmod(held, 0o640)
+    os.chown(held, 0, int(run(["getent", "group", "utilitarian"]).stdout.split(":")[2]))
+    write_dropin(WORKER_TEST, "held-broker.conf", f"[Service]\nEnvironment=UTILITARIAN_CONFIG={held}\n")
+    run(["systemctl", "daemon-reload"], check=True)
     c = mark()
-    run(["systemctl", "start", "--no-block", WORKER_TEST], check=True)
     samples = []
-    frozen = None
-    deadline = time.monotonic() + 30
-    while frozen is None and time.monotonic() < deadline:
-        pid = int(show(WORKER_TEST, "MainPID")["MainPID"])
-        kids = children_of(pid) if pid else []
-        if len(kids) >= 2:
-            frozen = max(kids)
-            os.kill(frozen, signal.SIGSTOP)
-        else:
-            time.sleep(0.005)
-    r["frozen_child"] = frozen
-    # then the unit stays activating for as long as that child cannot consume,
-    held_until = time.monotonic() + 2.0
-    while time.monotonic() < held_until:
-        s = show(WORKER_TEST, "ActiveState", "SubState", "StatusText")
-        samples.append([round(time.monotonic(), 3), s["ActiveState"], s["SubState"], s["StatusText"]])
-        time.sleep(0.1)
-    r["while_frozen"] = samples
-    # and becomes active (running) once it does, with every child counted in the STATUS line.
-    os.kill(frozen, signal.SIGCONT)
-    after = []
 
-    def active():
+    def sample(label: str) -> list:
         s = show(WORKER_TEST, "ActiveState", "SubState", "StatusText")
-        after.append([round(time.monotonic(), 3), s["ActiveState"], s["SubState"], s["StatusText"]])
-        return s["ActiveState"] == "active"
-    wait_until(active, 30, 0.02, "the test worker to become active")
-    r["after_thaw"] = after
-    r["journal"] = wait_journal(c, WORKER_TEST, "children consuming: ready")
-    r["show"] = show(WORKER_TEST, "ActiveState", "SubState", "Type", "NotifyAccess", "WatchdogUSec", "MainPID",
-                     "User", "StatusText")
+        samples.append([label, round(time.monotonic(), 3), s["ActiveState"], s["SubState"], s["StatusText"]])
+        return samples[-1]
+    try:
+        # when it starts (systemctl returns at once: --no-block),
+        run(["systemctl", "start", "--no-block", WORKER_TEST], check=True)
+        wait_until(lambda: proxy.waiting() >= 2, 30, 0.02, "both children to connect to the proxy")
+        # it stays activating while no child has its broker connection,
+        for _ in range(5):
+            sample("none")
+            time.sleep(0.1)
+        # and while only one child consumes (a child may open more than one connection: release
+        # them one at a time until the STATUS line, sent every second, counts one child),
+        deadline = time.monotonic() + 20
+        while not sample("one")[4].startswith("1/2"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"never saw one child of two consuming: {samples[-3:]}")
+            if not samples[-1][4].startswith("1/2") and proxy.forwarded < 1:
+                proxy.release(1)
+            time.sleep(0.1)
+        for _ in range(10):
+            sample("one")
+            time.sleep(0.1)
+        # and becomes active (running) only once every child consumes.
+        proxy.release(proxy.waiting())
+        wait_until(lambda: sample("all")[2] == "active", 30, 0.02, "the test worker to become active")
+    finally:
+        r["samples"] = samples
+        r["forwarded"] = proxy.forwarded
+        r["journal"] = journal_text(c, WORKER_TEST)
+        r["show"] = show(WORKER_TEST, "ActiveState", "SubState", "Type", "NotifyAccess", "WatchdogUSec", "MainPID",
+                         "User", "StatusText")
+        run(["systemctl", "stop", WORKER_TEST])
+        os.unlink(f"{DROPIN_DIR}/{WORKER_TEST}.d/held-broker.conf")
+        run(["systemctl", "daemon-reload"], check=True)
+        proxy.close()
+    # The plain `systemctl start` (blocking) of the next scenarios returns once READY came.
+    c = mark()
+    r["start"] = out_of(run(["systemctl", "start", WORKER_TEST]))
+    r["after_start"] = show(WORKER_TEST, "ActiveState", "SubState", "StatusText")
+    r["start_journal"] = wait_journal(c, WORKER_TEST, "children consuming: ready")
 
 
 @scenario("status")
