@@ -234,7 +234,36 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             stop(worker)
     result["rss"] = rss.peak
     result["cpu"] = sum(rss.cpu.values())
+    result["dispatch_alone"] = dispatch_alone(work, db_url)
     return result
+
+
+def dispatch_alone(work: pathlib.Path, db_url: str) -> float:
+    """The same fan-out with nothing else running: amr.dispatch_schedule called in this process
+    against a vhost without consumers (the round above shares the CPU with the polls it starts)."""
+    from common import url_for, vhost
+
+    from utilitarian.amr.tasks import dispatch_schedule
+    from utilitarian.app import App
+    from utilitarian.broker.connection import settings_from_config
+    from utilitarian.broker.topology import declare_topology
+    from utilitarian.config import parse_config
+    from utilitarian.tasks import Registry, TaskContext
+
+    with vhost("bench-amr-dispatch") as v:
+        config = parse_config({"broker": {"url": url_for(v)}, "database": {"url": db_url},
+                               "beat": {"builtin_schedules": False}})
+        declare_topology(settings_from_config(config))
+        app = App(config, registry=Registry.for_config(config), name="bench dispatch alone")
+        try:
+            app.send_task("utilitarian.ping")  # the publisher's connection is not part of the fan-out
+            ctx = TaskContext(id="bench-dispatch", name="amr.dispatch_schedule", retries=0, queue="", app=app)
+            slot = (dt.datetime.now(UTC) - dt.timedelta(hours=1)).replace(microsecond=0).isoformat()  # due now
+            began = time.monotonic()
+            dispatch_schedule(ctx, "daily", slot)
+            return time.monotonic() - began
+        finally:
+            app.close()
 
 
 def run_celery(args, meters_file: pathlib.Path) -> dict:
@@ -323,6 +352,9 @@ def main() -> None:
     for name, r, ideal_s in rows:
         print(f"{name:<34} {r['dispatch']:>8.2f}s {r['round']:>7.1f}s {ideal_s:>6.1f}s {r['round'] / ideal_s:>7.1f}x "
               f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB {r['cpu']:>9.1f}s {r['sim_cpu']:>4.1f}s {r['broker_cpu']:>5.1f}s")
+    if rows:
+        print(f"# utilitarian dispatch of {args.meters:,} jobs with nothing else running: "
+              f"{rows[0][1]['dispatch_alone']:.2f}s")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def run_all(amr, queue, expect):
     return [amr.run(m, queue) for m in messages]
 
 
-def test_dispatch_fans_out_once_with_deterministic_ids(amr):
+def test_dispatch_fans_out_once_with_deterministic_ids(amr, monkeypatch):
     rows = [{"name": f"m{i:03d}", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",
              "url": f"modbus+tcp://127.0.0.1:1502?device_id={i % 200 + 1}", "series": ["voltage"]}
             for i in range(300)]
@@ -62,10 +62,22 @@ def test_dispatch_fans_out_once_with_deterministic_ids(amr):
     # When a daily round is dispatched twice (a duplicate fire)
     first = dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", text)
     second = dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", text)
-    # Then 600 jobs exist, 300 run now, 300 wait an hour in the delay levels, none twice
-    assert (first["jobs"], first["published"], second["published"]) == (600, 600, 0)
+    # Then 600 jobs exist, 300 run now, 300 wait an hour for a continuation of the dispatch
+    assert (first["jobs"], first["published"], first["waiting"], second["published"]) == (600, 300, 300, 0)
     now = amr.drain(queues.AMR_DAILY, expect=300, timeout=15)
     assert len(now) == 300 and amr.drain(queues.AMR_DAILY) == []
+    # (the 300 wait as one delayed continuation message, not 300 delayed jobs)
+    from utilitarian.broker import delay
+    from utilitarian.broker.topology import inspect_queues
+
+    waiting = inspect_queues(amr.settings, [delay.level_queue(n) for n in range(delay.LEVELS)])
+    assert sum(q.messages for q in waiting) == 1
+    # and when that continuation runs an hour later, it publishes exactly the 300 that are due
+    monkeypatch.setattr("utilitarian.amr.tasks.dispatch.utc_now", lambda: slot + dt.timedelta(seconds=3601))
+    later = dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", text)
+    assert (later["published"], later["waiting"]) == (300, 0)
+    assert {m.kwargs["amr_task"] for m in amr.drain(queues.AMR_DAILY, expect=300, timeout=15)} == {"read-later"}
+    monkeypatch.undo()
     assert {m.id for m in now} == {job_id(f"m{i:03d}", "read-daily", slot) for i in range(300)}
     assert now[0].kwargs == {"meter": now[0].kwargs["meter"], "amr_task": "read-daily", "slot": text,
                              "round_id": f"daily@{text}"}

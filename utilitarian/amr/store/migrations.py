@@ -100,8 +100,15 @@ V1 = (
         holder TEXT NOT NULL, acquired_at {REAL} NOT NULL, expires_at {REAL} NOT NULL)""",
 )
 
+V2 = (
+    # When a dispatch continuation is scheduled for a round (jobs waiting for their run offset), so
+    # a repeated dispatch does not schedule a second one.
+    """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
+    Migration(2, "rounds remember their scheduled dispatch continuation", V2),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -66,9 +66,22 @@ class RunStore:
 
         self._write(work)  # shares a transaction with the commits running meanwhile
 
+    def claim_continuation(self, round_id: str, at: dt.datetime) -> bool:
+        """True for the one dispatch that should schedule the round's continuation at `at`."""
+        b = self.backend
+
+        def work(tx) -> bool:
+            tx.execute("UPDATE amr_round SET continue_at = ? WHERE id = ? AND (continue_at IS NULL OR continue_at <> ?)",
+                       (b.ts(at), round_id, b.ts(at)))
+            return tx.rowcount == 1
+
+        return self._write(work)
+
     def finish_dispatch(self, round_id: str, seconds: float) -> None:
         with self.backend.transaction(write=True) as tx:
-            tx.execute("UPDATE amr_round SET dispatch_seconds = ? WHERE id = ?", (float(seconds), round_id))
+            # accumulated: continuations and repeats of a dispatch add their (short) time
+            tx.execute("UPDATE amr_round SET dispatch_seconds = dispatch_seconds + ? WHERE id = ?",
+                       (float(seconds), round_id))
 
     def _round_from_row(self, row) -> DispatchRound:
         b = self.backend
