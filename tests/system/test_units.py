@@ -235,3 +235,8 @@ def test_documented_uninstall_removes_the_program_and_keeps_the_data(machine):
                            "/usr/local/lib/systemd/system/utilitarian-worker@.service": False,
                            "/etc/utilitarian/utilitarian.toml": True, "/var/lib/utilitarian": True}
     assert r["user"]
+    assert not r["links"].strip(), r["links"]
+    assert r["purge"]["rc"] == 0, r["purge"]
+    assert r["after_purge"] == {"/etc/utilitarian": False, "/var/lib/utilitarian": False,
+                                "/etc/systemd/system/utilitarian-worker@test.service.d": False}
+    assert not r["user_after_purge"]

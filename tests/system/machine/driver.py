@@ -151,11 +151,6 @@ def sink() -> dict[str, dict[str, int]]:
     return seen
 
 
-def children_of(pid: int) -> list[int]:
-    proc = run(["pgrep", "-P", str(pid)])
-    return [int(x) for x in proc.stdout.split()]
-
-
 def scenario(name: str):
     def wrap(func):
         def runner():
@@ -704,6 +699,14 @@ def uninstall(r):
                                                   "/usr/local/lib/systemd/system/utilitarian-worker@.service",
                                                   "/etc/utilitarian/utilitarian.toml", "/var/lib/utilitarian")}
     r["user"] = run(["getent", "passwd", "utilitarian"]).stdout.strip()
+    # No enablement symlink may be left behind (disabling the template removes every instance's).
+    r["links"] = run(["find", "/etc/systemd/system", "-type", "l", "-name", "utilitarian*"]).stdout
+    # --purge (described, not a documented block): configuration, data, drop-ins and the user go too.
+    r["purge"] = out_of(run(["/usr/local/src/utilitarian-" + PARAMS["upgrade_version"] + "/deploy/uninstall.sh",
+                             "--purge"]))
+    r["after_purge"] = {p: os.path.exists(p) for p in ("/etc/utilitarian", "/var/lib/utilitarian",
+                                                       f"{DROPIN_DIR}/{WORKER_TEST}.d")}
+    r["user_after_purge"] = run(["getent", "passwd", "utilitarian"]).stdout.strip()
 
 
 def main() -> None:
