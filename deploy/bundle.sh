@@ -4,6 +4,7 @@
 # scripts and docs/operations.md. Run it where PyPI is reachable, with the Python version and
 # architecture of the servers (Debian 12: 3.11, Ubuntu 22.04: 3.10, 24.04: 3.12), e.g. on one of them.
 #   deploy/bundle.sh [OUTDIR]        PYTHON=python3.11 deploy/bundle.sh
+# EXTRAS=postgres adds the PostgreSQL driver; install.sh installs whatever extras the bundle names.
 set -eu
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +21,8 @@ mkdir -p "$work/src" "$work/$name/wheels"
 cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/utilitarian" "$work/src/"
 find "$work/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$PYTHON" -m venv "$work/venv"
-"$work/venv/bin/python" -m pip --quiet --disable-pip-version-check wheel --wheel-dir "$work/$name/wheels" "$work/src"
+"$work/venv/bin/python" -m pip --quiet --disable-pip-version-check wheel --wheel-dir "$work/$name/wheels" \
+    "$work/src${EXTRAS:+[$EXTRAS]}"
 
 for dir in deploy systemd etc docs; do mkdir -p "$work/$name/$dir"; done
 cp "$SRC"/deploy/install.sh "$SRC"/deploy/upgrade.sh "$SRC"/deploy/uninstall.sh "$SRC"/deploy/utilitarian-cli.sh \
@@ -29,6 +31,7 @@ cp -R "$SRC"/systemd/. "$work/$name/systemd/"
 cp "$SRC"/etc/utilitarian.toml "$SRC"/etc/utilitarian.server.toml "$work/$name/etc/"
 cp "$SRC"/docs/operations.md "$work/$name/docs/"
 echo "$version" >"$work/$name/VERSION"
+echo "${EXTRAS:-}" >"$work/$name/EXTRAS"
 mkdir -p "$OUT"
 tar -C "$work" -czf "$OUT/$name.tar.gz" "$name"
 echo "$OUT/$name.tar.gz"

@@ -62,8 +62,9 @@ pip="$PREFIX/bin/python -m pip --quiet --disable-pip-version-check --no-cache-di
 if [ -d "$HERE/wheels" ]; then
     set -- "$HERE"/wheels/utilitarian-*.whl
     [ $# -eq 1 ] && [ -f "$1" ] || die "expected exactly one utilitarian wheel in $HERE/wheels"
-    say "installing $(basename "$1") and its dependencies from $HERE/wheels (offline)"
-    $pip install --no-index --find-links "$HERE/wheels" --force-reinstall "$1"
+    extras=$(cat "$HERE/EXTRAS" 2>/dev/null || true)
+    say "installing $(basename "$1")${extras:+ [$extras]} and its dependencies from $HERE/wheels (offline)"
+    $pip install --no-index --find-links "$HERE/wheels" --force-reinstall "$1${extras:+[$extras]}"
 else
     say "installing from the source tree $HERE (dependencies from PyPI)"
     $pip install --upgrade "$HERE"
