@@ -177,6 +177,14 @@ def test_monthly_timer_worker_exits_zero_when_its_queues_are_empty(machine):
     assert re.search(r"\d{4}-\d{2}-01 00:05:00", r["timer"]["NextElapseUSecRealtime"]), r["timer"]
 
 
+def test_monthly_runtime_backstop_stops_a_round_that_never_ends(machine):
+    r = machine.scenario("monthly")
+    assert r["backstop_start"]["rc"] == 0, r["backstop_start"]
+    show = r["backstop_show"]
+    assert (show["ActiveState"], show["Result"], show["NRestarts"]) == ("failed", "timeout", "0"), show
+    assert lines_with(r["backstop_journal"], "SIGTERM: draining"), r["backstop_journal"]
+
+
 def test_serial_dropin_opens_serial_ports_only(machine):
     r = machine.scenario("serial")
     assert r["start"]["rc"] == 0, r["start"]

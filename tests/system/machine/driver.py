@@ -575,6 +575,19 @@ def monthly(r):
     r["journal"] = wait_journal(c, unit, "exiting when idle")
     r["depth_after"] = broker("depth", "amr.scheduled.monthly", "amr.scheduled.yearly", "dead")
     r["timer"] = show("utilitarian-worker-monthly.timer", "ActiveState", "NextElapseUSecRealtime", "Unit")
+    # The backstop: a round that outlives RuntimeMaxSec= (2 s here, never idle for 60 s) is stopped
+    # by systemd, drains like any stop, and the unit is marked failed (timeout) for monitoring.
+    write_dropin(unit, "zz-backstop.conf", "[Service]\nEnvironment=UTILITARIAN_EXIT_WHEN_IDLE=60\nRuntimeMaxSec=2\n")
+    run(["systemctl", "daemon-reload"], check=True)
+    c = mark()
+    r["backstop_start"] = out_of(run(["systemctl", "start", unit]))
+    wait_until(lambda: show(unit, "ActiveState")["ActiveState"] in ("inactive", "failed"), 30, 0.2,
+               "the backstop to stop the monthly worker")
+    r["backstop_show"] = show(unit, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    r["backstop_journal"] = wait_journal(c, unit, "stopped (exit 0)")
+    os.unlink(f"{DROPIN_DIR}/{unit}.d/zz-backstop.conf")
+    run(["systemctl", "daemon-reload"], check=True)
+    run(["systemctl", "reset-failed", unit])
 
 
 @scenario("serial")
