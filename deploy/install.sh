@@ -41,7 +41,8 @@ done
 if [ -n "$broker_url" ]; then
     "$PYTHON" -c 'import sys, urllib.parse; u = urllib.parse.urlsplit(sys.argv[1])
 sys.exit(u.scheme not in ("amqp", "amqps") or u.password is not None)' "$broker_url" \
-        || die "--broker-url must be amqp[s]://USER@HOST:PORT/VHOST, without the password (that goes to $ETC/broker-password)"
+        || die "--broker-url must be amqp[s]://USER@HOST:PORT/VHOST, without the password" \
+               "(that goes to $ETC/broker-password)"
 fi
 
 # 1. The program. A virtualenv made by another Python version (after a distribution upgrade) is
@@ -91,7 +92,8 @@ PY
     install -m 0640 -o root -g utilitarian "$tmp" "$ETC/utilitarian.toml"
     rm -f "$tmp"
 else
-    say "keeping $ETC/utilitarian.toml${broker_url:+ (--broker-url ignored)}; the current example is $PREFIX/share/doc/utilitarian/utilitarian.server.toml"
+    say "keeping $ETC/utilitarian.toml${broker_url:+ (--broker-url ignored)};" \
+        "the current example is $PREFIX/share/doc/utilitarian/utilitarian.server.toml"
 fi
 if [ ! -e "$ETC/broker-password" ]; then
     install -m 0600 -o root -g root /dev/null "$ETC/broker-password"
@@ -113,7 +115,8 @@ install -m 0644 "$HERE/docs/operations.md" "$HERE/etc/utilitarian.toml" "$HERE/e
 systemctl daemon-reload
 
 say "utilitarian $(cat "$doc/VERSION") installed in $PREFIX; units in $UNITDIR"
-active=$(systemctl list-units --state=active --no-legend --plain 'utilitarian-worker@*' 'utilitarian-beat.service' | wc -l)
+active=$(systemctl list-units --state=active --no-legend --plain 'utilitarian-worker@*' 'utilitarian-beat.service' \
+    | wc -l)
 if [ "$active" -gt 0 ]; then
     say "$active utilitarian units still run the old code: systemctl restart utilitarian.target"
 fi

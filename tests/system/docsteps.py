@@ -43,4 +43,5 @@ def script(section: str, site: dict[str, str], text: str | None = None) -> str:
     if not parts:
         raise ValueError(f"docs/operations.md has no block marked system-test: {section}")
     return "# site values (the test's own)\n" + head + "".join(
-        f"\n# --- docs/operations.md, system-test: {section}, block {i + 1}\n{body}\n" for i, body in enumerate(parts))
+        f"\n# --- docs/operations.md, system-test: {section}, block {i + 1}\n{body}\n"
+        for i, body in enumerate(parts))

@@ -64,7 +64,7 @@ def test_worker_stop_timeout_outlasts_every_profiles_drain(server_config):
     config = server_config
     stop = seconds(unit("utilitarian-worker@.service")["Service"]["TimeoutStopSec"])
     for name, profile in config.workers.items():
-        graceful = profile.graceful_timeout if profile.graceful_timeout is not None else config.worker.graceful_timeout
+        graceful = config.worker.graceful_timeout if profile.graceful_timeout is None else profile.graceful_timeout
         assert stop > graceful + 1.0, f"TimeoutStopSec={stop} does not outlast {name}'s drain ({graceful} s + 1 s)"
 
 
