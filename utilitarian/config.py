@@ -273,14 +273,14 @@ def finish(config: Config, file: str | None) -> Config:
     for key in ("url_file", "password_file"):
         path = getattr(b, key)
         if path:
-            expanded = os.path.expandvars(path)
+            expanded = expand_path(path, file)
             if not os.path.isfile(expanded):
                 errors.append(ConfigError(f"file {expanded!r} does not exist", file=file, key=f"broker.{key}"))
             elif not os.access(expanded, os.R_OK):
                 errors.append(ConfigError(f"file {expanded!r} is not readable", file=file, key=f"broker.{key}"))
     for key in ("ca", "cert", "key"):
         path = getattr(b.tls, key)
-        if path and not os.path.isfile(os.path.expandvars(path)):
+        if path and not os.path.isfile(expand_path(path, file)):
             errors.append(ConfigError(f"file {path!r} does not exist", file=file, key=f"broker.tls.{key}"))
     for q in config.worker.queue_threads:
         reason = queues.check_queue(q)
@@ -309,11 +309,20 @@ def finish(config: Config, file: str | None) -> Config:
     return config
 
 
+def expand_path(path: str, config_file: str | None) -> str:
+    """$VARS expanded; `${CREDENTIALS_DIRECTORY}` outside a systemd unit (an operator's shell)
+    means the config file's directory, where LoadCredential= takes the file from."""
+    if "CREDENTIALS_DIRECTORY" not in os.environ and config_file:
+        home = os.path.dirname(os.path.abspath(config_file))
+        path = path.replace("${CREDENTIALS_DIRECTORY}", home).replace("$CREDENTIALS_DIRECTORY", home)
+    return os.path.expandvars(path)
+
+
 def _resolve_broker_url(config: Config) -> str:
     b = config.broker
     file = config.source
     if b.url_file:
-        path = os.path.expandvars(b.url_file)
+        path = expand_path(b.url_file, file)
         try:
             with open(path, encoding="utf-8") as fh:
                 url = fh.read().strip()
@@ -325,7 +334,7 @@ def _resolve_broker_url(config: Config) -> str:
     else:
         url = b.url or os.environ.get("UTILITARIAN_BROKER_URL") or DEFAULT_BROKER_URL
     if b.password_file:
-        path = os.path.expandvars(b.password_file)
+        path = expand_path(b.password_file, file)
         try:
             with open(path, encoding="utf-8") as fh:
                 password = fh.read().strip("\r\n")

@@ -121,3 +121,16 @@ def test_example_documents_every_key():
     missing = [f"{name}.{f.name}" for cls, name in sections.items() for f in dataclasses.fields(cls)
                if f"{f.name} =" not in text and f.name not in ("pools", "tls")]
     assert missing == []
+
+
+def test_credentials_directory_outside_a_unit_means_the_config_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    (tmp_path / "broker-password").write_text("from-disk\n")
+    f = tmp_path / "u.toml"
+    f.write_text('[broker]\nurl = "amqp://svc@h/"\npassword_file = "${CREDENTIALS_DIRECTORY}/broker-password"\n')
+    assert load_config(str(f)).broker_url() == "amqp://svc:from-disk@h/"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "broker-password").write_text("from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_config(str(f)).broker_url() == "amqp://svc:from-systemd@h/"
