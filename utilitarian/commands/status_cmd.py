@@ -58,12 +58,38 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
         from utilitarian.amr.progress import progress_for_status
     except ImportError:
         progress_for_status = None
-    if progress_for_status is not None:
+    owner_note = _foreign_sqlite(config)
+    if owner_note:
+        result["rounds_error"] = owner_note
+    elif progress_for_status is not None:
         try:
             result["rounds"] = progress_for_status(config)
         except Exception as exc:  # the store may not exist on a host that only runs workers
             result["rounds_error"] = str(exc)
     return result
+
+
+def _foreign_sqlite(config) -> str | None:
+    """Opening another user's SQLite store could leave files it cannot use (a WAL created by
+    root): say whom to run as instead of touching it."""
+    import os
+    import pwd
+
+    url = config.database_url()
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split(":///", 1)[-1]
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return None
+    if owner == os.geteuid():
+        return None
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    return f"round progress: run as the store's owner (sudo -u {name} utilitarian status)"
 
 
 def run(args) -> int:
@@ -100,6 +126,8 @@ def run(args) -> int:
                   f"{q['consumers'] if q['consumers'] is not None else '-'!s:>4} consumers")
     elif result.get("queues_error"):
         print(f"queues: {result['queues_error']}")
+    if result.get("rounds_error"):
+        print(result["rounds_error"])
     if result.get("rounds"):
         print("rounds:")
         for line in result["rounds"]:
