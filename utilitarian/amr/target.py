@@ -59,6 +59,9 @@ class MeterTarget:
     switch_delay: float = 0.0          # seconds between handing over the ACK and changing speed
     wakeup: bool = False               # battery meters: NUL bytes for ~2.2 s, then a pause
     timezone: str = "UTC"              # the meter's own clock (archives, set_time)
+    # The driver may keep the connection open for later polls of this process (Modbus TCP only).
+    # Not a URL parameter: the AMR task sets it for interfaces that are not `can_block`.
+    reuse_connection: bool = False
     password: str | None = field(default=None, compare=False)
 
     @property

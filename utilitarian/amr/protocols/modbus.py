@@ -15,6 +15,7 @@ from utilitarian.amr.errors import (MeterError, MeterProtocolError, MeterTimeout
                                     MeterUnsupported)
 from utilitarian.amr.meter_types import MeterType
 from utilitarian.amr.protocols.modbus_codec import ReadBlock, decode_block, plan_reads
+from utilitarian.amr.protocols.modbus_pool import ConnectionPool, Endpoint, ModbusConnection, process_pool
 from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
@@ -43,98 +44,94 @@ def exception_error(code: int, where: str) -> MeterError:
 
 
 class ModbusSession:
-    """One connection to one Modbus device; use as a context manager.
+    """One conversation with one Modbus device; use as a context manager.
 
     Every request is bounded by `target.timeout` and the whole session by `target.session_timeout`.
     After a timeout the connection is dropped, so a late answer cannot be taken for the next one.
+    With a `pool`, the connection comes from it and goes back after a session that ended without
+    an error; after any error it is closed, so a half-read stream never serves the next poll.
     """
 
-    def __init__(self, target: MeterTarget, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, target: MeterTarget, *, clock: Callable[[], float] = time.monotonic,
+                 pool: ConnectionPool | None = None):
         if target.protocol != "modbus":
             raise MeterUnsupported(f"{target}: not a Modbus target")
         self.target = target
         self.clock = clock
         self.deadline = clock() + target.session_timeout
         self.device_id = target.device_id if target.device_id is not None else 1
-        self._client = None
-        self._received = False  # bytes seen since the last request (tells garbage from silence)
-
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if sending:
-            self._received = False
-        elif data:
-            self._received = True
-        return data
-
-    def _make_client(self):
-        from pymodbus import FramerType
-        from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-        t = self.target
-        common = {"timeout": t.timeout, "retries": t.retries, "trace_packet": self._trace_packet}
-        if t.transport == "tcp":
-            return ModbusTcpClient(t.host, port=t.port, **common)
-        if t.transport == "rtu-over-tcp":
-            return ModbusTcpClient(t.host, port=t.port, framer=FramerType.RTU, **common)
-        s = t.serial
-        return ModbusSerialClient(t.device, baudrate=s.baudrate, bytesize=s.bytesize,
-                                  parity=s.parity, stopbits=s.stopbits, **common)
+        self.pool = pool if target.transport != "serial" else None
+        self._conn: ModbusConnection | None = None
+        # The connection came from the pool and has not answered in this session yet: losing it
+        # on the first request most likely means the gateway closed it while it was idle.
+        self._maybe_stale = False
 
     def __enter__(self) -> ModbusSession:
         self.open()
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.release()
+        else:
+            self.close()
 
     def open(self) -> None:
-        self._client = self._make_client()
+        conn = self.pool.checkout(Endpoint.of(self.target)) if self.pool is not None else None
+        if conn is not None:
+            self._conn, self._maybe_stale = conn, True
+            return
+        self._connect()
+
+    def _connect(self) -> None:
+        conn = ModbusConnection(self.target)
         try:
-            connected = self._client.connect()
+            connected = conn.connect()
         except Exception as exc:  # pyserial raises its own types for a missing device
             raise MeterUnreachable(f"{self.target.interface}: cannot connect ({exc})") from None
         if not connected:
-            self._client = None
             raise MeterUnreachable(f"{self.target.interface}: cannot connect")
+        self._conn, self._maybe_stale = conn, False
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the connection (after an error, or without a pool)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def release(self) -> None:
+        """End a clean session: the connection goes back to the pool, or is closed without one."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self.pool is None:
+            conn.close()
+            return
+        self.pool.checkin(conn)
 
     def read_block(self, block: ReadBlock) -> list[int]:
         """Execute one read request and return its registers, or raise a MeterError."""
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
         where = (f"{self.target.interface} device {self.device_id} "
                  f"function {block.function} address {block.address} count {block.count}")
         if self.clock() > self.deadline:
             raise MeterTimeout(f"{where}: session timeout {self.target.session_timeout:g}s reached")
-        if self._client is None:
+        if self._conn is None:
             self.open()
-        read = (self._client.read_holding_registers if block.function == 3
-                else self._client.read_input_registers)
         try:
-            response = read(block.address, count=block.count, device_id=self.device_id)
-        except ModbusIOException:
-            garbled = self._received
-            self.close()
-            if garbled:
-                raise MeterProtocolError(f"{where}: answer was not a valid Modbus frame") from None
-            raise MeterTimeout(f"{where}: no answer within {self.target.timeout:g}s") from None
-        except ConnectionException:
-            self.close()
-            raise MeterUnreachable(f"{where}: connection lost") from None
-        except ModbusException as exc:
-            self.close()
-            raise MeterProtocolError(f"{where}: {exc}") from None
-        except OSError as exc:
-            self.close()
-            raise MeterUnreachable(f"{where}: {exc.strerror or exc}") from None
-        except Exception as exc:
-            # pymodbus decoding bytes we do not control: whatever it trips over is the meter's
-            # malformed answer as far as the caller is concerned.
-            log.debug("pymodbus failed on an answer from %s", where, exc_info=True)
-            self.close()
-            raise MeterProtocolError(f"{where}: malformed answer ({type(exc).__name__})") from None
+            response = self._request(block, where)
+        except _ConnectionLost as lost:
+            if not self._maybe_stale:
+                raise MeterUnreachable(f"{where}: {lost}") from None
+            # Once, on a new connection: the gateway may have closed the pooled one just as it
+            # was taken (the liveness peek at checkout catches the closes that came earlier).
+            log.debug("pooled connection to %s lost on first use (%s); retrying on a new one",
+                      self.target.interface, lost)
+            self._connect()
+            try:
+                response = self._request(block, where)
+            except _ConnectionLost as again:
+                raise MeterUnreachable(f"{where}: {again}") from None
+        self._maybe_stale = False
         if response.isError():
             raise exception_error(getattr(response, "exception_code", 0), where)
         registers = list(getattr(response, "registers", []) or [])
@@ -142,11 +139,50 @@ class ModbusSession:
             raise MeterProtocolError(f"{where}: answer holds {len(registers)} registers")
         return registers[:block.count]
 
+    def _request(self, block: ReadBlock, where: str):
+        """The pymodbus call, its failures translated; a lost connection is `_ConnectionLost` so
+        that read_block can tell a stale pooled connection from a meter that hung up."""
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+        conn = self._conn
+        read = (conn.client.read_holding_registers if block.function == 3
+                else conn.client.read_input_registers)
+        try:
+            return read(block.address, count=block.count, device_id=self.device_id)
+        except ModbusIOException:
+            garbled = conn.received
+            self.close()
+            if garbled:
+                raise MeterProtocolError(f"{where}: answer was not a valid Modbus frame") from None
+            raise MeterTimeout(f"{where}: no answer within {self.target.timeout:g}s") from None
+        except ConnectionException:
+            self.close()
+            raise _ConnectionLost("connection lost") from None
+        except ModbusException as exc:
+            self.close()
+            raise MeterProtocolError(f"{where}: {exc}") from None
+        except OSError as exc:
+            self.close()
+            raise _ConnectionLost(str(exc.strerror or exc)) from None
+        except Exception as exc:
+            # pymodbus decoding bytes we do not control: whatever it trips over is the meter's
+            # malformed answer as far as the caller is concerned.
+            log.debug("pymodbus failed on an answer from %s", where, exc_info=True)
+            self.close()
+            raise MeterProtocolError(f"{where}: malformed answer ({type(exc).__name__})") from None
+
+
+class _ConnectionLost(Exception):
+    """Internal: the connection broke under a request (becomes MeterUnreachable in read_block)."""
+
 
 def read_meter(target: MeterTarget, meter_type: MeterType, *, series: Sequence[str] | None = None,
-               now: datetime | None = None,
-               clock: Callable[[], float] = time.monotonic) -> PollResult:
-    """Read every register of `meter_type` (or only `series`) in merged requests."""
+               now: datetime | None = None, clock: Callable[[], float] = time.monotonic,
+               pool: ConnectionPool | None = None) -> PollResult:
+    """Read every register of `meter_type` (or only `series`) in merged requests.
+
+    The connection is kept for later polls (in `pool`, default this process's) only when the
+    target says its interface carries parallel sessions (`reuse_connection`) and is not serial.
+    """
     specs = meter_type.registers
     if series is not None:
         wanted = set(series)
@@ -156,7 +192,11 @@ def read_meter(target: MeterTarget, meter_type: MeterType, *, series: Sequence[s
     timestamp = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     readings: list[Reading] = []
     events: list[SystemEvent] = []
-    with ModbusSession(target, clock=clock) as session:
+    if target.reuse_connection and target.transport != "serial":
+        pool = pool if pool is not None else process_pool()
+    else:
+        pool = None
+    with ModbusSession(target, clock=clock, pool=pool) as session:
         for block in blocks:
             values = decode_block(block, session.read_block(block))
             for spec, value in values.items():

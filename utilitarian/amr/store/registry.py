@@ -132,13 +132,22 @@ class RegistryStore:
 
     def jobs_for_schedule(self, schedule: str) -> list[tuple[str, str, float]]:
         """(meter, AMR task, run offset) for every active task of `schedule` on every active meter
-        that has it and whose execution type the task is written for."""
+        that has it and whose execution type the task is written for.
+
+        Ordered round-robin over network interfaces (the first job of every interface, then the
+        second, ...; by name within each): the polls in flight at any moment are spread over the
+        gateways instead of all queueing on the one whose meters sort first, and each gateway's
+        pooled connections are reused all through the round.
+        """
         with self.backend.transaction() as tx:
             rows = tx.all(
-                f"SELECT m.name, t.name, t.run_offset_seconds FROM ({_LINKS}) l "
+                "SELECT name, task, offset_s FROM (SELECT m.name AS name, t.name AS task, "
+                "t.run_offset_seconds AS offset_s, row_number() OVER (PARTITION BY "
+                "COALESCE(m.interface_id, -m.id) ORDER BY m.name, t.name) AS turn "
+                f"FROM ({_LINKS}) l "
                 "JOIN amr_task t ON t.id = l.task_id JOIN meter_device m ON m.id = l.meter_id "
                 "WHERE t.schedule = ? AND t.is_active = ? AND m.is_active = ? "
-                "AND m.execution_type = t.meter_execution_type ORDER BY m.name, t.name",
+                "AND m.execution_type = t.meter_execution_type) j ORDER BY turn, name, task",
                 (schedule, True, True))
         return [(m, t, float(o)) for m, t, o in rows]
 

@@ -117,11 +117,16 @@ def _target(device):
         target = parse_meter_url(device.url, secret=device.password)
     except ConfigError as exc:
         raise JobFailed(f"meter URL is invalid: {exc.reason}") from None
+    changes = {}
     if device.meter_type and not target.meter_type:
-        target = dataclasses.replace(target, meter_type=device.meter_type)
+        changes["meter_type"] = device.meter_type
     if device.config.timezone and target.timezone == "UTC":
-        target = dataclasses.replace(target, timezone=device.config.timezone)
-    return target
+        changes["timezone"] = device.config.timezone
+    # A can_block interface carries one session at a time, held under its interface_block for
+    # one job: a connection kept open after the job would outlive that block.
+    if device.interface is None or not device.interface.can_block:
+        changes["reuse_connection"] = True
+    return dataclasses.replace(target, **changes) if changes else target
 
 
 def _poll(app, execution_type, call, target, kwargs, stamp):
