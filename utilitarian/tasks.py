@@ -122,12 +122,15 @@ class TaskSpec:
     soft_time_limit: float | None = None
     time_limit: float | None = None
     bind: bool = False  # the function takes a TaskContext as first argument
+    # Called as on_failure(ctx, exc, args, kwargs) when the worker gives up on the task (last
+    # retry failed, not retryable, or past its hard limit), before it is dead-lettered.
+    on_failure: Callable[..., None] | None = None
 
 
 def task(name: str, *, queue: str = queues.DEFAULT, bind: bool = False, max_retries: int = 3,
          retry_backoff: float = 2.0, retry_backoff_max: float = 600.0, retry_jitter: bool = True,
          retry_for: tuple[type[BaseException], ...] = (Exception,), soft_time_limit: float | None = None,
-         time_limit: float | None = None) -> Callable:
+         time_limit: float | None = None, on_failure: Callable[..., None] | None = None) -> Callable:
     """Mark a function as a task. Marking only: the Registry collects marked functions from the
     modules it is told to import, so there is no import-time global to keep in sync."""
     full_queue = queues.resolve(queue)
@@ -136,7 +139,7 @@ def task(name: str, *, queue: str = queues.DEFAULT, bind: bool = False, max_retr
     policy = RetryPolicy(max_retries, retry_backoff, retry_backoff_max, retry_jitter, tuple(retry_for))
 
     def mark(func: Callable) -> Callable:
-        func.__task_spec__ = TaskSpec(name, func, full_queue, policy, soft_time_limit, time_limit, bind)
+        func.__task_spec__ = TaskSpec(name, func, full_queue, policy, soft_time_limit, time_limit, bind, on_failure)
         return func
 
     return mark

@@ -57,7 +57,12 @@ def flaky(ctx, fail_times: int = 2) -> None:
     _sink(f"{ctx.id} {os.getpid()} ran")
 
 
-@task("test.always_fails", queue=queues.DEFAULT, bind=True, max_retries=2, retry_backoff=0.1, retry_jitter=False)
+def _gave_up(ctx, exc, args, kwargs) -> None:
+    _sink(f"{ctx.id} {os.getpid()} gave_up{ctx.retries}")
+
+
+@task("test.always_fails", queue=queues.DEFAULT, bind=True, max_retries=2, retry_backoff=0.1, retry_jitter=False,
+      on_failure=_gave_up)
 def always_fails(ctx) -> None:
     _sink(f"{ctx.id} {os.getpid()} attempt{ctx.retries}")
     raise ValueError("meter said no")

@@ -182,9 +182,7 @@ class TaskRunner:
         try:
             args = message.args
             if spec.bind:
-                ctx = TaskContext(id=message.id, name=message.task, retries=message.retries, queue=delivery.queue,
-                                  app=self.app, headers=message.headers, eta=message.eta, expires=message.expires)
-                spec.func(ctx, *args, **message.kwargs)
+                spec.func(self._context(delivery, message), *args, **message.kwargs)
             else:
                 spec.func(*args, **message.kwargs)
         except Exception as exc:  # the task's failure is data for its retry policy
@@ -208,6 +206,10 @@ class TaskRunner:
             self._defer(delivery, message, error, duration)
         else:
             self._fail(delivery, message, spec, error, duration)
+
+    def _context(self, delivery: Delivery, message: TaskMessage) -> TaskContext:
+        return TaskContext(id=message.id, name=message.task, retries=message.retries, queue=delivery.queue,
+                           app=self.app, headers=message.headers, eta=message.eta, expires=message.expires)
 
     def _defer(self, delivery: Delivery, message: TaskMessage, defer: Defer, duration: float) -> None:
         count = int(message.headers.get(redeliver.DEFERRALS) or 0) + 1
@@ -236,6 +238,11 @@ class TaskRunner:
             return
         log.error("task %s[%s] failed for good (%s; %s); dead-lettering it", message.task, message.id, text,
                   decision.reason or reason, exc_info=error if not isinstance(error, HardTimeLimitExceeded) else None)
+        if spec.on_failure is not None:
+            try:  # best effort: the dead letter below keeps the message whatever the hook does
+                spec.on_failure(self._context(delivery, message), error, message.args, message.kwargs)
+            except Exception:
+                log.exception("on_failure of %s[%s] failed", message.task, message.id)
         out = redeliver.dead_letter(delivery.queue, delivery.body, delivery.properties,
                                     reason=reason if reason != "failed" else (decision.reason or reason),
                                     error=text, attempts=message.retries + 1)

@@ -124,6 +124,30 @@ def test_polls_are_committed_once_and_failures_become_events(amr, sim):
     assert {r.timestamp for r, _ in amr.store.tail_readings(limit=100)} == {dt.datetime(2026, 11, 24, tzinfo=UTC)}
 
 
+def test_a_job_the_worker_gives_up_on_still_finishes_its_round(amr, sim):
+    # Given a round of 5 jobs, one of which the worker dead-letters (a store error past its last
+    # retry, say): the task's on_failure hook records the failed run and a "Poll failed" event
+    amr.import_meters(entries(sim), tasks=[READ], group="all")
+    dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
+    jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
+    given_up = jobs[0]
+    for message in jobs[1:]:
+        try:
+            amr.run(message)
+        except MeterTimeout:  # the "slow" meter: its last attempt records the failure
+            execute_meter_task(amr.ctx(message.task, task_id=message.id, retries=3), **message.kwargs)
+    hook = execute_meter_task.__task_spec__.on_failure
+    hook(amr.ctx(given_up.task, task_id=given_up.id, retries=3), RuntimeError("store unavailable"),
+         given_up.args, given_up.kwargs)
+    run_all(amr, queues.COMMITS, 5)
+    for message in amr.drain(queues.COMMITS_EVENTS):  # all confirmed before the calls returned
+        amr.run(message)
+    [p] = round_progress(amr.store)
+    assert p.pending == 0 and p.done + p.failed == 5
+    events = [e for e in amr.store.list_events() if e.meter == given_up.kwargs["meter"]]
+    assert [e.title for e in events] == ["Poll failed"] and "store unavailable" in events[0].content
+
+
 def test_committed_readings_are_published_to_the_exchange(amr):
     amr.configure('[amr.publish]\nexchange = "platform.readings"\n')
     amr.import_meters([{"name": "m1", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",

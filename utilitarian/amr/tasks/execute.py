@@ -32,8 +32,18 @@ class JobFailed(Exception):
     """A failure that ends the job without a retry (recorded as an event and a failed run)."""
 
 
+def _gave_up(ctx, exc: BaseException, args: tuple, kwargs: dict) -> None:
+    """The worker dead-letters the job (store or broker errors past the last retry, a hard time
+    limit): record the failed run and a "Poll failed" event, so its round can finish."""
+    meter = kwargs.get("meter") or (args[0] if args else "?")
+    label = kwargs.get("amr_task") or kwargs.get("task_call") or "?"
+    text = f"{type(exc).__name__}: {exc}"
+    _finish(ctx, meter, kwargs.get("amr_task"), kwargs.get("round_id"), "failed", text, time.monotonic(), events=[
+        _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
+
+
 @task("amr.execute_meter_task", queue=queues.AMR_ON_DEMAND, bind=True, max_retries=MAX_RETRIES,
-      retry_backoff=5.0, retry_backoff_max=300.0, retry_for=RETRY_FOR)
+      retry_backoff=5.0, retry_backoff_max=300.0, retry_for=RETRY_FOR, on_failure=_gave_up)
 def execute_meter_task(ctx, meter: str, amr_task: str | None = None, slot: str | None = None,
                        round_id: str | None = None, task_call: str | None = None,
                        task_kwargs: dict | None = None, execution_type: str | None = None) -> dict:
