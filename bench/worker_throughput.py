@@ -39,7 +39,8 @@ def run_ours(config: pathlib.Path, counter: pathlib.Path, args: list[str], log: 
 
 
 def timed(system: str, n: int, task: str, task_args: list, start) -> tuple[float, float]:
-    """(end-to-end seconds from process start, steady seconds from first to last task)."""
+    """Queue filled first, then the worker starts: (seconds from process start to the last task,
+    steady seconds from the first to the last task)."""
     with vhost("bench-w") as v:
         url = url_for(v)
         work = tmpdir()
@@ -56,6 +57,62 @@ def timed(system: str, n: int, task: str, task_args: list, start) -> tuple[float
         return done - began, done - first[0]
 
 
+def live(system: str, n: int, task: str, task_args: list, worker_args: list[str]) -> float:
+    """Producer to last task: the worker is already up; the clock starts when the producer
+    starts publishing (each system with its own producer: Celery's send_task as it is by
+    default, ours with pipelined confirms) and stops when the n-th task has run."""
+    from support_notify import NotifyListener
+
+    with vhost("bench-live") as v:
+        url = url_for(v)
+        work = tmpdir()
+        config = write_config(work, url)
+        fill(config, task, 0)
+        counter = work / "counter"
+        if system == "celery":
+            log = work / "celery.log"
+            proc = run_celery(url, counter, n, worker_args, log)
+            deadline = time.monotonic() + 60
+            while b" ready." not in log.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            listener = NotifyListener(work / "notify.sock")
+            proc = run_ours(config, counter, worker_args, work / "worker.log", {"NOTIFY_SOCKET": str(listener.path)})
+            listener.wait_for("READY=1", 30)
+            listener.close()
+        try:
+            began = time.monotonic()
+            if system == "celery":
+                from celery import Celery
+
+                app = Celery("bench-producer", broker=url)
+                app.conf.task_serializer = "json"
+                with app.producer_or_acquire() as producer:
+                    for _ in range(n):
+                        app.send_task(task, task_args, queue="utilitarian.tasks.default", producer=producer)
+            else:
+                from utilitarian.app import App, TaskCall
+                from utilitarian.config import load_config
+
+                app = App(load_config(str(config)))
+                app.send_tasks([TaskCall(task, task_args, queue="default") for _ in range(n)])
+                app.close()
+            done = wait_counter(counter, n)
+        finally:
+            stop(proc)
+        return done - began
+
+
+def live_rows(runs: int, n: int, task: str, task_args: list, celery_pool: list[str], ours_args: list[str],
+              title: str) -> tuple[float, float]:
+    c = median([live("celery", n, task, task_args, celery_pool) for _ in range(runs)])
+    o = median([live("ours", n, task, task_args, ours_args) for _ in range(runs)])
+    print(f"{title}, producer to last task, worker already running, median of {runs} runs:")
+    print(f"  celery {' '.join(celery_pool):<29} {c:6.2f}s = {n / c:8,.0f}/s")
+    print(f"  utilitarian {' '.join(ours_args):<24} {o:6.2f}s = {n / o:8,.0f}/s   ({c / o:.2f}x celery)")
+    return c, o
+
+
 def noop(runs: int, n: int, threads: int) -> None:
     rows = {"celery prefork -c 2": [], f"utilitarian -c 2 --threads {threads}": [], "raw pika consumer": []}
     for _ in range(runs):
@@ -70,6 +127,8 @@ def noop(runs: int, n: int, threads: int) -> None:
     o = median([n / e for e, _ in rows[f"utilitarian -c 2 --threads {threads}"]])
     r = median([n / e for e, _ in rows["raw pika consumer"]])
     print(f"  utilitarian / celery = {o / c:.1f}x (target >= 3x); utilitarian / raw pika = {o / r:.0%} (moonshot >= 70%)")
+    live_rows(runs, n, "bench.noop", [], ["-P", "prefork", "-c", "2"], ["-c", "2", "--threads", str(threads)],
+              f"no-op: {n:,} tasks")
 
 
 def io_bound(runs: int, n: int, sleep: float) -> None:
@@ -90,6 +149,7 @@ def io_bound(runs: int, n: int, sleep: float) -> None:
         e2e_o = median([e for e, _ in rows[name_o]])
         print(f"  utilitarian steady {steady:.2f}s = {steady / ideal:.2f}x ideal (target <= 1.2x); "
               f"end to end {e2e_c / e2e_o:.2f}x faster than celery")
+        live_rows(runs, n, "bench.sleep", [sleep], celery_pool, ours_args, f"I/O-bound on {slots} slots")
 
 
 def memory(runs: int) -> None:
