@@ -57,6 +57,18 @@ class TaskContextFilter(logging.Filter):
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+def enable_stack_dumps() -> None:
+    """On SIGABRT (a watchdog or the master giving up on a silent process), SIGSEGV and the like,
+    write every thread's stack to stderr (the journal) before dying. Skipped when stderr is not
+    a real file (captured by a test runner)."""
+    import faulthandler
+
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError+ValueError
+        pass
+
+
 def setup_logging(level: str = "info", *, fmt: str = "text", process_name: str | None = None,
                   task_local=None) -> None:
     """Configure the root logger for this process (called again in each child after fork)."""

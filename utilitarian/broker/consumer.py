@@ -88,16 +88,6 @@ class Consumer:
             with self._lock:
                 self._wake_scheduled = False
 
-    def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the pump thread at its next turn (from any thread)."""
-        connection = self.connection
-        if connection is None:
-            return
-        try:
-            connection.add_callback_threadsafe(fn)
-        except Exception as exc:  # closed meanwhile; the pump's own checks will follow
-            log.debug("call_soon on a closed connection: %s", exc)
-
     # --- pump thread -------------------------------------------------------------------------
     def _flush_settles(self) -> None:
         with self._lock:

@@ -24,10 +24,9 @@ def run(args) -> int:
     from utilitarian.tasks import Registry
 
     config = load(args, process_name="beat")
-    import faulthandler
-    import sys
+    from utilitarian.log import enable_stack_dumps
 
-    faulthandler.enable(file=sys.stderr, all_threads=True)  # a watchdog SIGABRT leaves the stacks in the journal
+    enable_stack_dumps()  # a watchdog SIGABRT leaves the stacks in the journal
     entries = entries_from_config(config, Registry.for_config(config))
     disabled = sorted(name for name, entry in config.schedule.items() if not entry.enabled)
     settings = settings_from_config(config)

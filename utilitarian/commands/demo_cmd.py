@@ -129,7 +129,7 @@ def _fleet(args):
 
 
 def _install(config, parts) -> tuple[int, int]:
-    from utilitarian.amr.model import AmrTask, AmrTaskGroup, MeterEntry
+    from utilitarian.amr.model import AmrTask, AmrTaskGroup
     from utilitarian.amr.registry_import import Known, check_meter_row, known_execution_types
     from utilitarian.amr.store import store_for_config
     from utilitarian.amr.meter_types import load_builtin_meter_types

@@ -79,10 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from utilitarian.supervisor.systemd import Notifier
 
     config = load(args, process_name="master")
-    import faulthandler
-    import sys
+    from utilitarian.log import enable_stack_dumps
 
-    faulthandler.enable(file=sys.stderr, all_threads=True)  # a watchdog SIGABRT leaves the stack in the journal
+    enable_stack_dumps()  # a watchdog SIGABRT leaves the stacks in the journal
     plan, settings, registry = prepare(args, config)
     # Imported here, before the fork, so every child starts with them loaded (copy-on-write).
     import pika.adapters.blocking_connection  # noqa: F401

@@ -6,7 +6,6 @@ queue declared with other arguments): retrying cannot help, so the master stops 
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from utilitarian.errors import EX_CONFIG, EX_SOFTWARE, AuthenticationRefused, ConfigError, TopologyError
+from utilitarian.log import enable_stack_dumps
 from utilitarian.supervisor.plan import PoolSpec
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Child:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         random.seed()
         # SIGABRT from the master (stale heartbeat) dumps every thread's stack before dying.
-        faulthandler.enable(file=sys.stderr, all_threads=True)
+        enable_stack_dumps()
         pool = self.spec.pool
         set_process_name(f"util-{pool.name}-{self.spec.index}")
 
@@ -134,15 +134,12 @@ class Child:
                 writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(),
                                  consuming=consumer.consuming, idle=round(runner.idle_for(), 3))
 
-        def on_task_limit() -> None:  # on a task thread: hand over to the pump
-            def retire_now() -> None:
-                # Stop taking work now (in-flight tasks finish); the master starts the
-                # replacement at once, so the pool is short of this child only while it boots.
-                consumer.cancel()
-                self.request_retire(writer, "max_tasks", drain_now=True)
-                self.stop = self.stop or "graceful"
-
-            consumer.call_soon(retire_now)
+        def on_task_limit() -> None:
+            # Stop taking work now (in-flight tasks finish); the master starts the replacement
+            # at once, so the pool is short of this child only while it boots.
+            consumer.cancel()
+            self.request_retire(writer, "max_tasks", drain_now=True)
+            self.stop = self.stop or "graceful"
 
         runner.task_limit = pool.max_tasks_per_child
         runner.on_task_limit = on_task_limit

@@ -62,15 +62,20 @@ class TaskRunner:
         self.running: dict[int, Running] = {}
         self.last_activity = time.monotonic()
         self.on_hard_limit = None  # called on the pump thread after a task was abandoned
-        self.task_limit = 0  # after this many finished tasks, `on_task_limit` runs once (0 = never)
+        self.task_limit = 0  # at this many deliveries `on_task_limit` runs once, on the pump thread (0 = never)
         self.on_task_limit = None
 
     # --- pump thread -----------------------------------------------------------------------
     def submit(self, delivery: Delivery) -> None:
         with self._lock:
             self.submitted += 1
+            reached = self.task_limit and self.submitted == self.task_limit
         self.last_activity = time.monotonic()
         self.executor.submit(self._handle, delivery)
+        if reached and self.on_task_limit:
+            # On the pump thread, at the delivery that reaches the limit: consumption stops now,
+            # so only deliveries already on their way (fewer than the prefetch) run on top.
+            self.on_task_limit()
 
     def in_flight(self) -> int:
         """Deliveries being worked on, not counting abandoned ones (they are settled)."""
@@ -122,10 +127,7 @@ class TaskRunner:
         finally:
             with self._lock:
                 self.finished += 1
-                reached = self.task_limit and self.finished == self.task_limit
             self.last_activity = time.monotonic()
-            if reached and self.on_task_limit:
-                self.on_task_limit()
 
     def _process(self, delivery: Delivery) -> None:
         props = delivery.properties

@@ -8,13 +8,9 @@ one per poll. Each poll returns only after its own results are confirmed by the 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from utilitarian import queues
+from utilitarian.batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -27,66 +23,27 @@ MAX_JOBS_PER_FLUSH = 500
 
 class CommitOutbox:
     def __init__(self, app, *, timeout: float = 60.0):
+        from utilitarian.errors import PublishError
+
         self.app = app
-        self.timeout = timeout
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
+        self._batcher = Batcher(self._publish, name="commit-outbox", max_group=MAX_JOBS_PER_FLUSH, timeout=timeout,
+                                on_timeout=lambda: PublishError(f"commit batch not confirmed within {timeout:g}s"))
 
     def send(self, *, readings: list, events: list, run: dict) -> None:
-        """Publish one job's results (in a batch with others); raises what the publish raised."""
-        self._ensure_thread()
-        future: Future = Future()
-        self._queue.put((readings, events, run, future))
-        try:
-            future.result(self.timeout)
-        except FutureTimeout:
-            from utilitarian.errors import PublishError
+        """Publish one job's results (in a batch with others); raises what the publish raised,
+        so every job of a failed batch is retried by its policy."""
+        self._batcher.submit((readings, events, run))
 
-            raise PublishError(f"commit batch not confirmed within {self.timeout:g}s") from None
-
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                if self._pid != os.getpid():
-                    self._queue = queue.SimpleQueue()
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._loop, name="commit-outbox", daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            group = [item]
-            while len(group) < MAX_JOBS_PER_FLUSH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                group.append(more)
-            try:
-                self.app.send_tasks(batch_calls(group))
-            except Exception as exc:  # every job of the batch raises it and is retried by its policy
-                for *_, future in group:
-                    future.set_exception(exc)
-            else:
-                for *_, future in group:
-                    future.set_result(None)
+    def _publish(self, group: list) -> list:
+        self.app.send_tasks(batch_calls(group))
+        return [None] * len(group)
 
     def close(self) -> None:
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(5.0)
+        self._batcher.close()
 
 
 def batch_calls(group) -> list:
-    """The commit messages for a group of (readings, events, run, future)."""
+    """The commit messages for a group of (readings, events, run)."""
     from utilitarian.app import TaskCall
 
     readings = [r for item in group for r in item[0]]
