@@ -38,31 +38,23 @@ class ControlServer:
 
     def handle(self, answer) -> None:
         """Serve every pending client; `answer(request_dict) -> dict`."""
-        while True:
+
+        def serve(conn: socket.socket) -> None:
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
             try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            try:
-                conn.settimeout(REQUEST_TIMEOUT)
-                data = b""
-                while not data.endswith(b"\n") and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                try:
-                    request = json.loads(data or b"{}")
-                except ValueError:
-                    request = {"cmd": data.decode("utf-8", "replace").strip()}
-                if not isinstance(request, dict):
-                    request = {}
-                reply = answer(request)
-                conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
-            except OSError as exc:
-                log.debug("control client dropped: %s", exc)
-            finally:
-                conn.close()
+                request = json.loads(data or b"{}")
+            except ValueError:
+                request = {"cmd": data.decode("utf-8", "replace").strip()}
+            if not isinstance(request, dict):
+                request = {}
+            conn.sendall(json.dumps(answer(request), default=str).encode() + b"\n")
+
+        serve_pending(self.sock, serve, "control")
 
     def close(self) -> None:
         try:
@@ -72,6 +64,23 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def serve_pending(sock: socket.socket, serve, what: str) -> None:
+    """Accept and serve, one at a time, every client waiting on a non-blocking listening socket;
+    a client that stalls past REQUEST_TIMEOUT is dropped so the master's loop moves on."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
+            conn.settimeout(REQUEST_TIMEOUT)
+            serve(conn)
+        except OSError as exc:
+            log.debug("%s client dropped: %s", what, exc)
+        finally:
+            conn.close()
 
 
 def _alive(path: str) -> bool:

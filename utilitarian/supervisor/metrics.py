@@ -3,13 +3,10 @@ loop (no thread, no dependency): tasks by queue/task/outcome, durations, childre
 
 from __future__ import annotations
 
-import logging
 import socket
 
+from utilitarian.supervisor.control import serve_pending
 from utilitarian.supervisor.stats import BUCKETS
-
-log = logging.getLogger(__name__)
-
 
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
@@ -63,26 +60,18 @@ class MetricsServer:
         return self.sock.fileno()
 
     def handle(self, body_factory) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            try:
-                conn.settimeout(0.5)
-                request = conn.recv(4096).decode("latin-1")
-                path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
-                if path.split("?")[0] in ("/metrics", "/"):
-                    body = body_factory().encode()
-                    head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                else:
-                    body = b"not found\n"
-                    head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-                conn.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-            except OSError as exc:
-                log.debug("metrics client dropped: %s", exc)
-            finally:
-                conn.close()
+        def serve(conn: socket.socket) -> None:
+            request = conn.recv(4096).decode("latin-1")
+            path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+            if path.split("?")[0] in ("/metrics", "/"):
+                body = body_factory().encode()
+                head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            else:
+                body = b"not found\n"
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            conn.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+
+        serve_pending(self.sock, serve, "metrics")
 
     def close(self) -> None:
         self.sock.close()
