@@ -8,6 +8,7 @@ import socket
 from utilitarian.supervisor.control import serve_pending
 from utilitarian.supervisor.stats import BUCKETS
 
+
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
