@@ -71,6 +71,12 @@ class AuthenticationRefused(BrokerError):
     exit_code = EX_CONFIG
 
 
+class TLSRefused(BrokerError):
+    """The broker's certificate failed verification (wrong CA, wrong host name): configuration."""
+
+    exit_code = EX_CONFIG
+
+
 class TopologyError(BrokerError):
     """A queue or exchange exists with other arguments (406) or is missing (404)."""
 

@@ -92,7 +92,7 @@ def _is_local(url: str) -> bool:
 class PrivateNode(Rabbit):
     """A RabbitMQ node of our own (own port, own data dir) that a test may stop and restart."""
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, *, extra_conf: str = "", files: dict[str, bytes] | None = None):
         self.port = free_port()
         self.dist_port = free_port()
         self.base = tempfile.mkdtemp(prefix="utilrmq-")
@@ -114,7 +114,10 @@ class PrivateNode(Rabbit):
         with open(os.path.join(self.base, "enabled_plugins"), "w") as fh:
             fh.write("[].\n")
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as fh:
-            fh.write(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+            fh.write(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n{extra_conf}\n")
+        for filename, content in (files or {}).items():  # certificates and the like, owned like the rest
+            with open(os.path.join(self.base, filename), "wb") as fh:
+                fh.write(content)
         if os.geteuid() == 0:
             # Debian's rabbitmq-server wrapper drops to the rabbitmq user, which must own the dir.
             import pwd

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from utilitarian.errors import AuthenticationRefused, BrokerUnavailable, ConfigError, TopologyError
+from utilitarian.errors import AuthenticationRefused, BrokerUnavailable, ConfigError, TLSRefused, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ def translate(exc: BaseException, settings: BrokerSettings | None = None) -> Exc
     import pika.exceptions as pe
 
     where = settings.where if settings else "the broker"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSRefused(f"{where}: the broker's TLS certificate was not accepted ({exc.verify_message}); "
+                          "check [broker.tls] ca and the host name in the URL")
     if isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError)):
         return AuthenticationRefused(f"{where} refused the credentials (check user and password)")
     if isinstance(exc, pe.ProbableAccessDeniedError):

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from utilitarian.errors import EX_CONFIG, EX_SOFTWARE, AuthenticationRefused, ConfigError, TopologyError
+from utilitarian.errors import EX_CONFIG, EX_SOFTWARE, UtilitarianError
 from utilitarian.log import enable_stack_dumps
 from utilitarian.supervisor.plan import PoolSpec
 
@@ -148,13 +148,15 @@ class Child:
         code = 0
         try:
             consumer.run(tick, in_flight=runner.in_flight, drain_deadline=lambda: self.drain_deadline)
-        except (AuthenticationRefused, ConfigError, TopologyError) as exc:
-            log.error("cannot consume: %s; stopping (retrying cannot help)", exc)
-            writer.event("boot_failed", code=EX_CONFIG, reason=str(exc))
-            code = EX_CONFIG
         except Exception as exc:
-            log.error("child failed: %s", exc, exc_info=True)
-            code = EX_SOFTWARE
+            if isinstance(exc, UtilitarianError) and exc.exit_code == EX_CONFIG:
+                # refused credentials or TLS certificate, a queue with other arguments
+                log.error("cannot consume: %s; stopping (retrying cannot help)", exc)
+                writer.event("boot_failed", code=EX_CONFIG, reason=str(exc))
+                code = EX_CONFIG
+            else:
+                log.error("child failed: %s", exc, exc_info=True)
+                code = EX_SOFTWARE
         finally:
             writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(), consuming=False,
                              idle=round(runner.idle_for(), 3))
