@@ -71,4 +71,3 @@ class BadTaskCall(MeterError):
         super().__init__(f"{execution_type}.{task_call}: {reason}")
 
 
-METER_ERROR_KINDS = ("timeout", "checksum", "protocol", "authentication", "unsupported", "bad_call")

@@ -29,7 +29,6 @@ METER_COLUMNS = ("name", "url", "execution_type", "meter_type", "type", "config"
                  "timezone", "password", "series", "groups", "tasks", "active")
 TASK_KEYS = ("name", "schedule", "task_call", "meter_execution_type", "execution_type", "task_kwargs",
              "run_offset_seconds", "is_active")
-GROUP_KEYS = ("name", "tasks")
 _LIST_SPLIT = re.compile(r"[\s;|,]+")
 _TRUE, _FALSE = {"1", "true", "yes", "on", "y"}, {"0", "false", "no", "off", "n", ""}
 
@@ -107,16 +106,6 @@ def _interface(text: str, can_block: bool) -> NetworkInterface:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port or a device path")
     return NetworkInterface(host, int(port), can_block)
-
-
-def _text(row: dict, key: str) -> str | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{key}: expected text, got {type(value).__name__}")
-    value = value.strip()
-    return value or None
 
 
 def check_meter_row(row: dict, known: Known) -> tuple[MeterEntry | None, list[str]]:

@@ -45,9 +45,6 @@ class BrokerSettings:
         hosts = ",".join(f"{h}:{p}" for h, p in self.hosts)
         return f"{hosts}{'/' if self.vhost == '/' else '/' + self.vhost}"
 
-    def with_vhost(self, vhost: str) -> "BrokerSettings":
-        return dataclasses.replace(self, vhost=vhost)
-
     def pika_parameters(self, *, heartbeat: float | None = None, name: str = "utilitarian") -> list:
         """One pika ConnectionParameters per host; pika tries them in order."""
         import pika

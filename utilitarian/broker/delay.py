@@ -15,7 +15,6 @@ TICK = 0.1  # seconds per unit of delay: the precision of ETAs and retries
 LEVELS = 24  # 2**24 ticks = 19.4 days; a longer delay is re-delayed on arrival
 PREFIX = "utilitarian.delay"
 DELIVER_EXCHANGE = f"{PREFIX}.deliver"
-MAX_DELAY = (2 ** LEVELS - 1) * TICK
 
 
 def level_exchange(level: int) -> str:

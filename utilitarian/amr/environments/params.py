@@ -104,10 +104,3 @@ def bind_kwargs(execution_type: str, call: Call, task_kwargs: Any) -> dict[str, 
     return bound
 
 
-def describe(calls: Mapping[str, Call]) -> str:
-    """One line per call with its kwargs, for help texts and error messages."""
-    lines = []
-    for call in calls.values():
-        args = ", ".join(p.name + ("" if p.required else "?") for p in call.params)
-        lines.append(f"{call.name}({args})" + (f": {call.summary}" if call.summary else ""))
-    return "\n".join(lines)

@@ -176,9 +176,6 @@ class Channel:
             raise MeterTimeout("session timeout reached before sending")
         self.transport.write(data)
 
-    def discard_input(self) -> None:
-        self.buffer.clear()
-
     def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
                 *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
         last_activity = self.clock()

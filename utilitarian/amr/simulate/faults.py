@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 # Which simulator honours which fault:
 #   timeout     never answer this request (both)
@@ -50,17 +50,6 @@ class Faults:
         for name in self.script:
             if name not in FAULT_NAMES and name != "ok":
                 raise ValueError(f"unknown fault {name!r} in script; known: ok, {', '.join(FAULT_NAMES)}")
-
-    @classmethod
-    def from_mapping(cls, raw: dict) -> Faults:
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
-        values = dict(raw)
-        if "script" in values:
-            values["script"] = tuple(values["script"])
-        return cls(**values)
 
     @property
     def active(self) -> bool:

@@ -90,8 +90,9 @@ class MeterClock:
             return self._offset
 
 
-class GenericMeterModel:
-    """Data of a simulated electricity meter: readout lines, R1 values, W1 of 0.9.1/0.9.2."""
+class SimulatedDevice:
+    """What every simulated 62056-21 device has: its spec, its own clock, its fault injector and
+    a record of the writes it took (for tests)."""
 
     def __init__(self, spec: SimIecMeter, number: int, started: float,
                  clock: Callable[[], float] = time.time):
@@ -102,7 +103,11 @@ class GenericMeterModel:
         self.meter_clock = MeterClock(spec.clock_offset, spec.timezone, clock)
         # One injector per meter, shared by every connection, so a fault script runs once.
         self.injector = FaultInjector(spec.faults, seed_offset=number)
-        self.writes: list[tuple[str, str]] = []  # what W1 changed, for tests
+        self.writes: list[tuple[str, str]] = []  # what W1 changed
+
+
+class GenericMeterModel(SimulatedDevice):
+    """Data of a simulated electricity meter: readout lines, R1 values, W1 of 0.9.1/0.9.2."""
 
     def value(self, address: str) -> str | None:
         """"value*unit" (or "value") text for `address`, None if the meter does not know it."""

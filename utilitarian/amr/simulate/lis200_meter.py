@@ -14,8 +14,7 @@ from decimal import Decimal
 from typing import Callable
 
 from utilitarian.amr.protocols.lis200 import LOCKS, TIME_ADDRESS, TIME_FORMAT
-from utilitarian.amr.simulate.faults import FaultInjector
-from utilitarian.amr.simulate.iec_meter import MeterClock, SimIecMeter
+from utilitarian.amr.simulate.iec_meter import SimIecMeter, SimulatedDevice
 from utilitarian.amr.simulate.values import simulated_value
 
 ARCHIVE = 3
@@ -30,22 +29,15 @@ VALUES = {"2:300.0": "m3", "4:300.0": "m3", "7:310.0": "bar", "6:310.0": "C"}
 PROTECTED = {TIME_ADDRESS}  # writes need the customer lock open
 
 
-class Lis200Model:
+class Lis200Model(SimulatedDevice):
     """State of one simulated EK device. Every method returns text for the answer, or an error
     code int (answered as "#dddd")."""
 
     def __init__(self, spec: SimIecMeter, number: int, started: float,
                  clock: Callable[[], float] = time.time):
-        self.spec = spec
-        self.number = number
-        self.started = started
-        self._clock = clock
-        self.meter_clock = MeterClock(spec.clock_offset, spec.timezone, clock)
-        # One injector per meter, shared by every connection, so a fault script runs once.
-        self.injector = FaultInjector(spec.faults, seed_offset=number)
+        super().__init__(spec, number, started, clock)
         self._lock = threading.Lock()
         self.locks = {"supplier": False, "customer": False}
-        self.writes: list[tuple[str, str]] = []
         # The archive's first row: HISTORY_ROWS intervals before the start, on an interval boundary.
         first = self.meter_clock.now().replace(minute=0, second=0, microsecond=0, tzinfo=None)
         self.archive_start = first - timedelta(seconds=INTERVAL * HISTORY_ROWS)

@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from typing import Any, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 

@@ -76,18 +76,6 @@ class RegistryStore:
             task = tx.one(_TASK_SELECT + " WHERE name = ?", (amr_task,)) if amr_task else None
         return (self._meter_from_row(row, ()) if row else None), (self._task_from_row(task) if task else None)
 
-    def get_meters(self, names: Iterable[str]) -> dict[str, MeterDevice]:
-        names = sorted(set(names))
-        out: dict[str, MeterDevice] = {}
-        with self.backend.transaction() as tx:
-            rows = []
-            for chunk in _chunks(names):
-                rows += tx.all(_METER_SELECT + f" WHERE m.name IN ({','.join('?' * len(chunk))})", chunk)
-            series = self._series_of_configs(tx, [r[8] for r in rows])
-        for row in rows:
-            out[row[1]] = self._meter_from_row(row, series.get(row[8], ()))
-        return out
-
     def list_meters(self) -> list[MeterDevice]:
         with self.backend.transaction() as tx:
             rows = tx.all(_METER_SELECT + " ORDER BY m.name")
@@ -109,11 +97,6 @@ class RegistryStore:
         return AmrTask(name=name, schedule=schedule, task_call=call, meter_execution_type=etype,
                        task_kwargs=json.loads(kwargs or "{}"), run_offset_seconds=float(offset),
                        is_active=bool(active), id=tid)
-
-    def get_amr_task(self, name: str) -> AmrTask | None:
-        with self.backend.transaction() as tx:
-            row = tx.one(_TASK_SELECT + " WHERE name = ?", (name,))
-        return self._task_from_row(row) if row else None
 
     def list_amr_tasks(self) -> list[AmrTask]:
         with self.backend.transaction() as tx:
@@ -199,12 +182,6 @@ class RegistryStore:
             else:
                 tx.executemany("INSERT INTO meter_device_task (meter_id, task_id) VALUES (?, ?) "
                                "ON CONFLICT DO NOTHING", [(mid, task_id) for mid in meter_ids.values()])
-
-    def existing_names(self, table: str, names: Iterable[str]) -> set[str]:
-        if table not in ("meter_device", "amr_task", "amr_task_group"):
-            raise ValueError(table)
-        with self.backend.transaction() as tx:
-            return set(self._ids(tx, table, names))
 
     def import_registry(self, entries: Sequence[MeterEntry], *, tasks: Sequence[AmrTask] = (),
                         groups: Sequence[AmrTaskGroup] = (),
