@@ -118,6 +118,13 @@ class ProfileConfig:
     imports: list[str] = setting(default_factory=list)
 
 
+# Every task gets a hard limit, below RabbitMQ's consumer_timeout (default 30 min): a task that
+# never returns must not hold its delivery until the broker closes the channel, which redelivers
+# every message of that child (docs/operations.md, "Time limits").
+DEFAULT_HARD_TIME_LIMIT = 1500.0
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     imports: list[str] = setting(default_factory=list, doc="extra task modules, like celery --include")
@@ -128,7 +135,9 @@ class WorkerConfig:
     heartbeat_timeout: float = setting(30.0, min=1.0, max=3600.0, doc="a child silent this long is killed")
     max_tasks_per_child: int = setting(0, min=0, doc="0 = unlimited")
     max_memory_per_child: float = setting(0.0, min=0.0, doc="MiB, 0 = unlimited")
-    hard_time_limit: float | None = setting(None, min=0.1, doc="default hard limit for every task")
+    hard_time_limit: float = setting(DEFAULT_HARD_TIME_LIMIT, min=0.1, max=86400.0,
+                                     doc="default hard limit for every task; keep it below RabbitMQ's "
+                                         "consumer_timeout (30 min by default)")
     max_deliveries: int = setting(5, min=1, max=1000, doc="deliveries before a message is poison")
     max_message_bytes: int = setting(4 * 1024 * 1024, min=1024, doc="bigger bodies are dead-lettered")
     restart_backoff_max: float = setting(30.0, min=0.0, max=3600.0)

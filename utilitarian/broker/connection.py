@@ -150,7 +150,23 @@ def settings_from_url(url: str, **overrides) -> BrokerSettings:
 
 
 def translate(exc: BaseException, settings: BrokerSettings | None = None) -> Exception:
-    """Map a pika exception to ours; the caller raises the result `from None`."""
+    """Map a pika exception to ours; the caller raises the result `from None`. The broker's reply
+    code, when there is one, travels as `reply_code` (404 and 406 call for different answers)."""
+    err = _translate(exc, settings)
+    code = getattr(exc, "reply_code", None)
+    if isinstance(code, int) and getattr(err, "reply_code", None) is None and err is not exc:
+        err.reply_code = code
+    return err
+
+
+def _vhost_down(exc: BaseException) -> bool:
+    # RabbitMQ refuses connections to a vhost whose processes are (re)starting with 541
+    # "access to vhost 'x' refused for user 'u': vhost 'x' is down", which pika reports as a
+    # probable access denial; the vhost comes back by itself (or with `restart_vhost`).
+    return "is down" in str(exc) and ("541" in str(exc) or "INTERNAL_ERROR" in str(exc))
+
+
+def _translate(exc: BaseException, settings: BrokerSettings | None) -> Exception:
     import pika.exceptions as pe
 
     where = settings.where if settings else "the broker"
@@ -160,6 +176,8 @@ def translate(exc: BaseException, settings: BrokerSettings | None = None) -> Exc
     if isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError)):
         return AuthenticationRefused(f"{where} refused the credentials (check user and password)")
     if isinstance(exc, pe.ProbableAccessDeniedError):
+        if _vhost_down(exc):
+            return BrokerUnavailable(f"{where}: vhost is down (the broker is restarting it)")
         return AuthenticationRefused(f"{where}: access to the vhost was refused")
     if isinstance(exc, pe.ConnectionClosedByBroker):
         if exc.reply_code in (403, 530):

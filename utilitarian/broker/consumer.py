@@ -1,6 +1,8 @@
 """The consuming side of a worker child: one thread (the pump) owns a pika BlockingConnection;
 task threads settle their deliveries through `settle()`, which hands the ack to the pump with
-`add_callback_threadsafe`, on the channel that delivered, and only if that channel still lives."""
+`add_callback_threadsafe`, on the channel that delivered, and only if that channel still lives.
+What to do after a refusal, a loss or a broker-side cancel is decided by `recovery.ConnectionRules`
+and which frames settle a batch by `acks.plan_flush`; this module only makes the pika calls."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from utilitarian.broker.connection import Backoff, BrokerSettings, connect_blocking, translate
-from utilitarian.errors import BrokerUnavailable
+from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
+from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
+from utilitarian.broker.recovery import ConnectionRules, Exit
 
 log = logging.getLogger(__name__)
 
-ACK, REQUEUE, DROP = "ack", "requeue", "drop"
+__all__ = ["ACK", "DROP", "REQUEUE", "Consumer", "Delivery"]
 
 
 @dataclass(eq=False)
@@ -42,34 +45,53 @@ class Consumer:
     """Consume several queues on one channel with a shared prefetch (= free task slots).
 
     `run(tick)` pumps until `stop()`; `tick()` is called at least every `tick_interval` on the
-    pump thread (heartbeats to the master, time limits). Connection losses are retried with a
-    capped backoff that resets once consuming resumed; settles for deliveries of a dead channel
-    are dropped, since the broker redelivers those messages anyway.
+    pump thread (heartbeats to the master, stop requests). Refusals, losses and cancels are
+    retried with a capped backoff (`rules`); settles for deliveries of a dead channel are
+    dropped, since the broker redelivers those messages anyway. `run` raises only for a refusal
+    the rules call a boot failure (the child exits 78).
     """
 
     def __init__(self, settings: BrokerSettings, queues: list[str], prefetch: int,
                  on_delivery: Callable[[Delivery], None], *, name: str = "utilitarian worker",
-                 tick_interval: float = 0.2):
+                 tick_interval: float = 0.2, rules: ConnectionRules | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.queues = list(queues)
         self.prefetch = prefetch
         self.on_delivery = on_delivery
         self.name = name
         self.tick_interval = tick_interval
+        self.clock = clock
+        self.rules = rules or ConnectionRules(backoff_cap=settings.retry_backoff_max)
         self.connection = None
         self.channel = None
         self.generation = 0
-        self.consuming = False
         self.stop_requested: str | None = None  # None | "drain" | "now"
-        self._consumer_tags: dict[str, str] = {}
+        self._consumer_tags: dict[str, str] = {}  # live consumer tag -> queue
+        self._resume_at: dict[str, float] = {}  # queues cancelled by the broker -> when to consume again
+        self._reconnect_at = 0.0
         self._pending: collections.deque = collections.deque()
         self._wake_scheduled = False
         self._lock = threading.Lock()
         self._outstanding: set[int] = set()  # delivery tags of the live channel not settled yet
+        self._cancelled_by_us = False
         self.on_consuming: Callable[[], None] | None = None
         # (connection, channel) -> channel to consume on; e.g. declare the topology first
         self.prepare: Callable[[object, object], object] | None = None
+        # channel -> None: declare everything (after a 404 or a broker-side cancel)
+        self.declare: Callable[[object], None] | None = None
         self.on_connection_lost: Callable[[Exception], None] | None = None
+
+    @property
+    def consuming(self) -> bool:
+        return self.channel is not None and bool(self._consumer_tags)
+
+    @property
+    def why(self) -> str | None:
+        """Why this consumer is not (fully) consuming now; None when it is."""
+        if self._cancelled_by_us:
+            return "stopped taking work"
+        return self.rules.why
 
     # --- thread-safe API ---------------------------------------------------------------------
     def settle(self, delivery: Delivery, how: str = ACK) -> None:
@@ -95,36 +117,37 @@ class Consumer:
             self._pending.clear()
             self._wake_scheduled = False
         channel = self.channel
-        acks = []
-        for delivery, how in batch:
-            if delivery.generation != self.generation or channel is None or not channel.is_open:
-                log.debug("dropping %s of delivery %d from a closed channel; the broker redelivers it",
-                          how, delivery.delivery_tag)
-                continue
-            self._outstanding.discard(delivery.delivery_tag)
-            if how == ACK:
-                acks.append(delivery.delivery_tag)
-            elif how == REQUEUE:
-                channel.basic_nack(delivery.delivery_tag, requeue=True)
-            else:
-                channel.basic_reject(delivery.delivery_tag, requeue=False)
-        if not acks:
-            return
-        # One frame for many acks: `multiple` covers every tag up to the one given, so it may
-        # only reach below the oldest delivery still being worked on.
-        oldest = min(self._outstanding) if self._outstanding else None
-        below = [tag for tag in acks if oldest is None or tag < oldest]
-        if below:
-            channel.basic_ack(max(below), multiple=True)
-        for tag in acks:
-            if oldest is not None and tag > oldest:
-                channel.basic_ack(tag)
+        plan = plan_flush(((d.generation, d.delivery_tag, how) for d, how in batch), self.generation,
+                          channel is not None and channel.is_open, self._outstanding)
+        if plan.dropped:
+            log.debug("dropping %d settle(s) from a closed channel; the broker redelivers those messages",
+                      plan.dropped)
+        self._outstanding -= plan.settled
+        # Requeues and rejects first: a `multiple` ack sent before them would cover their tags.
+        for tag in plan.requeue:
+            channel.basic_nack(tag, requeue=True)
+        for tag in plan.reject:
+            channel.basic_reject(tag, requeue=False)
+        for tag, multiple in plan.acks:
+            channel.basic_ack(tag, multiple=multiple)
 
     def _on_message(self, channel, method, properties, body) -> None:
         queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
         self._outstanding.add(method.delivery_tag)
         self.on_delivery(Delivery(queue, method.delivery_tag, method.redelivered, body, properties,
-                                  self.generation, exchange=method.exchange, routing_key=method.routing_key))
+                                  self.generation, received=self.clock(), exchange=method.exchange,
+                                  routing_key=method.routing_key))
+
+    def _on_cancel(self, method_frame) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted, or the queue's node
+        went down). Without this callback consumption would just stop, silently."""
+        queue = self._consumer_tags.pop(method_frame.method.consumer_tag, None)
+        if queue is None or self.stop_requested:
+            return
+        retry = self.rules.on_cancel(self.clock(), queue)
+        if retry.log:
+            log.warning("%s", retry.log)
+        self._resume_at[queue] = retry.at
 
     def _open(self) -> None:
         self.connection = connect_blocking(self.settings, name=self.name, attempts=1)
@@ -132,12 +155,16 @@ class Consumer:
         self._outstanding = set()
         try:
             channel = self.connection.channel()
-            if self.prepare is not None:
+            if self.rules.redeclare and self.declare is not None:
+                self.declare(channel)
+            elif self.prepare is not None:
                 channel = self.prepare(self.connection, channel) or channel
             # One limit for the whole channel (global_qos): a child never holds more messages
             # than it has threads, whichever queues they came from.
             channel.basic_qos(prefetch_count=self.prefetch, global_qos=True)
+            channel.add_on_cancel_callback(self._on_cancel)
             self._consumer_tags = {}
+            self._resume_at = {}
             for queue in self.queues:
                 tag = channel.basic_consume(queue, self._on_message)
                 self._consumer_tags[tag] = queue
@@ -145,20 +172,36 @@ class Consumer:
             self._close_quietly()
             raise translate(exc, self.settings) from None
         self.channel = channel
-        self.consuming = True
         with self._lock:  # settles queued while disconnected belong to the old channel
             self._pending = collections.deque(item for item in self._pending if item[0].generation == self.generation)
             self._wake_scheduled = False
 
+    def _resume_cancelled(self, now: float) -> None:
+        """Declare again and consume the queues the broker cancelled, once their backoff passed."""
+        due = [queue for queue, at in self._resume_at.items() if now >= at]
+        if not due or self.channel is None:
+            return
+        if self.declare is not None:
+            self.declare(self.channel)
+        for queue in due:
+            tag = self.channel.basic_consume(queue, self._on_message)
+            self._consumer_tags[tag] = queue
+            del self._resume_at[queue]
+        if not self._resume_at:
+            line = self.rules.on_resumed(now)
+            log.info("%s", line or f"consuming {', '.join(due)} again")
+
     def cancel(self) -> None:
         """Stop receiving new deliveries (pump thread); in-flight ones can still be acked."""
-        if self.channel is not None and self.channel.is_open and self.consuming:
+        self._cancelled_by_us = True
+        self._resume_at = {}
+        if self.channel is not None and self.channel.is_open:
             for tag in list(self._consumer_tags):
                 try:
                     self.channel.basic_cancel(tag)
                 except Exception as exc:  # a dying channel: nothing more will be delivered anyway
                     log.debug("basic_cancel failed: %s", exc)
-        self.consuming = False
+        self._consumer_tags = {}
 
     def stop(self, how: str = "drain") -> None:
         """Ask the pump to stop: "drain" finishes in-flight work first, "now" closes at once."""
@@ -170,62 +213,74 @@ class Consumer:
         `drain_deadline()` is the monotonic time after which a drain gives up."""
         import pika.exceptions as pe
 
-        backoff = Backoff(cap=self.settings.retry_backoff_max)
+        from utilitarian.errors import UtilitarianError
+
         while True:
             if self.stop_requested == "now":
                 break
             if self.connection is None or not self.connection.is_open:
                 if self.stop_requested:
                     break
+                now = self.clock()
+                if now < self._reconnect_at:
+                    self._sleep_ticking(min(self.tick_interval, self._reconnect_at - now), tick)
+                    continue
                 try:
                     self._open()
-                except BrokerUnavailable as exc:
-                    delay = backoff.next_delay()
-                    log.warning("%s; reconnecting in %.1fs", exc, delay)
-                    self._sleep_ticking(delay, tick)
+                except UtilitarianError as exc:
+                    decision = self.rules.on_open_failed(self.clock(), exc)
+                    if isinstance(decision, Exit):
+                        raise
+                    if decision.log:
+                        log.warning("%s", decision.log)
+                    self._reconnect_at = decision.at
                     continue
+                line = self.rules.on_consuming(self.clock())
+                if line:
+                    log.info("%s", line)
                 log.info("consuming %s with prefetch %d", ", ".join(self.queues), self.prefetch)
-                backoff.reset()
                 if self.on_consuming:
                     self.on_consuming()
             try:
                 self.connection.process_data_events(time_limit=self.tick_interval)
                 if self._pending:
                     self._flush_settles()
+                if self._resume_at and not self.stop_requested:
+                    self._resume_cancelled(self.clock())
                 tick()
                 if self.stop_requested == "drain":
                     self.cancel()
                     if in_flight() == 0 and not self._pending:
                         break
-                    if time.monotonic() >= drain_deadline():
+                    if self.clock() >= drain_deadline():
                         log.warning("drain deadline passed with %d task(s) in flight; their messages "
                                     "will be redelivered", in_flight())
                         break
             except (pe.AMQPConnectionError, pe.AMQPChannelError, pe.StreamLostError, pe.ConnectionWrongStateError,
                     OSError) as exc:
                 err = translate(exc, self.settings)
-                self.consuming = False
                 self.channel = None
+                self._consumer_tags = {}
                 self._close_quietly()
                 if self.on_connection_lost:
                     self.on_connection_lost(err)
                 if self.stop_requested:
                     log.warning("connection lost while stopping (%s); unacked messages will be redelivered", err)
                     break
-                log.warning("connection lost (%s); tasks in flight finish but their messages will be "
-                            "redelivered", err)
+                decision = self.rules.on_connection_lost(self.clock(), err)
+                log.warning("%s", decision.log)
+                self._reconnect_at = decision.at
         self._close_quietly()
 
     def _sleep_ticking(self, seconds: float, tick: Callable[[], None]) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stop_requested and time.monotonic() < deadline:
-            time.sleep(min(self.tick_interval, max(0.0, deadline - time.monotonic())))
-            tick()
+        if not self.stop_requested and seconds > 0:
+            time.sleep(seconds)
+        tick()
 
     def _close_quietly(self) -> None:
         connection, self.connection = self.connection, None
         self.channel = None
-        self.consuming = False
+        self._consumer_tags = {}
         if connection is None:
             return
         try:

@@ -1,12 +1,18 @@
 """The child-to-master status pipe: JSON lines. A child's heartbeat is any line; events
 ("ready", "retire", "boot_failed") must arrive, periodic snapshots may be dropped when the
-pipe is full (the next one carries the same cumulative figures)."""
+pipe is full (the next one carries the same cumulative figures).
+
+Heartbeat fields: stats, inflight, consuming, idle, and why (str or null: why the child is not
+consuming now, never a secret), reconnects, cancels (consumers cancelled by the broker) and
+dead_letter_failures (follow-up publishes that failed), all cumulative. Only the master holds
+the read end: EPIPE on a write means the master is gone (`master_gone`)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import threading
 import time
 
 
@@ -14,8 +20,17 @@ class StatusWriter:
     def __init__(self, fd: int):
         self.fd = fd
         os.set_blocking(fd, False)
+        self.master_gone = False
+        # Lines longer than PIPE_BUF are not written atomically: one writer at a time.
+        self._lock = threading.Lock()
 
     def _write(self, data: bytes, must_arrive: bool) -> bool:
+        if self.master_gone:
+            return False
+        with self._lock:
+            return self._write_locked(data, must_arrive)
+
+    def _write_locked(self, data: bytes, must_arrive: bool) -> bool:
         deadline = time.monotonic() + 2.0
         view = memoryview(data)
         while view:
@@ -29,7 +44,8 @@ class StatusWriter:
                     return False
                 time.sleep(0.01)
             except OSError as exc:
-                if exc.errno == errno.EPIPE:  # the master is gone; we will be stopped soon
+                if exc.errno == errno.EPIPE:  # the master is gone: the child drains and exits
+                    self.master_gone = True
                     return False
                 raise
         return True

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
 from utilitarian import queues as q
+from utilitarian.config import DEFAULT_HARD_TIME_LIMIT, RABBITMQ_CONSUMER_TIMEOUT
 from utilitarian.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class PoolSpec:
     threads: int
     max_tasks_per_child: int = 0  # 0 = unlimited
     max_memory_per_child: float = 0.0  # MiB, 0 = unlimited
-    hard_time_limit: float | None = None
+    hard_time_limit: float | None = DEFAULT_HARD_TIME_LIMIT  # tasks without a limit of their own
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,12 @@ def build_plan(config, opts: WorkerOptions) -> WorkerPlan:
         imports = tuple(w.imports) + tuple(opts.includes)
     if not pools:
         raise UsageError("no queues left to consume (check -Q/-X and the profile)")
+    pools = [dataclasses.replace(p, hard_time_limit=p.hard_time_limit or DEFAULT_HARD_TIME_LIMIT) for p in pools]
+    for pool in pools:
+        if pool.hard_time_limit >= RABBITMQ_CONSUMER_TIMEOUT:
+            log.warning("pool %s: hard_time_limit %.0fs is not below RabbitMQ's default consumer_timeout "
+                        "(%.0fs): unless the broker's was raised, it closes the channel first and redelivers "
+                        "every message of that child", pool.name, pool.hard_time_limit, RABBITMQ_CONSUMER_TIMEOUT)
     name = opts.name or f"{opts.profile or 'worker'}@{socket.gethostname()}"
     return WorkerPlan(name=name, profile=opts.profile, pools=tuple(pools), graceful_timeout=graceful,
                       exit_when_idle=idle, heartbeat_timeout=w.heartbeat_timeout,

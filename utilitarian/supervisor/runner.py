@@ -1,27 +1,38 @@
-"""Runs deliveries in a child's thread pool and settles each exactly once: decode or refuse,
-count poison redeliveries, wait out ETAs in the delay levels, run the task, then ack, retry or
-dead-letter. Time limits: soft = an exception raised in the task's thread; hard = the task is
-settled by policy and the child retires (a thread cannot be killed)."""
+"""Runs deliveries in a child's thread pool and settles each exactly once: count redeliveries (before
+reading the body), decode or refuse, wait out ETAs in the delay levels, run the task, then ack,
+retry or dead-letter. The rules are in `delivery.py`; time comes from injected clocks.
+
+Time limits are checked on the settler thread: soft = an exception raised in the task's thread,
+only while that thread still runs that task and never inside a shielded critical section
+(`utilitarian.shield`); hard = the task is settled by policy on the settler (hooks included) and
+the child retires (a thread cannot be killed). Any BaseException a task raises (SystemExit too)
+is the task's failure, settled by its retry policy."""
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
+from utilitarian import shield
 from utilitarian.broker import redeliver
 from utilitarian.broker.consumer import ACK, REQUEUE, Consumer, Delivery
 from utilitarian.protocol import ProtocolError, TaskMessage, decode
+from utilitarian.supervisor import delivery as rules
+from utilitarian.supervisor.settler import Settler
 from utilitarian.supervisor.stats import REFUSED_TASK, TaskStats
 from utilitarian.tasks import MAX_DEFERRALS, Defer, Registry, SoftTimeLimitExceeded, TaskContext, TaskSpec
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
-ETA_SLACK = 0.05  # run a task whose ETA is this close rather than bounce it through the delay levels
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
 
 
 class HardTimeLimitExceeded(Exception):
@@ -30,22 +41,22 @@ class HardTimeLimitExceeded(Exception):
 
 @dataclass(eq=False)
 class Running:
+    """One task on its thread; also the token its thread guard accepts injections for."""
+
     delivery: Delivery
     message: TaskMessage
     spec: TaskSpec
-    thread_id: int
+    guard: shield.ThreadGuard
     started: float
-    soft_deadline: float | None
-    hard_deadline: float | None
-    soft_fired: bool = False
-    settled: bool = False  # by its own thread, or by the pump at the hard limit
+    settled: bool = False  # by its own thread, or by the settler at the hard limit
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TaskRunner:
     def __init__(self, *, registry: Registry, app, consumer: Consumer, threads: int, stats: TaskStats,
                  max_deliveries: int, max_message_bytes: int, hard_time_limit: float | None,
-                 task_local: threading.local):
+                 task_local: threading.local, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], dt.datetime] = _utcnow, settler: Settler | None = None):
         self.registry = registry
         self.app = app
         self.consumer = consumer
@@ -54,23 +65,35 @@ class TaskRunner:
         self.max_message_bytes = max_message_bytes
         self.hard_time_limit = hard_time_limit
         self.task_local = task_local
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rules = rules.DeliveryRules()
+        self.settler = settler or Settler(self.check_time_limits, clock=clock, name="settler")
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="task")
         self._lock = threading.Lock()
         self.submitted = 0
         self.finished = 0
         self.abandoned = 0
-        self.running: dict[int, Running] = {}
-        self.last_activity = time.monotonic()
-        self.on_hard_limit = None  # called on the pump thread after a task was abandoned
+        self.held = 0  # handled, waiting on the settler for a delayed requeue
+        self.last_activity = clock()
+        self.on_hard_limit = None  # called on the settler thread after a task was abandoned; must only record
         self.task_limit = 0  # at this many deliveries `on_task_limit` runs once, on the pump thread (0 = never)
         self.on_task_limit = None
+
+    def start(self) -> None:
+        self.settler.start()
+
+    @property
+    def dead_letter_failures(self) -> int:
+        """Follow-up publishes (dead letters, retries, delays, counted copies) that failed."""
+        return self.rules.follow_up_failures
 
     # --- pump thread -----------------------------------------------------------------------
     def submit(self, delivery: Delivery) -> None:
         with self._lock:
             self.submitted += 1
             reached = self.task_limit and self.submitted == self.task_limit
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock()
         self.executor.submit(self._handle, delivery)
         if reached and self.on_task_limit:
             # On the pump thread, at the delivery that reaches the limit: consumption stops now,
@@ -78,61 +101,80 @@ class TaskRunner:
             self.on_task_limit()
 
     def in_flight(self) -> int:
-        """Deliveries being worked on, not counting abandoned ones (they are settled)."""
+        """Deliveries not settled yet, not counting abandoned ones (they are settled)."""
         with self._lock:
-            return self.submitted - self.finished - self.abandoned
+            return self.submitted - self.finished - self.abandoned + self.held
 
     def idle_for(self) -> float:
-        return 0.0 if self.in_flight() else time.monotonic() - self.last_activity
+        return 0.0 if self.in_flight() else self.clock() - self.last_activity
 
-    def check_time_limits(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    # --- settler thread ----------------------------------------------------------------------
+    def check_time_limits(self, now: float) -> float | None:
         with self._lock:
-            running = list(self.running.values())
-        for r in running:
-            if r.settled:
+            actions = self.rules.on_tick(now)
+            upcoming = self.rules.next_deadline()
+        for action in actions:
+            r: Running = action.key
+            if isinstance(action, rules.Abandon):
+                self._abandon(r, action.limit, now)
                 continue
-            if r.hard_deadline is not None and now >= r.hard_deadline:
-                self._abandon(r)
-            elif r.soft_deadline is not None and now >= r.soft_deadline and not r.soft_fired:
-                r.soft_fired = True
-                log.warning("task %s[%s] passed its soft time limit; raising SoftTimeLimitExceeded in it",
-                            r.message.task, r.message.id)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(r.thread_id),
-                                                           ctypes.py_object(SoftTimeLimitExceeded))
+            outcome = r.guard.raise_in(r, SoftTimeLimitExceeded)
+            if outcome != "gone":
+                log.warning("task %s[%s] passed its soft time limit; SoftTimeLimitExceeded %s", r.message.task,
+                            r.message.id, "raised in it" if outcome == "raised" else
+                            "comes when it leaves its critical section")
+        return upcoming
 
-    def _abandon(self, r: Running) -> None:
+    def _abandon(self, r: Running, limit: float, now: float) -> None:
         with r.lock:
             if r.settled:
                 return
             r.settled = True
         with self._lock:
             self.abandoned += 1
-        limit = r.hard_deadline - r.started
-        exc = HardTimeLimitExceeded(f"hard time limit of {limit:.1f}s exceeded")
         log.error("task %s[%s] exceeded its hard time limit (%.1fs); settling it by its retry policy "
                   "and replacing this child", r.message.task, r.message.id, limit)
-        self._fail(r.delivery, r.message, r.spec, exc, time.monotonic() - r.started, reason="hard_time_limit")
         if self.on_hard_limit:
             self.on_hard_limit(r)
+        exc = HardTimeLimitExceeded(f"hard time limit of {limit:.1f}s exceeded")
+        self._fail(r.delivery, r.message, r.spec, exc, now - r.started, reason="hard_time_limit")
 
     # --- task threads ----------------------------------------------------------------------
     def _handle(self, delivery: Delivery) -> None:
         try:
             self._process(delivery)
-        except Exception:  # a bug of ours must not lose the message nor kill the thread
-            log.exception("internal error handling delivery %d from %s; requeueing it",
-                          delivery.delivery_tag, delivery.queue)
-            self.consumer.settle(delivery, REQUEUE)
+        except BaseException as exc:  # a bug of ours must not lose the message nor kill the thread
+            log.error("internal error handling delivery %d from %s; requeueing it after a backoff",
+                      delivery.delivery_tag, delivery.queue, exc_info=True)
+            self._requeue_later(delivery, "a follow-up (internal error)", f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self.finished += 1
-            self.last_activity = time.monotonic()
+            self.last_activity = self.clock()
 
     def _process(self, delivery: Delivery) -> None:
         props = delivery.properties
-        now = dt.datetime.now(UTC)
         deliveries = redeliver.deliveries_of(props, delivery.redelivered)
+        # Counted before the body is read: a message that cannot even be decoded (and maybe not
+        # dead-lettered either) must still end as poison instead of looping.
+        verdict = rules.on_delivery(delivery.redelivered, deliveries, self.max_deliveries)
+        if verdict == rules.POISON:
+            headers = delivery.headers
+            log.error("task %s[%s] was delivered %d times without finishing (it may kill its worker); "
+                      "dead-lettering it as poison", headers.get("task", "?"), headers.get("id", "?"), deliveries)
+            if self._publish_then_ack(delivery, redeliver.dead_letter(
+                    delivery.queue, delivery.body, props, reason="poison",
+                    error=f"delivered {deliveries} times without being settled", attempts=deliveries,
+                    now=self.wall_clock()), "a dead letter"):
+                self.stats.record(delivery.queue, REFUSED_TASK, "refused")
+            return
+        if verdict == rules.COUNT:
+            # The broker redelivers what a dead channel held: maybe this message killed its child.
+            # Count it in a header (redelivered is only a flag) and give up after max_deliveries.
+            self._publish_then_ack(delivery, redeliver.count_delivery(delivery.queue, delivery.body, props, deliveries),
+                                   "a counted copy")
+            return
+        now = self.wall_clock()
         try:
             message = decode(delivery.body, content_type=props.content_type,
                              content_encoding=props.content_encoding, headers=props.headers, now=now,
@@ -140,59 +182,44 @@ class TaskRunner:
             spec = self.registry.get(message.task)
         except ProtocolError as exc:
             log.warning("refusing a message from %s (%s): %s; dead-lettering it", delivery.queue, exc.reason, exc)
-            self._publish_then_ack(delivery, redeliver.dead_letter(
-                delivery.queue, delivery.body, props, reason=exc.reason, error=str(exc), attempts=deliveries))
-            self.stats.record(delivery.queue, REFUSED_TASK, "refused")
+            if self._publish_then_ack(delivery, redeliver.dead_letter(
+                    delivery.queue, delivery.body, props, reason=exc.reason, error=str(exc), attempts=deliveries,
+                    now=now), "a dead letter"):
+                self.stats.record(delivery.queue, REFUSED_TASK, "refused")
             return
-        if delivery.redelivered:
-            self._on_redelivery(delivery, message, deliveries)
+        wait = rules.wait_for_eta(message.eta, now)
+        if wait:
+            # Never hold a delivery to wait (consumer_timeout would close the channel):
+            # hand it to the delay levels and ack.
+            self._publish_then_ack(delivery, redeliver.later(delivery.queue, delivery.body, props, seconds=wait,
+                                                             now=now), "a delayed copy")
             return
-        if message.eta is not None:
-            wait = (message.eta - now).total_seconds()
-            if wait > ETA_SLACK:
-                # Never hold a delivery to wait (consumer_timeout would close the channel):
-                # hand it to the delay levels and ack.
-                self._publish_then_ack(delivery, redeliver.later(delivery.queue, delivery.body, props,
-                                                                 seconds=wait, now=now))
-                return
         self._run(delivery, message, spec)
 
-    def _on_redelivery(self, delivery: Delivery, message: TaskMessage, deliveries: int) -> None:
-        # The broker redelivers what a dead channel held: maybe this message killed its child.
-        # Count it in a header (redelivered is only a flag) and give up after max_deliveries.
-        if deliveries > self.max_deliveries:
-            log.error("task %s[%s] was delivered %d times without finishing (it may kill its worker); "
-                      "dead-lettering it as poison", message.task, message.id, deliveries)
-            self._publish_then_ack(delivery, redeliver.dead_letter(
-                delivery.queue, delivery.body, delivery.properties, reason="poison",
-                error=f"delivered {deliveries} times without being settled", attempts=deliveries))
-            self.stats.record(delivery.queue, REFUSED_TASK, "refused")
-            return
-        self._publish_then_ack(delivery, redeliver.count_delivery(delivery.queue, delivery.body,
-                                                                  delivery.properties, deliveries))
-
     def _run(self, delivery: Delivery, message: TaskMessage, spec: TaskSpec) -> None:
-        started = time.monotonic()
-        hard = message.time_limit or spec.time_limit or self.hard_time_limit
-        soft = message.soft_time_limit or spec.soft_time_limit
-        r = Running(delivery, message, spec, threading.get_ident(), started,
-                    started + soft if soft else None, started + hard if hard else None)
-        with self._lock:
-            self.running[r.thread_id] = r
-        self.task_local.task = f"{message.task}[{message.id}]"
+        soft, hard = rules.time_limits((message.soft_time_limit, message.time_limit),
+                                       (spec.soft_time_limit, spec.time_limit), self.hard_time_limit)
+        started = self.clock()
+        r = Running(delivery, message, spec, shield.guard(), started)
         error: BaseException | None = None
+        r.guard.begin(r)  # from here the settler may raise the soft limit in this thread, for this task only
         try:
-            args = message.args
-            if spec.bind:
-                spec.func(self._context(delivery, message), *args, **message.kwargs)
-            else:
-                spec.func(*args, **message.kwargs)
-        except Exception as exc:  # the task's failure is data for its retry policy
+            try:
+                with self._lock:
+                    self.rules.on_started(r, started, soft, hard)
+                self.task_local.task = f"{message.task}[{message.id}]"
+                if spec.bind:
+                    spec.func(self._context(delivery, message), *message.args, **message.kwargs)
+                else:
+                    spec.func(*message.args, **message.kwargs)
+            finally:
+                r.guard.end()  # nothing meant for this task can arrive after this line
+        except BaseException as exc:  # SystemExit too: the task's failure is data for its retry policy
             error = exc
         finally:
             self.task_local.task = None
             with self._lock:
-                self.running.pop(r.thread_id, None)
+                self.rules.on_finished(r)
         with r.lock:
             late = r.settled  # settled at the hard limit already; this thread came back late
             r.settled = True
@@ -200,13 +227,16 @@ class TaskRunner:
             with self._lock:
                 self.abandoned -= 1  # counted as finished by _handle now
             return
-        duration = time.monotonic() - started
+        duration = self.clock() - started
         if error is None:
             self.consumer.settle(delivery, ACK)
             self.stats.record(delivery.queue, message.task, "done", duration)
         elif isinstance(error, Defer):
             self._defer(delivery, message, error, duration)
         else:
+            if not isinstance(error, Exception):
+                log.error("task %s[%s] raised %s (a BaseException): settling it as a failure",
+                          message.task, message.id, type(error).__name__)
             self._fail(delivery, message, spec, error, duration)
 
     def _context(self, delivery: Delivery, message: TaskMessage) -> TaskContext:
@@ -221,10 +251,10 @@ class TaskRunner:
                        final=True)
             return
         log.info("task %s[%s] deferred for %.1fs: %s", message.task, message.id, defer.countdown, defer)
-        self._publish_then_ack(delivery, redeliver.later(delivery.queue, delivery.body, delivery.properties,
-                                                         seconds=defer.countdown,
-                                                         extra={redeliver.DEFERRALS: count}))
-        self.stats.record(delivery.queue, message.task, "deferred", duration)
+        if self._publish_then_ack(delivery, redeliver.later(delivery.queue, delivery.body, delivery.properties,
+                                                            seconds=defer.countdown, now=self.wall_clock(),
+                                                            extra={redeliver.DEFERRALS: count}), "a deferral"):
+            self.stats.record(delivery.queue, message.task, "deferred", duration)
 
     def _fail(self, delivery: Delivery, message: TaskMessage, spec: TaskSpec, error: BaseException,
               duration: float, *, reason: str = "failed", final: bool = False) -> None:
@@ -234,9 +264,9 @@ class TaskRunner:
             log.warning("task %s[%s] failed (%s); retry %d of %d in %.1fs", message.task, message.id, text,
                         message.retries + 1, spec.retry.max_retries, decision.delay)
             out = redeliver.later(delivery.queue, delivery.body, delivery.properties, seconds=decision.delay,
-                                  retries=message.retries + 1)
-            self._publish_then_ack(delivery, out)
-            self.stats.record(delivery.queue, message.task, "retried", duration)
+                                  retries=message.retries + 1, now=self.wall_clock())
+            if self._publish_then_ack(delivery, out, "a retry"):
+                self.stats.record(delivery.queue, message.task, "retried", duration)
             return
         log.error("task %s[%s] failed for good (%s; %s); dead-lettering it", message.task, message.id, text,
                   decision.reason or reason, exc_info=error if not isinstance(error, HardTimeLimitExceeded) else None)
@@ -247,20 +277,44 @@ class TaskRunner:
                 log.exception("on_failure of %s[%s] failed", message.task, message.id)
         out = redeliver.dead_letter(delivery.queue, delivery.body, delivery.properties,
                                     reason=reason if reason != "failed" else (decision.reason or reason),
-                                    error=text, attempts=message.retries + 1)
-        self._publish_then_ack(delivery, out)
-        self.stats.record(delivery.queue, message.task, "failed", duration)
+                                    error=text, attempts=message.retries + 1, now=self.wall_clock())
+        if self._publish_then_ack(delivery, out, "a dead letter"):
+            self.stats.record(delivery.queue, message.task, "failed", duration)
 
-    def _publish_then_ack(self, delivery: Delivery, outgoing) -> None:
+    def _publish_then_ack(self, delivery: Delivery, outgoing, what: str) -> bool:
         """Ack only once what replaces the delivery is confirmed; if that publish fails the
-        delivery is requeued, so the message exists at least once either way."""
+        delivery is requeued after a backoff, so the message exists at least once either way."""
         try:
             self.app.publisher.publish(outgoing)
         except Exception as exc:
-            log.error("could not publish the follow-up of delivery %d (%s); requeueing it", delivery.delivery_tag, exc)
-            self.consumer.settle(delivery, REQUEUE)
-            return
+            self._requeue_later(delivery, what, str(exc))
+            return False
+        with self._lock:
+            line = self.rules.on_follow_up_published(self.clock())
+        if line:
+            log.info("%s", line)
         self.consumer.settle(delivery, ACK)
+        return True
+
+    def _requeue_later(self, delivery: Delivery, what: str, error: str) -> None:
+        with self._lock:
+            decision = self.rules.on_follow_up_failed(self.clock(), what, error)
+            self.held += 1
+        if decision.log:
+            log.error("%s", decision.log)
+        self.settler.call_at(self.clock() + decision.delay, lambda: self._requeue_now(delivery))
+
+    def _requeue_now(self, delivery: Delivery) -> None:
+        try:
+            self.consumer.settle(delivery, REQUEUE)
+        finally:
+            with self._lock:
+                self.held -= 1
+
+    def drain(self) -> None:
+        """Stopping: held deliveries go back to the queue now instead of after their backoff."""
+        self.settler.flush_timers()
 
     def shutdown(self) -> None:
+        self.settler.stop()
         self.executor.shutdown(wait=False, cancel_futures=False)

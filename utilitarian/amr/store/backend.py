@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 from utilitarian.errors import ConfigError, UtilitarianError, EX_TEMPFAIL
+from utilitarian.shield import shielded
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -128,19 +129,23 @@ class Backend:
 
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Tx]:
-        conn = self._checkout()
-        broken = False
-        try:
-            with self._begin(conn, write):
-                yield Tx(self, conn)
-        except self.transient_errors() as exc:
-            broken = self.is_broken(conn)
-            raise StoreError(f"database: {exc}") from exc
-        except BaseException:
-            broken = self.is_broken(conn)
-            raise
-        finally:
-            self._checkin(conn, broken)
+        # Shielded: a soft time limit raised into this thread (an async exception) would otherwise
+        # land between checkout and `try`, after the flock or BEGIN, and leave a pooled connection
+        # lost, the cross-process write lock held or a transaction open. It comes after the exit.
+        with shielded():
+            conn = self._checkout()
+            broken = False
+            try:
+                with self._begin(conn, write):
+                    yield Tx(self, conn)
+            except self.transient_errors() as exc:
+                broken = self.is_broken(conn)
+                raise StoreError(f"database: {exc}") from exc
+            except BaseException:
+                broken = self.is_broken(conn)
+                raise
+            finally:
+                self._checkin(conn, broken)
 
     def _begin(self, conn, write: bool):  # pragma: no cover - abstract
         raise NotImplementedError
