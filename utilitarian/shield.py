@@ -11,7 +11,8 @@ work: after the job returned, inside a lock, between `BEGIN` and `try`. So:
   synchronously by the outermost shield's exit, once the section is closed.
 An exception injected just before the thread entered a shield, but not raised yet, is taken back
 at the shield's entry and deferred too (the classes we inject mark their instances when raised,
-which tells "pending" from "already delivered").
+which tells "pending" from "already delivered"). On CPython 3.11 that is a safety net only: a
+pending exception surfaces at the next function entry, i.e. before the shield is up.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ retry or dead-letter. The rules are in `delivery.py`; time comes from injected c
 
 Time limits are checked on the settler thread: soft = an exception raised in the task's thread,
 only while that thread still runs that task and never inside a shielded critical section
-(`utilitarian.shield`); hard = the task is settled by policy on the settler (hooks included) and
+(`utilitarian.shield`); it surfaces when the thread next runs Python code, so a task blocked in
+one long C call (a socket read without timeout) sees it only when that call returns; hard = the task is settled by policy on the settler (hooks included) and
 the child retires (a thread cannot be killed). Any BaseException a task raises (SystemExit too)
 is the task's failure, settled by its retry policy."""
 
