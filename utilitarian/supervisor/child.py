@@ -140,7 +140,8 @@ class Child:
         runner = TaskRunner(registry=spec.registry, app=app, consumer=consumer, threads=pool.threads, stats=stats,
                             max_deliveries=spec.config.worker.max_deliveries,
                             max_message_bytes=spec.config.worker.max_message_bytes,
-                            hard_time_limit=pool.hard_time_limit, task_local=task_local, clock=clock)
+                            hard_time_limit=pool.hard_time_limit, task_local=task_local, clock=clock,
+                            follow_up_backoff_cap=spec.settings.retry_backoff_max)
         started = clock()
         last_beat = -HEARTBEAT_INTERVAL
 

@@ -81,12 +81,15 @@ class DeliveryRules:
     def __init__(self, *, follow_up_backoff_first: float = 1.0, follow_up_backoff_cap: float = 30.0,
                  report_interval: float = FOLLOW_UP_REPORT_INTERVAL):
         self.running: dict[object, _Clock] = {}
-        self.follow_up_backoff = Backoff(first=follow_up_backoff_first, cap=follow_up_backoff_cap)
+        self.follow_up_backoff_first = follow_up_backoff_first
+        self.follow_up_backoff_cap = follow_up_backoff_cap
         self.report_interval = report_interval
         self.follow_up_failures = 0  # cumulative
+        # One backoff per kind of follow-up ("a dead letter", "a retry", ...): the counted copy of
+        # an undeliverable message publishing fine must not reset the dead letter's backoff.
+        self._backoffs: dict[str, Backoff] = {}
         self._unreported = 0
         self._last_report: float | None = None
-        self._failing = False
 
     # --- time limits --------------------------------------------------------------------------
     def on_started(self, key: object, now: float, soft: float | None, hard: float | None) -> None:
@@ -126,24 +129,23 @@ class DeliveryRules:
     def on_follow_up_failed(self, now: float, what: str, error: str) -> RequeueLater:
         """The message replacing a delivery could not be published (dead-letter queue missing,
         publish refused): requeue the delivery after a capped backoff, never at once (that is a
-        hot loop), and say so once per report interval."""
+        hot loop), and say so at most once per report interval."""
         self.follow_up_failures += 1
         self._unreported += 1
-        delay = self.follow_up_backoff.next_delay()
+        backoff = self._backoffs.get(what)
+        if backoff is None:
+            backoff = self._backoffs[what] = Backoff(first=self.follow_up_backoff_first, cap=self.follow_up_backoff_cap)
+        delay = backoff.next_delay()
         line = None
-        if not self._failing or self._last_report is None or now - self._last_report >= self.report_interval:
+        if self._last_report is None or now - self._last_report >= self.report_interval:
             line = (f"could not publish {what} ({error}); {self._unreported} delivery(ies) requeued after a backoff "
-                    f"since the last report, next in {delay:.1f}s (up to {self.follow_up_backoff.cap:.0f}s)")
+                    f"since the last report, next in {delay:.1f}s (up to {backoff.cap:.0f}s)")
             self._unreported = 0
             self._last_report = now
-        self._failing = True
         return RequeueLater(delay, line)
 
-    def on_follow_up_published(self, now: float) -> str | None:
-        if not self._failing:
+    def on_follow_up_published(self, now: float, what: str) -> str | None:
+        backoff = self._backoffs.pop(what, None)
+        if backoff is None:
             return None
-        self._failing = False
-        self.follow_up_backoff.reset()
-        line = f"follow-up publishes work again ({self.follow_up_failures} failed so far)"
-        self._unreported = 0
-        return line
+        return f"{what} was published again ({self.follow_up_failures} follow-up publish(es) failed so far)"

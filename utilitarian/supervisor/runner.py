@@ -57,7 +57,8 @@ class TaskRunner:
     def __init__(self, *, registry: Registry, app, consumer: Consumer, threads: int, stats: TaskStats,
                  max_deliveries: int, max_message_bytes: int, hard_time_limit: float | None,
                  task_local: threading.local, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], dt.datetime] = _utcnow, settler: Settler | None = None):
+                 wall_clock: Callable[[], dt.datetime] = _utcnow, settler: Settler | None = None,
+                 follow_up_backoff_cap: float = 30.0):
         self.registry = registry
         self.app = app
         self.consumer = consumer
@@ -68,14 +69,14 @@ class TaskRunner:
         self.task_local = task_local
         self.clock = clock
         self.wall_clock = wall_clock
-        self.rules = rules.DeliveryRules()
+        self.rules = rules.DeliveryRules(follow_up_backoff_cap=follow_up_backoff_cap)
         self.settler = settler or Settler(self.check_time_limits, clock=clock, name="settler")
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="task")
         self._lock = threading.Lock()
         self.submitted = 0
         self.finished = 0
         self.abandoned = 0
-        self.held = 0  # handled, waiting on the settler for a delayed requeue
+        self.held = 0  # on the settler: abandoned and being settled, or waiting for a delayed requeue
         self.last_activity = clock()
         self.on_hard_limit = None  # called on the settler thread after a task was abandoned; must only record
         self.task_limit = 0  # at this many deliveries `on_task_limit` runs once, on the pump thread (0 = never)
@@ -133,12 +134,17 @@ class TaskRunner:
             r.settled = True
         with self._lock:
             self.abandoned += 1
+            self.held += 1  # in flight until its hook ran and its follow-up is published: a drain waits
         log.error("task %s[%s] exceeded its hard time limit (%.1fs); settling it by its retry policy "
                   "and replacing this child", r.message.task, r.message.id, limit)
         if self.on_hard_limit:
             self.on_hard_limit(r)
         exc = HardTimeLimitExceeded(f"hard time limit of {limit:.1f}s exceeded")
-        self._fail(r.delivery, r.message, r.spec, exc, now - r.started, reason="hard_time_limit")
+        try:
+            self._fail(r.delivery, r.message, r.spec, exc, now - r.started, reason="hard_time_limit")
+        finally:
+            with self._lock:
+                self.held -= 1
 
     # --- task threads ----------------------------------------------------------------------
     def _handle(self, delivery: Delivery) -> None:
@@ -291,7 +297,7 @@ class TaskRunner:
             self._requeue_later(delivery, what, str(exc))
             return False
         with self._lock:
-            line = self.rules.on_follow_up_published(self.clock())
+            line = self.rules.on_follow_up_published(self.clock(), what)
         if line:
             log.info("%s", line)
         self.consumer.settle(delivery, ACK)

@@ -98,15 +98,29 @@ def test_hard_and_soft_passed_together_abandon_only():
 
 def test_failed_follow_ups_back_off_up_to_a_cap_and_report_once_per_interval():
     rules = DeliveryRules(follow_up_backoff_first=1.0, follow_up_backoff_cap=8.0, report_interval=10.0)
-    decisions = [rules.on_follow_up_failed(float(t), "a dead letter", "unroutable") for t in range(12)]
+    decisions = []
+    for t in range(12):
+        decisions.append(rules.on_follow_up_failed(float(t), "a dead letter", "unroutable"))
+        # the counted copy of the same message publishes fine in between: that says nothing
+        # about dead letters, so it neither resets their backoff nor starts a new report
+        assert rules.on_follow_up_published(t + 0.5, "a counted copy") is None
     ceilings = [1, 2, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8]
     assert all(c / 2 <= d.delay <= c for d, c in zip(decisions, ceilings))  # never requeued at once
     logged = [t for t, d in enumerate(decisions) if d.log]
     assert logged == [0, 10]  # the first failure, then once per 10 s
     assert "10 delivery(ies) requeued" in decisions[10].log
     assert rules.follow_up_failures == 12
-    # a publish works again: one line, the backoff starts over
-    assert rules.on_follow_up_published(20.0) == "follow-up publishes work again (12 failed so far)"
-    assert rules.on_follow_up_published(21.0) is None
-    again = rules.on_follow_up_failed(22.0, "a retry", "nacked")
-    assert again.delay <= 1.0 and again.log is not None
+    # a dead letter is published again: one line, its backoff starts over
+    line = rules.on_follow_up_published(20.0, "a dead letter")
+    assert line == "a dead letter was published again (12 follow-up publish(es) failed so far)"
+    assert rules.on_follow_up_published(21.0, "a dead letter") is None
+    again = rules.on_follow_up_failed(22.0, "a dead letter", "nacked")
+    assert again.delay <= 1.0 and again.log is not None  # 12 s after the last report
+
+
+def test_each_kind_of_follow_up_has_its_own_backoff():
+    rules = DeliveryRules(follow_up_backoff_first=1.0, follow_up_backoff_cap=8.0)
+    for t in range(3):
+        rules.on_follow_up_failed(float(t), "a dead letter", "unroutable")
+    assert rules.on_follow_up_failed(3.0, "a retry", "nacked").delay <= 1.0
+    assert rules.on_follow_up_failed(4.0, "a dead letter", "unroutable").delay >= 4.0

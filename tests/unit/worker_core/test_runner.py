@@ -165,7 +165,7 @@ def test_the_hard_limit_is_settled_on_the_settler_thread_hook_included():
         assert len(hard_hits) == 1
         (out,) = publisher.published
         assert out.properties["headers"][redeliver.DEAD_REASON] == "hard_time_limit"
-        assert runner.in_flight() == 0  # abandoned counts as settled
+        wait_until(lambda: runner.in_flight() == 0)  # abandoned and settled
         release.set()  # the thread comes back late: no second settle
         wait_until(lambda: runner.finished == 1)
         assert consumer.by_tag()[d.delivery_tag] == [ACK] and runner.in_flight() == 0
@@ -215,7 +215,7 @@ def test_a_message_that_cannot_be_dead_lettered_is_requeued_after_a_backoff_not_
 def test_a_drain_requeues_held_deliveries_at_once():
     runner, consumer, publisher = make_runner([])
     publisher.fail = PublishError("refused")
-    runner.rules.follow_up_backoff.first = 60.0
+    runner.rules.follow_up_backoff_first = 60.0
     try:
         d = delivery_of("t.any", body=b"not json")
         runner.submit(d)
