@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from support.broker_admin import VhostPool
 from support.procs import Proc, ran_counts, wait_for, write_config
 from support.rabbit import PrivateNode
 from utilitarian.app import App, TaskCall
@@ -42,6 +43,7 @@ class _NodeBoot:
 
     def __init__(self):
         self.node: PrivateNode | None = None
+        self.pool: VhostPool | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._boot, name="private rabbit boot", daemon=True)
@@ -51,6 +53,7 @@ class _NodeBoot:
         try:
             node = PrivateNode()
             node.start()
+            self.pool = VhostPool(node, 2)
             self.node = node
         except BaseException as exc:  # reported to the test that needs the node
             self.error = exc
@@ -59,7 +62,7 @@ class _NodeBoot:
 
     def get(self) -> PrivateNode:
         self.done.wait(180)
-        if self.node is None:
+        if self.node is None or self.pool is None:
             message = f"private RabbitMQ node did not start: {self.error}"
             if IN_CI:
                 pytest.fail(message, pytrace=False)
@@ -88,11 +91,6 @@ def _start_private_node_early(request):
     if any(name.startswith("private") for item in request.session.items if str(item.fspath).startswith(here)
            for name in getattr(item, "fixturenames", ())):
         request.getfixturevalue("private_boot")
-
-
-@pytest.fixture
-def private_rabbit(private_boot):
-    return private_boot.get()
 
 
 class FaultKit:
@@ -179,21 +177,28 @@ class FaultKit:
                 pass
 
 
-@pytest.fixture
-def kit(tmp_path, rabbit, request):
+@pytest.fixture(scope="session")
+def shared_pool(rabbit, request):
     if not rabbit.has_ctl:
         pytest.fail("the fault suite needs rabbitmqctl for the test broker", pytrace=False)
-    vhost = rabbit.add_vhost("fault")
-    k = FaultKit(tmp_path, rabbit, vhost, request.node.name)
-    yield k
-    k.close()
-    rabbit.delete_vhost(vhost)
+    here = str(pathlib.Path(__file__).parent)
+    wanted = sum(1 for item in request.session.items if str(item.fspath).startswith(here)
+                 and "kit" in getattr(item, "fixturenames", ()))
+    pool = VhostPool(rabbit, max(1, wanted))
+    yield pool
+    pool.close()
 
 
 @pytest.fixture
-def private_kit(tmp_path, private_rabbit, request):
-    vhost = private_rabbit.add_vhost("fault")
-    k = FaultKit(tmp_path, private_rabbit, vhost, request.node.name)
+def kit(tmp_path, rabbit, shared_pool, request):
+    k = FaultKit(tmp_path, rabbit, shared_pool.take(), request.node.name)
     yield k
     k.close()
-    private_rabbit.delete_vhost(vhost)
+
+
+@pytest.fixture
+def private_kit(tmp_path, private_boot, request):
+    node = private_boot.get()
+    k = FaultKit(tmp_path, node, private_boot.pool.take(), request.node.name)
+    yield k
+    k.close()

@@ -7,7 +7,7 @@ import pika.exceptions as pe
 import pytest
 
 from utilitarian.broker.connection import translate
-from utilitarian.broker.recovery import (CANCELLED, MISMATCH, MISSING, REFUSED, UNREACHABLE, ConnectionRules, Exit,
+from utilitarian.broker.recovery import (MISMATCH, MISSING, REFUSED, UNREACHABLE, ConnectionRules, Exit,
                                          Retry, classify)
 from utilitarian.errors import (EX_CONFIG, AuthenticationRefused, BrokerUnavailable, TLSRefused, TopologyError)
 

@@ -1,0 +1,91 @@
+"""Broker refusals and cancels under a consuming worker, on the shared broker (per-test vhost):
+access refused on reconnect, a queue deleted under its consumers (the broker cancels them), a
+queue missing after a connection blip. Invariant in each: every task runs at least once, the
+worker never stops for good (it consumed: every refusal is a transient state), and it consumes
+again afterwards. The vhost-down and broker-restart cases are in test_vhost_and_restart_faults."""
+
+from __future__ import annotations
+
+import signal
+
+from support.broker_admin import close_connections, delete_queue, grant, revoke_and_disconnect
+from support.procs import wait_for
+from utilitarian import queues
+from utilitarian.broker.topology import declare_topology
+
+DEFAULT, DEAD = queues.DEFAULT, queues.DEAD_LETTER
+
+
+def stop(worker, timeout: float = 30) -> int:
+    worker.signal(signal.SIGTERM)
+    return worker.wait(timeout)
+
+
+def progress(kit, ids, at_least: int, timeout: float = 60, what: str = "progress"):
+    wanted = set(ids)
+    wait_for(lambda: len(wanted & set(kit.ran())) >= at_least, timeout=timeout, what=what)
+
+
+def all_ran(kit, ids, timeout: float = 120, what: str = "every task"):
+    progress(kit, ids, len(set(ids)), timeout, what)
+
+
+def probe(kit) -> None:
+    (task_id,) = kit.send("test.record", [[0]])
+    wait_for(lambda: task_id in kit.ran(), timeout=30, what="a probe task after the fault")
+
+
+def test_access_refused_on_reconnect(kit):
+    # Given 2,000 tasks being consumed
+    ids = kit.send("test.sleep", [[0.005] for _ in range(2000)])
+    worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
+    progress(kit, ids, 200, what="tasks before the permissions go")
+    # When the user's permissions on the vhost are revoked (a deploy rotating them) and the
+    # connections drop: every reconnect is refused
+    revoke_and_disconnect(kit.rabbit, kit.vhost)
+    wait_for(lambda: worker.output().count("access refused") >= 2, timeout=30,
+             what="both children to be refused")
+    assert worker.alive()
+    grant(kit.rabbit, kit.vhost)
+    # Then they get back in by themselves and every task runs
+    all_ran(kit, ids)
+    kit.wait_ready(2)
+    probe(kit)
+    assert stop(worker) == 0
+    kit.figures("access refused on reconnect", ids)
+
+
+def test_queue_deleted_under_its_consumers(kit):
+    # Given a worker consuming the default queue (and 200 tasks it ran)
+    before = kit.send("test.record", [[i] for i in range(200)])
+    worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
+    all_ran(kit, before, what="the first tasks")
+    # When the queue is deleted (the broker cancels its consumers) and declared again at once,
+    # as a producer or an operator running `utilitarian topology declare` would
+    delete_queue(kit.broker_url, DEFAULT)
+    declare_topology(kit.settings)
+    # Then both children consume the new queue: tasks sent now run
+    wait_for(lambda: kit.consumers(DEFAULT) == 2, timeout=30, what="both children consuming again")
+    after = kit.send("test.record", [[i] for i in range(300)])
+    all_ran(kit, after, what="tasks sent after the deletion")
+    assert "consumer cancelled by the broker" in worker.output()
+    assert stop(worker) == 0
+    kit.figures("queue deleted under its consumers", after)
+
+
+def test_queue_missing_after_a_connection_blip(kit):
+    # Given a worker consuming two queues
+    ids = kit.send("test.sleep", [[0.005] for _ in range(1000)])
+    worker = kit.worker("-Q", "default,amr", "-c", "2", "--threads", "4")
+    progress(kit, ids, 100, what="tasks before the blip")
+    # When one queue is deleted and every connection drops: the reconnect meets a 404
+    delete_queue(kit.broker_url, queues.AMR)
+    close_connections(kit.rabbit, kit.vhost)
+    # Then the children declare the topology again (nobody else does) and consume both queues
+    wait_for(lambda: kit.consumers(queues.AMR) == 2 and kit.consumers(DEFAULT) == 2, timeout=30,
+             what="both queues consumed again")
+    more = kit.send("test.record", [[i] for i in range(200)], queue="amr")
+    all_ran(kit, ids + more)
+    probe(kit)
+    assert stop(worker) == 0
+    kit.figures("queue missing after a connection blip", ids + more)
