@@ -37,10 +37,14 @@ def probe(kit) -> None:
 
 
 def test_300_tasks_ending_around_their_soft_limit(kit):
-    # Given 300 tasks ending before, at or after their 0.2 s soft limit, on 2 children of 4 threads
+    # Given 300 tasks on one child of 4 threads, two in three ending right at their 0.2 s soft limit
+    # (a batch of them ends together: the completion of one wakes the pump while the others pass
+    # their limit and return), the others before or after it. The old runner raised the limit
+    # into whatever the thread ran by then: in the executor's loop all 4 pool threads died and
+    # the deliveries they had just taken were stranded.
     rng = random.Random(11)
-    ids = kit.send("fault.near_soft", [[rng.uniform(0.15, 0.25)] for _ in range(300)])
-    kit.worker("-Q", "default", "-c", "2", "--threads", "4", "--graceful-timeout", "30")
+    ids = kit.send("fault.near_soft", [[0.2 if i % 3 else rng.uniform(0.15, 0.25)] for i in range(300)])
+    kit.worker("-Q", "default", "-c", "1", "--threads", "4", "--graceful-timeout", "30")
     # Then every task runs (a soft limit landing in the pool's loop killed threads and stranded
     # their deliveries before), and nothing stays in flight
     wait_for(lambda: len(set(kit.ran()) & set(ids)) == 300, timeout=90, what="all 300 tasks to run")
@@ -48,6 +52,8 @@ def test_300_tasks_ending_around_their_soft_limit(kit):
     wait_for(lambda: all(c["inflight"] == 0 for c in kit.status()["children"]), timeout=15, what="nothing in flight")
     totals = kit.status()["totals"]
     assert totals["done"] + totals["failed"] == 300, totals  # each settled once (failed: limit hit late)
+    early = [t for t, _, w in read_sink(kit.sink) if w == "early"]
+    assert not early, f"{len(early)} task(s) got a soft limit meant for another"
     probe(kit)
     stopped = time.monotonic()
     assert stop(kit.procs[0]) == 0
@@ -161,9 +167,8 @@ def test_a_malformed_message_with_the_dead_letter_queue_deleted(kit):
     publish_malformed(kit)
     good = kit.send("test.record", [[i] for i in range(100)])
     worker = kit.worker("-Q", "default", "-c", "1", "--threads", "4")
+    # (the malformed message was first in the queue: it met the missing queue before these ran)
     wait_for(lambda: set(kit.ran()) >= set(good), timeout=60, what="the good tasks")
-    wait_for(lambda: "could not publish a dead letter" in worker.output(), timeout=30,
-             what="the failed dead letter to be reported")
     # When it cannot be dead-lettered for 6 s
     kids = children_of(worker.pid)
     cpu_before, lines_before, t0 = cpu_seconds(kids), worker.output().count("\n"), time.monotonic()

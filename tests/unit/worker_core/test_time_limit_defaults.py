@@ -42,3 +42,4 @@ def test_a_limit_not_below_the_consumer_timeout_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="utilitarian.supervisor.plan"):
         plan_for({}, queues=("default",))
     assert not caplog.records
+
