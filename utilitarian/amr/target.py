@@ -21,8 +21,15 @@ SCHEMES = {
     "modbus+tcp": ("modbus", "tcp"),
     "modbus+rtu": ("modbus", "serial"),
     "modbus+rtu-over-tcp": ("modbus", "rtu-over-tcp"),
+    "dlms+tcp": ("dlms", "tcp"),
+    "dlms+serial": ("dlms", "serial"),
+    "mbus+tcp": ("mbus", "tcp"),
+    "mbus+serial": ("mbus", "serial"),
 }
 IEC_PROTOCOLS = ("iec62056-21", "lis200")
+OPTION_PROTOCOLS = ("dlms", "mbus")   # their parameters travel in MeterTarget.options
+SERIAL_DEFAULTS = {"modbus": (9600, 8, "N", 1), "dlms": (9600, 8, "N", 1), "mbus": (2400, 8, "E", 1)}
+DEFAULT_PORTS = {"modbus": 502, "dlms": 4059}
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
@@ -62,7 +69,13 @@ class MeterTarget:
     # The driver may keep the connection open for later polls of this process (Modbus TCP only).
     # Not a URL parameter: the AMR task sets it for interfaces that are not `can_block`.
     reuse_connection: bool = False
+    # Protocol parameters without a field of their own (DLMS, M-Bus, a site's schemes): validated
+    # (name, value) pairs in URL order; the protocol's session reads them.
+    options: tuple[tuple[str, object], ...] = ()
     password: str | None = field(default=None, compare=False)
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)
 
     @property
     def interface(self) -> str:
@@ -87,8 +100,10 @@ class MeterTarget:
             query.append(("device_id", str(self.device_id)))
         if self.meter_type:
             query.append(("type", self.meter_type))
+        query.extend((name, str(value).lower() if isinstance(value, bool) else str(value))
+                     for name, value in self.options)
         if self.serial:
-            defaults = (9600, 8, "N", 1) if self.protocol == "modbus" else (300, 7, "E", 1)
+            defaults = SERIAL_DEFAULTS.get(self.protocol, (300, 7, "E", 1))
             for name, value, default in zip(("baud", "bytesize", "parity", "stopbits"), (
                     self.serial.baudrate, self.serial.bytesize, self.serial.parity,
                     self.serial.stopbits), defaults):
@@ -189,6 +204,45 @@ _PARAMS = {
 _PARAMS["lis200"] = _PARAMS["iec62056-21"]
 
 
+def _choice(*choices: str):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _obis_text(text: str) -> str:
+    from utilitarian.amr.protocols.dlms_axdr import parse_obis
+    parse_obis(text)
+    return text
+
+
+def _name(text: str) -> str:
+    if not text or len(text) > 200 or any(ord(c) < 33 for c in text):
+        raise ValueError("must be 1-200 printable characters without spaces")
+    return text
+
+
+def _secondary(text: str) -> str:
+    """An M-Bus secondary address: 8 BCD digits of the identification number (F = wildcard),
+    optionally followed by manufacturer (4 hex), version (2) and medium (2)."""
+    if len(text) not in (8, 16) or any(c not in "0123456789ABCDEFabcdef" for c in text) \
+            or any(c not in "0123456789Ff" for c in text[:8]):
+        raise ValueError("must be 8 digits (F = any), optionally followed by 8 hex digits")
+    return text.upper()
+
+
+# baud, timeout, ... keep their fields; the rest go to MeterTarget.options
+_PARAMS["dlms"] = {**_COMMON, "baud": _baud, "client": _int_range(1, 127), "server": _int_range(0, 16383),
+                   "physical": _int_range(0, 16383), "security": _choice("none", "lls", "hls-gmac"),
+                   "keys": _name, "key_id": _name, "invocation_counter": _obis_text}
+_PARAMS["mbus"] = {**_COMMON, "baud": _baud, "address": _int_range(0, 250), "secondary": _secondary,
+                   "max_telegrams": _int_range(1, 64), "retries": _int_range(0, 10)}
+_OPTION_NAMES = {"dlms": ("client", "server", "physical", "security", "keys", "key_id", "invocation_counter"),
+                 "mbus": ("address", "secondary", "max_telegrams")}
+
+
 def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
     """Parse e.g. `modbus+tcp://10.0.0.5:502?device_id=3&type=eastron_sdm630` into a MeterTarget.
 
@@ -239,7 +293,7 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         if not host:
             raise fail(f"{scheme} needs host:port")
         if port is None:
-            port = 502 if protocol == "modbus" else None
+            port = DEFAULT_PORTS.get(protocol)
             if port is None:
                 raise fail(f"{scheme} needs a port: {scheme}://host:port")
         kwargs.update(host=host, port=port)
@@ -251,6 +305,15 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         for name in ("address", "max_baud", "switch_delay", "wakeup", "retries"):
             if name in values:
                 kwargs[name] = values[name]
+    elif protocol in OPTION_PROTOCOLS:
+        kwargs["options"] = tuple((name, values[name]) for name in _OPTION_NAMES[protocol] if name in values)
+        if transport == "serial":
+            baud, size, parity, stop = SERIAL_DEFAULTS[protocol]
+            kwargs["serial"] = SerialSettings(int(values.get("baud", baud)), size, parity, stop)
+        if "retries" in values:
+            kwargs["retries"] = values["retries"]
+        if protocol == "mbus" and "address" not in values and "secondary" not in values:
+            raise fail("mbus needs address=PRIMARY (0-250) or secondary=ID")
     else:
         kwargs["device_id"] = values.get("device_id", 1)
         if transport == "serial":

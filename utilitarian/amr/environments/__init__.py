@@ -26,15 +26,19 @@ EXECUTION_TYPES = {
     "generic_iec6205621": "utilitarian.amr.environments.iec6205621",
     "generic_lis200": "utilitarian.amr.environments.lis200",
     "generic_modbus": "utilitarian.amr.environments.modbus",
+    "generic_dlms": "utilitarian.amr.environments.dlms",
+    "generic_mbus": "utilitarian.amr.environments.mbus",
 }
 # Which protocols each environment can drive (LIS-200 is a 62056-21 dialect).
 PROTOCOLS = {
     "generic_iec6205621": ("iec62056-21", "lis200"),
     "generic_lis200": ("lis200", "iec62056-21"),
     "generic_modbus": ("modbus",),
+    "generic_dlms": ("dlms",),
+    "generic_mbus": ("mbus",),
 }
 DEFAULT_EXECUTION_TYPE = {"iec62056-21": "generic_iec6205621", "lis200": "generic_lis200",
-                          "modbus": "generic_modbus"}
+                          "modbus": "generic_modbus", "dlms": "generic_dlms", "mbus": "generic_mbus"}
 
 def calls_of(execution_type: str) -> Mapping[str, Call]:
     """The task calls an execution environment offers."""
