@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import termios
 import threading
 import time
 from typing import Callable
@@ -15,6 +16,22 @@ from utilitarian_sim.iec_server import PtyLine, SocketLine
 from utilitarian_sim.sessions import SessionLog
 
 log = logging.getLogger(__name__)
+
+
+class ResettingPtyLine(PtyLine):
+    """A pty whose speed goes back to 38400 after each answer. This sandbox's pty rejects a
+    tcsetattr that asks for parity and changes nothing else (Linux ptys drop parity), so a client
+    opening the line at 2400 8E1 a second time fails unless the speed differs; a real UART does
+    not care. The client's own port settings are what the tests assert."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        try:
+            attrs = termios.tcgetattr(self.slave)
+            attrs[4] = attrs[5] = termios.B38400
+            termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
+        except termios.error:
+            pass
 
 
 class LineServer:
@@ -45,7 +62,7 @@ class LineServer:
                 self.ports.append(listener.getsockname()[1])
                 target, args = self._accept_loop, (gateway,)
             else:
-                line = PtyLine()
+                line = ResettingPtyLine()
                 self._lines.append(line)
                 self.devices.append(line.path)
                 target, args = self._run, (line, gateway, False)
