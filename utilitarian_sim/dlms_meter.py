@@ -330,7 +330,7 @@ class Association:
     def set(self, apdu: bytes) -> bytes:
         invoke = apdu[2]
         class_id, obis, attribute = int.from_bytes(apdu[3:5], "big"), apdu[5:11], apdu[11]
-        if not self._allowed(obis) or self.client == 16:
+        if not self._allowed(obis) or (self.client == 16 and self.meter.security != "none"):
             return bytes([0xC5, 0x01, invoke, READ_WRITE_DENIED])
         if (class_id, obis, attribute) != (8, CLOCK, 2):
             return bytes([0xC5, 0x01, invoke, READ_WRITE_DENIED])
