@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from utilitarian.errors import ConfigError
 
-# scheme -> (protocol, transport)
-SCHEMES = {
-    "iec62056-21+tcp": ("iec62056-21", "tcp"),
-    "iec62056-21+serial": ("iec62056-21", "serial"),
-    "lis200+tcp": ("lis200", "tcp"),
-    "lis200+serial": ("lis200", "serial"),
-    "modbus+tcp": ("modbus", "tcp"),
-    "modbus+rtu": ("modbus", "serial"),
-    "modbus+rtu-over-tcp": ("modbus", "rtu-over-tcp"),
-    "dlms+tcp": ("dlms", "tcp"),
-    "dlms+serial": ("dlms", "serial"),
-    "mbus+tcp": ("mbus", "tcp"),
-    "mbus+serial": ("mbus", "serial"),
-}
+# Schemes come from the `utilitarian.read_schemes` entry points (UrlProtocol objects; ours are in
+# url_protocols.py). IEC and Modbus targets have fields of their own; every other protocol's
+# parameters travel in MeterTarget.options.
 IEC_PROTOCOLS = ("iec62056-21", "lis200")
-OPTION_PROTOCOLS = ("dlms", "mbus")   # their parameters travel in MeterTarget.options
-SERIAL_DEFAULTS = {"modbus": (9600, 8, "N", 1), "dlms": (9600, 8, "N", 1), "mbus": (2400, 8, "E", 1)}
-DEFAULT_PORTS = {"modbus": 502, "dlms": 4059}
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
@@ -44,6 +31,47 @@ class SerialSettings:
 
     def __str__(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+@dataclass(frozen=True)
+class UrlProtocol:
+    """The URL schemes of one meter protocol, registered as a `utilitarian.read_schemes` entry
+    point named after the protocol. `params` maps each accepted query parameter to a parser
+    (text -> value, ValueError with the reason); `options` names those kept in
+    MeterTarget.options (the rest are the common fields: timeout, session_timeout, tz, type,
+    password, baud, retries); `check(values)` returns a reason to refuse a combination, or None."""
+
+    name: str                                      # MeterTarget.protocol
+    schemes: Mapping[str, str]                     # URL scheme -> transport ("tcp", "serial", ...)
+    params: Mapping[str, Callable[[str], object]]
+    execution_type: str                            # the environment `utilitarian read` uses
+    default_port: int | None = None
+    serial: SerialSettings | None = None           # line defaults of serial transports
+    options: tuple[str, ...] = ()
+    check: Callable[[dict], str | None] | None = None
+
+
+def url_protocols() -> dict[str, UrlProtocol]:
+    """Every registered protocol by name; a broken or foreign entry point is a ConfigError."""
+    from utilitarian.plugins import READ_SCHEMES_GROUP, loaded
+
+    found = loaded(READ_SCHEMES_GROUP)
+    for name, spec in found.items():
+        if not isinstance(spec, UrlProtocol) or spec.name != name:
+            raise ConfigError(f"plugin {READ_SCHEMES_GROUP}:{name} is not a UrlProtocol named {name!r}")
+    return found
+
+
+def schemes() -> dict[str, tuple[UrlProtocol, str]]:
+    """URL scheme -> (protocol, transport); a scheme claimed twice is a ConfigError."""
+    index: dict[str, tuple[UrlProtocol, str]] = {}
+    for spec in url_protocols().values():
+        for scheme, transport in spec.schemes.items():
+            if scheme in index:
+                raise ConfigError(f"URL scheme {scheme!r} is declared by protocols "
+                                  f"{index[scheme][0].name!r} and {spec.name!r}")
+            index[scheme] = (spec, transport)
+    return index
 
 
 @dataclass(frozen=True, repr=False)
@@ -91,7 +119,8 @@ class MeterTarget:
         return self.to_url(include_secret=False)
 
     def to_url(self, *, include_secret: bool = False) -> str:
-        scheme = next(s for s, pt in SCHEMES.items() if pt == (self.protocol, self.transport))
+        scheme, spec = next((s, p) for s, (p, t) in schemes().items()
+                            if (p.name, t) == (self.protocol, self.transport))
         where = f"//{self.interface}" if self.host else f"//{self.device}"
         query: list[tuple[str, str]] = []
         if self.address:
@@ -103,7 +132,8 @@ class MeterTarget:
         query.extend((name, str(value).lower() if isinstance(value, bool) else str(value))
                      for name, value in self.options)
         if self.serial:
-            defaults = SERIAL_DEFAULTS.get(self.protocol, (300, 7, "E", 1))
+            line = spec.serial or SerialSettings(300, 7, "E", 1)
+            defaults = (line.baudrate, line.bytesize, line.parity, line.stopbits)
             for name, value, default in zip(("baud", "bytesize", "parity", "stopbits"), (
                     self.serial.baudrate, self.serial.bytesize, self.serial.parity,
                     self.serial.stopbits), defaults):
@@ -204,45 +234,6 @@ _PARAMS = {
 _PARAMS["lis200"] = _PARAMS["iec62056-21"]
 
 
-def _choice(*choices: str):
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return text
-    return parse
-
-
-def _obis_text(text: str) -> str:
-    from utilitarian.amr.protocols.dlms_axdr import parse_obis
-    parse_obis(text)
-    return text
-
-
-def _name(text: str) -> str:
-    if not text or len(text) > 200 or any(ord(c) < 33 for c in text):
-        raise ValueError("must be 1-200 printable characters without spaces")
-    return text
-
-
-def _secondary(text: str) -> str:
-    """An M-Bus secondary address: 8 BCD digits of the identification number (F = wildcard),
-    optionally followed by manufacturer (4 hex), version (2) and medium (2)."""
-    if len(text) not in (8, 16) or any(c not in "0123456789ABCDEFabcdef" for c in text) \
-            or any(c not in "0123456789Ff" for c in text[:8]):
-        raise ValueError("must be 8 digits (F = any), optionally followed by 8 hex digits")
-    return text.upper()
-
-
-# baud, timeout, ... keep their fields; the rest go to MeterTarget.options
-_PARAMS["dlms"] = {**_COMMON, "baud": _baud, "client": _int_range(1, 127), "server": _int_range(0, 16383),
-                   "physical": _int_range(0, 16383), "security": _choice("none", "lls", "hls-gmac"),
-                   "keys": _name, "key_id": _name, "invocation_counter": _obis_text}
-_PARAMS["mbus"] = {**_COMMON, "baud": _baud, "address": _int_range(0, 250), "secondary": _secondary,
-                   "max_telegrams": _int_range(1, 64), "retries": _int_range(0, 10)}
-_OPTION_NAMES = {"dlms": ("client", "server", "physical", "security", "keys", "key_id", "invocation_counter"),
-                 "mbus": ("address", "secondary", "max_telegrams")}
-
-
 def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
     """Parse e.g. `modbus+tcp://10.0.0.5:502?device_id=3&type=eastron_sdm630` into a MeterTarget.
 
@@ -256,16 +247,18 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
     except ValueError as exc:
         raise fail(f"not a URL ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        hint = difflib.get_close_matches(scheme, SCHEMES, n=1)
+    known = schemes()
+    if scheme not in known:
+        hint = difflib.get_close_matches(scheme, known, n=1)
         raise fail(f"unsupported scheme {scheme!r}"
-                   + (f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {', '.join(SCHEMES)}"))
-    protocol, transport = SCHEMES[scheme]
+                   + (f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {', '.join(known)}"))
+    spec, transport = known[scheme]
+    protocol = spec.name
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise fail("malformed query string") from None
-    allowed = _PARAMS[protocol]
+    allowed = spec.params
     values: dict[str, object] = {}
     for name, raw in pairs:
         if name in values:
@@ -293,7 +286,7 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         if not host:
             raise fail(f"{scheme} needs host:port")
         if port is None:
-            port = DEFAULT_PORTS.get(protocol)
+            port = spec.default_port
             if port is None:
                 raise fail(f"{scheme} needs a port: {scheme}://host:port")
         kwargs.update(host=host, port=port)
@@ -305,15 +298,16 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         for name in ("address", "max_baud", "switch_delay", "wakeup", "retries"):
             if name in values:
                 kwargs[name] = values[name]
-    elif protocol in OPTION_PROTOCOLS:
-        kwargs["options"] = tuple((name, values[name]) for name in _OPTION_NAMES[protocol] if name in values)
+    elif protocol != "modbus":
+        kwargs["options"] = tuple((name, values[name]) for name in spec.options if name in values)
         if transport == "serial":
-            baud, size, parity, stop = SERIAL_DEFAULTS[protocol]
-            kwargs["serial"] = SerialSettings(int(values.get("baud", baud)), size, parity, stop)
+            line = spec.serial or SerialSettings(9600)
+            kwargs["serial"] = replace(line, baudrate=int(values.get("baud", line.baudrate)))
         if "retries" in values:
             kwargs["retries"] = values["retries"]
-        if protocol == "mbus" and "address" not in values and "secondary" not in values:
-            raise fail("mbus needs address=PRIMARY (0-250) or secondary=ID")
+        problem = spec.check(values) if spec.check else None
+        if problem:
+            raise fail(problem)
     else:
         kwargs["device_id"] = values.get("device_id", 1)
         if transport == "serial":

@@ -175,7 +175,7 @@ def _install(config, parts, workdir: str) -> tuple[int, int]:
     from utilitarian.amr.model import AmrTask, AmrTaskGroup
     from utilitarian.amr.registry_import import Known, check_meter_row, known_execution_types
     from utilitarian.amr.store import store_for_config
-    from utilitarian.amr.meter_types import load_builtin_meter_types
+    from utilitarian.amr.meter_types import load_registered_meter_types
 
     rows = _rows(parts, workdir)
     for row in rows:
@@ -191,7 +191,7 @@ def _install(config, parts, workdir: str) -> tuple[int, int]:
              AmrTask("mbus-read", "quarterly", "read_values", "generic_mbus")]
     groups = {"generic_modbus": ("modbus-read", "modbus-energy"), "generic_iec6205621": ("iec-readout",),
               "generic_dlms": ("dlms-registers", "dlms-profile"), "generic_mbus": ("mbus-read",)}
-    known = Known(amr_tasks=frozenset(t.name for t in tasks), meter_types=load_builtin_meter_types(),
+    known = Known(amr_tasks=frozenset(t.name for t in tasks), meter_types=load_registered_meter_types(),
                   execution_types=known_execution_types())
     entries = []
     for row in rows:

@@ -64,9 +64,9 @@ def register(subparsers, parent) -> None:
 
 
 def _meter_types(args, config_types: dict):
-    from utilitarian.amr.meter_types import (load_builtin_meter_types, load_meter_types_file,
+    from utilitarian.amr.meter_types import (load_meter_types_file, load_registered_meter_types,
                                              parse_meter_types)
-    types = load_builtin_meter_types()
+    types = load_registered_meter_types()
     if config_types:
         types.update(parse_meter_types(config_types, file=getattr(args, "config", None) or "config"))
     if args.meter_types:
@@ -90,7 +90,7 @@ def _print_table(result, out) -> None:
 
 
 def run(args) -> int:
-    from utilitarian.amr.environments import DEFAULT_EXECUTION_TYPE, run_task_call
+    from utilitarian.amr.environments import default_execution_type, environment, run_task_call
     from utilitarian.amr.errors import MeterError
     from utilitarian.amr.target import parse_meter_url
     from utilitarian.commands.common import json_arg, load
@@ -110,14 +110,16 @@ def run(args) -> int:
     except ConfigError as exc:
         raise UsageError(f"meter URL: {exc.reason}") from None
     kwargs = json_arg(args.kwargs, "--kwargs", dict)
-    execution_type = args.execution_type or DEFAULT_EXECUTION_TYPE[target.protocol]
-    call = args.call or {"generic_iec6205621": "readout", "generic_modbus": "read_values",
-                         "generic_dlms": "read_registers", "generic_mbus": "read_values"}.get(execution_type)
-    if execution_type == "generic_dlms" and not args.call and not kwargs:
-        kwargs = {"registers": ["1-0:1.8.0", "1-0:2.8.0"]}   # the energy registers every meter has
+    execution_type = args.execution_type or default_execution_type(target.protocol)
+    try:
+        module = environment(execution_type)
+    except MeterError as exc:
+        raise UsageError(exc.message) from None
+    call = args.call or getattr(module, "DEFAULT_CALL", None)
     if call is None:
-        raise UsageError(f"{execution_type} has no default call; give --call "
-                         "(read_single_value, read_archive_by_date, read_archive_by_offset_seconds, set_time)")
+        raise UsageError(f"{execution_type} has no default call; give --call ({', '.join(module.CALLS)})")
+    if not args.call and not kwargs:
+        kwargs = dict(getattr(module, "DEFAULT_KWARGS", {}).get(call, {}))
     meter_types = _meter_types(args, config.meter_types) if target.protocol == "modbus" else None
     try:
         result = run_task_call(execution_type, call, target, kwargs, meter_types=meter_types)

@@ -135,3 +135,9 @@ def test_long_frame_round_trip(address, data):
     raw = f.long_frame(0x08, address, 0x72, data)
     consumed, frame = f.extract_frame(bytearray(raw + b"\x10"))
     assert consumed == len(raw) and (frame.address, frame.ci, frame.data) == (address, 0x72, data)
+
+
+def test_empty_variable_length_bcd_is_a_record_problem():
+    # Found by Hypothesis: LVAR 0xD0 (negative BCD of length 0) raised IndexError.
+    [record], _more = parse_records(b"\x0d\x00\xd0", 0)
+    assert record.value is None and "BCD" in record.problem

@@ -20,6 +20,9 @@ from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_dlms"
+PROTOCOLS = ("dlms",)  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = "read_registers"  # what `utilitarian read` runs without --call
+DEFAULT_KWARGS = {"read_registers": {"registers": ["1-0:1.8.0", "1-0:2.8.0"]}}
 CLASSES = (o.DATA, o.REGISTER, o.EXTENDED_REGISTER, o.DEMAND_REGISTER)
 MAX_PROFILE_ROWS = 50_000
 

@@ -19,6 +19,8 @@ from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_mbus"
+PROTOCOLS = ("mbus",)  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = "read_values"  # what `utilitarian read` runs without --call
 TIME_POINTS = ("date", "datetime")
 
 

@@ -72,6 +72,8 @@ def _manufacturer(raw: int) -> str:
 def _bcd(raw: bytes) -> int | None:
     """Little-endian packed BCD; a high nibble F in the last byte is a minus sign; other A-F: None."""
     digits = raw[::-1].hex().upper()
+    if not digits:                       # variable-length BCD of length 0 (LVAR 0xC0/0xD0)
+        return None
     negative = digits[0] == "F"
     if negative:
         digits = digits[1:]
