@@ -223,6 +223,7 @@ def _timezone(text: str) -> str:
 
 _COMMON = {"timeout": _positive_float, "session_timeout": _positive_float, "tz": _timezone,
            "password": str, "type": str}
+COMMON_PARAMS = _COMMON  # what every protocol accepts: start a UrlProtocol's params from these
 _PARAMS = {
     "iec62056-21": {**_COMMON, "address": _address, "baud": _baud, "max_baud": _baud,
                     "switch_delay": _non_negative_float, "wakeup": _bool,

@@ -6,7 +6,7 @@ their own); DLMS and M-Bus parameters travel in MeterTarget.options.
 
 from __future__ import annotations
 
-from utilitarian.amr.target import _COMMON, _PARAMS, SerialSettings, UrlProtocol, _baud, _int_range
+from utilitarian.amr.target import COMMON_PARAMS, _PARAMS, SerialSettings, UrlProtocol, _baud, _int_range
 
 
 def _choice(*choices: str):
@@ -52,14 +52,14 @@ MODBUS = UrlProtocol("modbus", {"modbus+tcp": "tcp", "modbus+rtu": "serial", "mo
                      _PARAMS["modbus"], "generic_modbus", default_port=502, serial=SerialSettings(9600, 8, "N", 1))
 DLMS = UrlProtocol(
     "dlms", {"dlms+tcp": "tcp", "dlms+serial": "serial"},
-    {**_COMMON, "baud": _baud, "client": _int_range(1, 127), "server": _int_range(0, 16383),
+    {**COMMON_PARAMS, "baud": _baud, "client": _int_range(1, 127), "server": _int_range(0, 16383),
      "physical": _int_range(0, 16383), "security": _choice("none", "lls", "hls-gmac"),
      "keys": _name, "key_id": _name, "invocation_counter": _obis_text},
     "generic_dlms", default_port=4059, serial=SerialSettings(9600, 8, "N", 1),
     options=("client", "server", "physical", "security", "keys", "key_id", "invocation_counter"))
 MBUS = UrlProtocol(
     "mbus", {"mbus+tcp": "tcp", "mbus+serial": "serial"},
-    {**_COMMON, "baud": _baud, "address": _int_range(0, 250), "secondary": _secondary,
+    {**COMMON_PARAMS, "baud": _baud, "address": _int_range(0, 250), "secondary": _secondary,
      "max_telegrams": _int_range(1, 64), "retries": _int_range(0, 10)},
     "generic_mbus", serial=SerialSettings(2400, 8, "E", 1),
     options=("address", "secondary", "max_telegrams"), check=_mbus_check)
