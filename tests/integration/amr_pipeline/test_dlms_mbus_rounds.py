@@ -10,8 +10,6 @@ from __future__ import annotations
 import collections
 import signal
 
-import pytest
-
 from support.amr_harness import wait_for
 from utilitarian import queues
 from utilitarian.amr.errors import MeterTimeout
