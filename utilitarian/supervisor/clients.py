@@ -64,10 +64,9 @@ class ClientServer:
         return min((c.deadline for c in self.clients.values()), default=float("inf"))
 
     def serve(self, readable: set, writable: set, now: float, handler: Callable) -> None:
-        if self.sock.fileno() in readable:
-            self._accept(now)
+        new = self._accept(now) if self.sock.fileno() in readable else set()
         for fd, client in list(self.clients.items()):
-            if client.outbox is None and fd in readable:
+            if client.outbox is None and (fd in readable or fd in new):  # a new client may have spoken already
                 self._read(client, handler)
             elif client.outbox is not None and fd in writable:
                 self._write(client)
@@ -75,15 +74,16 @@ class ClientServer:
             if now >= client.deadline:
                 self._drop(client, "no complete request or answer within %.1fs" % self.deadline)
 
-    def _accept(self, now: float) -> None:
+    def _accept(self, now: float) -> set[int]:
+        new: set[int] = set()
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # EMFILE and friends: try again next turn
                 log.warning("%s socket: accept failed: %s", self.what, exc)
-                return
+                break
             if len(self.clients) >= self.max_clients:
                 self.dropped += 1
                 log.debug("%s: %d clients already; closing a new one", self.what, len(self.clients))
@@ -91,6 +91,8 @@ class ClientServer:
                 continue
             conn.setblocking(False)
             self.clients[conn.fileno()] = Client(conn, now + self.deadline)
+            new.add(conn.fileno())
+        return new
 
     def _read(self, client: Client, handler: Callable) -> None:
         try:

@@ -51,9 +51,9 @@ class Supervisor:
         self._out = []
         for event in events:
             self.apply(now, event)
-        if not self.stop:
-            self.maintain_pools(now)
         self.check_heartbeats(now)
+        if not self.stop:
+            self.maintain_pools(now)  # after the heartbeat check: a murdered child's replacement starts now
         self.check_memory(now)
         self.check_idle(now)
         self.check_notify(now)
