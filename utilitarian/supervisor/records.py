@@ -85,6 +85,7 @@ class ChildRecord:
     counters: dict = field(default_factory=lambda: dict.fromkeys(CHILD_COUNTERS, 0))
     rss: int | None = None
     cause: str | None = None  # why it is leaving (a CAUSES entry, "shrink" or "stop")
+    replaces: str | None = None  # why it was spawned: the cause its predecessor left for (None: first)
     boot_failure: int | None = None
     abort_at: float | None = None
     kill_at: float | None = None
@@ -131,6 +132,8 @@ class PoolRecord:
     crashes: int = 0  # consecutive crashes since a child of this pool was last ready
     spawn_after: float = float("-inf")
     restarts: collections.Counter = field(default_factory=collections.Counter)
+    # Why capacity was lost and not yet restored, oldest first: the next spawn is "for" that cause.
+    owed: collections.deque = field(default_factory=collections.deque)
 
 
 def as_int(value) -> int:

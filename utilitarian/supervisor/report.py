@@ -18,7 +18,7 @@ def children_status(sup: Supervisor, now: float) -> list[dict]:
         totals = totals_of(c.stats)
         out.append({
             "pid": c.pid, "pool": c.pool, "state": c.state.value, "ready": c.ready, "consuming": c.consuming,
-            "why": c.why, **{key: c.counters[key] for key in CHILD_COUNTERS}, "pending_later": c.pending_later,
+            "why": c.why, "replaces": c.replaces, **{key: c.counters[key] for key in CHILD_COUNTERS}, "pending_later": c.pending_later,
             "rss": c.rss, "done": totals["done"], "failed": totals["failed"], "retried": totals["retried"],
             "refused": totals["refused"], "inflight": c.inflight, "uptime": round(now - c.started, 1),
             "heartbeat_age": round(now - c.last_seen, 2)})

@@ -1,7 +1,8 @@
 """The master's supervision rules as a pure object: child states and their transitions, boot vs
-running, respawn backoff, the crash-loop limit, retire-and-replace, heartbeat murder, stop modes
-and the exit-code contract. `Supervisor.step(now, events) -> actions`; the arbiter's loop forks,
-signals and notifies as told. No clock, no process, no socket here."""
+running, respawn backoff, the crash-loop limit, retire-and-replace, stop modes and the exit-code
+contract (exits.py); the clock-driven duties (heartbeat murder, idle exit, deadlines, sd_notify)
+are in duties.py. `Supervisor.step(now, events) -> actions`; the arbiter's loop forks, signals
+and notifies as told. No clock, no process, no socket here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 
 from utilitarian.errors import EX_CONFIG, EX_OK, EX_SOFTWARE
 from utilitarian.supervisor import events as ev
-from utilitarian.supervisor import exits
+from utilitarian.supervisor import duties, exits
 from utilitarian.supervisor.events import ERROR, INFO, WARNING, log
 from utilitarian.supervisor.plan import WorkerPlan
 from utilitarian.supervisor.records import (ACTIVE, CAUSES, CHILD_COUNTERS, ChildRecord, Limits, PoolRecord,
@@ -51,14 +52,14 @@ class Supervisor:
         self._out = []
         for event in events:
             self.apply(now, event)
-        self.check_heartbeats(now)
+        duties.check_heartbeats(self, now)
         if not self.stop:
             self.maintain_pools(now)  # after the heartbeat check: a murdered child's replacement starts now
-        self.check_memory(now)
-        self.check_idle(now)
-        self.check_notify(now)
+        duties.check_memory(self, now)
+        duties.check_idle(self, now)
+        duties.check_notify(self, now)
         if self.stop:
-            self.enforce_stop_deadline(now)
+            duties.enforce_stop_deadline(self, now)
             if not self.children and not self.exited:
                 self.exited = True
                 self._out.append(ev.Exit(self.exit_code))
@@ -124,10 +125,13 @@ class Supervisor:
             while missing > 0 and now >= pool.spawn_after:
                 self.spawn(now, pool)
                 missing -= 1
+            if missing <= 0:
+                pool.owed.clear()  # e.g. a crash followed by TTOU: nothing is owed any more
 
     def spawn(self, now: float, pool: PoolRecord) -> ChildRecord:
         rec = ChildRecord(cid=self.next_cid, pool=pool.spec.name, index=pool.next_index, generation=pool.generation,
-                          started=now, last_seen=now, boot_may_fail=not self.ever_ready)
+                          started=now, last_seen=now, boot_may_fail=not self.ever_ready,
+                          replaces=pool.owed.popleft() if pool.owed else None)
         self.next_cid += 1
         pool.next_index += 1
         self.children[rec.cid] = rec
@@ -141,6 +145,7 @@ class Supervisor:
             return
         self.emit(log(INFO, "retiring child %s (%s)", rec.label, reason))
         rec.cause = cause
+        self.owe(rec, cause)
         if replace:
             rec.move(State.RETIRING)
         else:
@@ -193,6 +198,7 @@ class Supervisor:
         if not drain_now:
             self.retire(rec, reason, cause=cause, replace=True)
         elif rec.state in ACTIVE or rec.state is State.RETIRING:
+            self.owe(rec, cause)
             rec.cause = cause
             rec.move(State.DRAINING)  # it stops consuming by itself; no TERM needed
             self.emit(log(INFO, "child %s retires now (%s); spawning its replacement", rec.label, reason))
@@ -224,7 +230,14 @@ class Supervisor:
         if pool:
             pool.restarts[cause] += 1
 
+    def owe(self, rec: ChildRecord, cause: str) -> None:
+        """`rec` leaves its pool's capacity for `cause`: its replacement will say so."""
+        pool = self.pools.get(rec.pool)
+        if pool is not None and rec.state in ACTIVE and cause in CAUSES:
+            pool.owed.append(cause)
+
     def note_crash(self, now: float, rec: ChildRecord, cause: str) -> None:
+        self.owe(rec, cause)
         self.count_restart(rec, cause)
         window = self.limits.crash_loop_window
         self.crash_times = [t for t in self.crash_times if now - t <= window]
@@ -243,78 +256,6 @@ class Supervisor:
         delay = min(self.limits.restart_backoff_max, self.limits.restart_backoff_base * 2 ** (pool.crashes - 1))
         pool.spawn_after = now + delay
         self.emit(log(INFO, "respawning a child of pool %s in %.1fs", rec.pool, delay))
-
-    # --- periodic duties ----------------------------------------------------------------------
-    def check_heartbeats(self, now: float) -> None:
-        timeout = self.limits.heartbeat_timeout
-        for rec in self.children.values():
-            if rec.kill_at is not None:
-                if now - rec.kill_at >= self.limits.kill_after_abort:
-                    rec.kill_at = now  # resend KILL every interval until reaped
-                    self.emit(ev.Kill(rec.cid, signal.SIGKILL))
-            elif rec.abort_at is not None:
-                if now - rec.abort_at >= self.limits.kill_after_abort:
-                    self.emit(log(ERROR, "child %s ignored SIGABRT; sending SIGKILL", rec.label))
-                    rec.kill_at = now
-                    self.emit(ev.Kill(rec.cid, signal.SIGKILL))
-            elif now - rec.last_seen > timeout and rec.can_move(State.ABORTED):
-                self.emit(log(ERROR, "child %s silent for %.1fs (heartbeat timeout %.1fs); SIGABRT dumps its stacks, "
-                                     "then it is replaced", rec.label, now - rec.last_seen, timeout))
-                rec.abort_at = now
-                rec.move(State.ABORTED)
-                self.emit(ev.Kill(rec.cid, signal.SIGABRT))
-
-    def check_memory(self, now: float) -> None:
-        if now - self.last_rss < self.limits.rss_interval or not self.children:
-            return
-        self.last_rss = now
-        self.emit(ev.MeasureMemory(tuple(self.children)))
-
-    def check_idle(self, now: float) -> None:
-        limit = self.limits.exit_when_idle
-        if not limit or self.stop or not self.children:
-            return
-        children = self.children.values()
-        if not all(c.ready and c.consuming and c.inflight == 0 and not c.pending_later for c in children):
-            return
-        idle = min(c.idle for c in children)
-        if idle >= limit:
-            self.begin_stop(now, "graceful", EX_OK, f"queues empty and nothing in flight for {idle:.0f}s: "
-                                                    "exiting when idle")
-
-    def enforce_stop_deadline(self, now: float) -> None:
-        if now < self.stop_deadline:
-            return
-        for rec in self.children.values():
-            if rec.kill_at is None:
-                self.emit(log(WARNING, "child %s still running at the stop deadline; SIGKILL (its unacked messages "
-                                       "will be redelivered)", rec.label))
-                rec.kill_at = now
-                self.emit(ev.Kill(rec.cid, signal.SIGKILL))
-
-    def check_notify(self, now: float) -> None:
-        if now - self.last_sample >= self.limits.sample_interval:
-            self.last_sample = now
-            self.stats.sample(now)
-        if not self.notify_enabled:
-            return
-        if not self.announced_ready and not self.stop:
-            wanted = self.wanted()
-            if self.running() >= wanted:
-                self.announced_ready = True
-                self.emit(ev.Notify("ready", self.status_line()))
-                self.emit(log(INFO, "all %d children consuming: ready", wanted))
-        if now - self.last_status >= self.limits.status_interval:
-            self.last_status = now
-            self.emit(ev.Notify("status", self.status_line()))
-        interval = self.watchdog_interval
-        if interval and now - self.last_watchdog >= interval and self.healthy(now):
-            self.last_watchdog = now
-            self.emit(ev.Notify("watchdog"))
-
-    def healthy(self, now: float) -> bool:
-        """The watchdog is fed only while the loop turns and no child is silent too long."""
-        return all(now - c.last_seen <= self.limits.heartbeat_timeout for c in self.children.values())
 
     # --- signals and stop modes -------------------------------------------------------------
     def on_signal(self, now: float, signum: int) -> None:

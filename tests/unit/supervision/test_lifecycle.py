@@ -31,6 +31,7 @@ def test_ready_moves_to_running_and_later_spawns_may_not_fail_boot(sim):
     out += s.step(2.0)
     (respawn,) = s.spawns(out)
     assert respawn.boot_may_fail is False  # the child retries broker refusals in place
+    assert s.sup.children[respawn.cid].replaces == "crash"
 
 
 @pytest.mark.parametrize("code,boot_failed", [(EX_CONFIG, True), (EX_CONFIG, False), (1, True)])

@@ -34,7 +34,7 @@ def test_over_the_memory_limit_the_replacement_comes_first_then_the_old_child_dr
     out = s.step(2.0, ev.MemoryMeasured(old, 250 * MiB))
     assert s.state(old) == "retiring" and s.kills(out) == []
     (new,) = [a.cid for a in s.spawns(out)]
-    assert "over the limit of 200 MiB" in s.logs(out)
+    assert "over the limit of 200 MiB" in s.logs(out) and s.sup.children[new].replaces == "max_memory"
     out = s.step(3.0)  # the old child keeps working while its replacement boots
     assert s.kills(out) == [] and s.spawns(out) == []
     out = s.step(4.0, s.ready(new))
@@ -51,7 +51,8 @@ def test_a_child_retiring_itself_is_replaced_at_once_without_a_signal(sim, reaso
     (old,) = s.boot()
     out = s.step(1.0, ev.Report(old, {"e": "retire", "reason": reason, "drain_now": True}))
     assert s.state(old) == "draining" and s.kills(out) == []
-    assert len(s.spawns(out)) == 1  # capacity is restored while the old child finishes
+    (new,) = s.spawns(out)  # capacity is restored while the old child finishes
+    assert s.sup.children[new.cid].replaces == reason
     out = s.step(2.0, s.exited(old, 0))
     assert s.sup.restarts == {reason: 1} and s.spawns(out) == []
 
@@ -83,7 +84,7 @@ def test_reload_rolls_children_one_at_a_time(sim):
     out = s.step(3.0, s.exited(a, 0), s.ready(d))
     assert s.kills(out) == [(b, signal.SIGTERM)]
     s.step(4.0, s.exited(b, 0))
-    assert s.live() == [c, d]
+    assert s.live() == [c, d] and s.sup.children[c].replaces == s.sup.children[d].replaces == "reload"
     assert [(x.cid, x.generation, x.pool.threads) for x in s.spawns(s.actions)][2:] == [(c, 1, 5), (d, 1, 5)]
     assert s.sup.restarts == {"reload": 2}
     assert s.spawns(s.step(5.0)) == []
@@ -126,6 +127,7 @@ def test_ttin_grows_and_ttou_shrinks_draining_the_oldest(sim):
     assert s.kills(out) == [(a, signal.SIGTERM)] and s.spawns(out) == []
     s.step(3.0, s.exited(a, 0))
     assert s.live() == [b, c] and sum(s.sup.restarts.values()) == 0  # shrinking is no restart
+    assert s.sup.children[c].replaces is None and not s.sup.pools["main"].owed
     for t in (4.0, 5.0, 6.0):  # never below one process
         s.step(t, s.sig(signal.SIGTTOU))
     assert s.sup.pools["main"].spec.processes == 1

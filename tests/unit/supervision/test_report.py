@@ -25,7 +25,7 @@ def test_status_shows_each_child_and_restarts_by_cause(sim):
     assert (first["inflight"], first["rss"], first["reconnects"]) == (2, 123, 1)
     assert (second["state"], second["consuming"], second["why"], second["reconnects"], second["cancels"],
             second["dead_letter_failures"]) == ("running", False, "vhost t is down", 4, 2, 1)
-    assert (third["state"], third["ready"]) == ("starting", False)
+    assert (third["state"], third["ready"], third["replaces"]) == ("starting", False, "max_tasks")
     assert (doc["reconnects"], doc["consumer_cancels"], doc["dead_letter_failures"]) == (5, 2, 1)
     assert doc["pools"][0]["threads"] == 3 and doc["pid"] == 42 and doc["uptime"] == 3.0
     s.step(4.0, s.exited(a, 0), s.exited(b, -signal.SIGKILL))

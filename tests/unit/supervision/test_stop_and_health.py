@@ -20,6 +20,7 @@ def test_a_silent_child_gets_sigabrt_then_sigkill_and_is_replaced(sim):
     assert s.kills(out) == [(a, signal.SIGABRT)] and s.state(a) == "aborted"
     assert "heartbeat timeout 10.0s); SIGABRT dumps its stacks" in s.logs(out)
     (b,) = [x.cid for x in s.spawns(out)]  # out of capacity: its replacement starts now
+    assert s.sup.children[b].replaces == "heartbeat" and s.sup.children[a].replaces is None
     assert s.kills(s.step(20.0, s.ready(b))) == []
     assert s.kills(s.step(20.01)) == [(a, signal.SIGKILL)]
     assert s.kills(s.step(24.0, s.hb(b))) == []
