@@ -1,8 +1,6 @@
-"""The pre-fork master's loop: it carries out what the supervision rules decide (fork, signal,
-sd_notify, log, read memory, reload) and feeds them what it observes (signals, child reports and
-exits). Single-threaded, no broker connection; it waits on child sentinels, their status pipes, a
-signal wake-up pipe and its local clients together, and never on any one of them. The rules
-themselves live in utilitarian.supervisor.supervision."""
+"""The pre-fork master's loop: single-threaded, no broker connection. It carries out what the
+supervision rules decide (fork, signal, sd_notify, log) and feeds them what it observes, waiting on
+children, their pipes, a signal wake-up pipe and local clients together, never on any one of them."""
 
 from __future__ import annotations
 

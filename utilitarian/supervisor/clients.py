@@ -1,7 +1,6 @@
-"""Local clients of the master (control socket, metrics port) served without ever blocking its loop:
-non-blocking sockets, a buffer and a deadline per client, a bounded number of clients. Partial
-reads and writes resume on a later turn; a client that is slow, idle or too big is dropped. The
-loop waits on `read_fds()`/`write_fds()` together with the children (`wait_io`)."""
+"""Local clients of the master (control socket, metrics port), served without ever blocking its
+loop: non-blocking sockets, a buffer and a deadline per client, a bounded number of clients; slow,
+idle or oversized clients are dropped. `wait_io` waits on them together with the children."""
 
 from __future__ import annotations
 

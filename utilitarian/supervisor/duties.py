@@ -1,7 +1,6 @@
-"""The clock-driven supervision rules, run by `Supervisor.step` after the events of a turn:
-heartbeat murder (SIGABRT with a stack dump, then SIGKILL, resent until reaped), the memory
-reading cadence, exit-when-idle, the stop deadline, and what systemd is told (READY once, STATUS,
-WATCHDOG only while healthy). Pure functions of (supervisor, now)."""
+"""The clock-driven supervision rules, run by `Supervisor.step` after a turn's events: heartbeat
+murder (SIGABRT, then SIGKILL until reaped), memory readings, exit-when-idle, the stop deadline,
+and sd_notify (READY once, STATUS, WATCHDOG only while healthy)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """What flows into the supervision rules (events the master's loop observed) and out of them
-(actions the loop carries out). Plain frozen values: the rules never touch a process, a socket or
-the clock, so a table of (now, events) -> actions tests every one of them."""
+(actions the loop carries out): plain frozen values, so (now, events) -> actions is a table test."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The exit-code contract, decided per child exit: what a child's end means for the worker.
-gunicorn's rule `if not worker.booted`: EX_CONFIG from a child is a reason to stop the master (and
-have systemd's RestartPreventExitStatus keep it down) only while no child has ever been ready
-since the master started; after that the broker refusing us is a transient state and the exit a
-crash, respawned with backoff and bounded by the crash-loop limit."""
+"""The exit-code contract, per child exit (gunicorn's `if not worker.booted`): EX_CONFIG from a
+child stops the master only while no child was ever ready since it started; after that a broker
+refusal is transient, and the exit a crash respawned with backoff under the crash-loop limit."""
 
 from __future__ import annotations
 

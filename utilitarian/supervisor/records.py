@@ -1,6 +1,5 @@
 """The records the supervision rules keep: child states and their allowed transitions, a child's
-last known figures, a pool's respawn state, and the tunables. Plain data, no behaviour beyond
-checking a transition."""
+last known figures, a pool's respawn state, and the tunables."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""What the master tells operators, computed from the supervision state: the `utilitarian status`
-document (per child: state, ready, consuming or why not, reconnects, cancels; restarts by cause)
-and the Prometheus text. Pure functions of (supervisor, now)."""
+"""What the master tells operators, from the supervision state: the `utilitarian status` document
+(per child state, ready, consuming or why not, reconnects, cancels; restarts by cause) and metrics."""
 
 from __future__ import annotations
 

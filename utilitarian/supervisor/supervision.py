@@ -1,8 +1,6 @@
-"""The master's supervision rules as a pure object: child states and their transitions, boot vs
-running, respawn backoff, the crash-loop limit, retire-and-replace, stop modes and the exit-code
-contract (exits.py); the clock-driven duties (heartbeat murder, idle exit, deadlines, sd_notify)
-are in duties.py. `Supervisor.step(now, events) -> actions`; the arbiter's loop forks, signals
-and notifies as told. No clock, no process, no socket here."""
+"""The master's supervision rules, pure: `Supervisor.step(now, events) -> actions` keeps child
+states, respawn backoff, the crash-loop limit, retire-and-replace and stop modes; the exit-code
+contract is in exits.py, the clock-driven duties in duties.py. No clock, process or socket here."""
 
 from __future__ import annotations
 
