@@ -46,8 +46,19 @@ class MasterKit:
     def run_dir(self) -> pathlib.Path:
         return self.tmp / "run"
 
-    def status(self, timeout: float = 30.0) -> dict:
-        """The first worker's `status --json` document ({} when none answers)."""
+    def status(self, timeout: float = 30.0, *, cli: bool = False) -> dict:
+        """The worker's status document ({} when none answers): what `status --json` prints for it.
+        Polling asks the control socket directly (a CLI process per poll is slow under load);
+        `cli=True` goes through `utilitarian status --json` itself."""
+        if not cli:
+            from utilitarian.supervisor.control import discover, query
+
+            for path in discover(str(self.run_dir())):
+                try:
+                    return query(path, timeout=timeout)
+                except (OSError, ValueError):
+                    return {}
+            return {}
         proc = subprocess.run([sys.executable, "-m", "utilitarian", "status", "--json", "--no-queues",
                                "--config", str(self.config_path)], capture_output=True, text=True, timeout=timeout)
         assert proc.returncode in (0, 3), proc.stderr

@@ -24,8 +24,8 @@ def ready_pids(doc: dict) -> set[int]:
     return {c["pid"] for c in doc.get("children", ()) if c["ready"] and c["state"] == "running"}
 
 
-def live_status(kit, worker) -> dict:
-    doc = kit.status()
+def live_status(kit, worker, *, cli: bool = False) -> dict:
+    doc = kit.status(cli=cli)
     if not doc and not worker.alive():
         raise AssertionError(f"the worker stopped (exit {worker.popen.poll()}):\n{worker.output()[-3000:]}")
     return doc
@@ -41,7 +41,7 @@ def test_a_child_exiting_78_after_the_worker_was_ready_is_respawned(kit):
     wait_for(lambda: flag.exists(), timeout=30, what="the child to exit 78")
     # Then the master respawns it: the message is redelivered and runs, the worker stays up
     wait_for(lambda: task_id in ran_counts(kit.sink), timeout=60, what="the redelivered task to run")
-    doc = live_status(kit, worker)
+    doc = live_status(kit, worker, cli=True)
     assert doc["restarts_by_cause"]["crash"] == 1 and doc["restarts"] == 1
     wait_for(lambda: len(ready_pids(live_status(kit, worker))) == 2, timeout=60, what="two ready children again")
     ids = kit.app.send_tasks([TaskCall("test.record", [i]) for i in range(20)])
@@ -166,7 +166,7 @@ def test_a_child_killed_while_local_clients_hang_is_respawned_within_2s(kit):
         latency = time.monotonic() - killed
         print(f"respawn latency with hanging clients: {latency:.3f}s")
         # and `status` answers while they still hang, counting the crash and showing the new child
-        doc = live_status(kit, worker)
+        doc = live_status(kit, worker, cli=True)
         assert victim not in {c["pid"] for c in doc["children"]}
         assert {c["pid"] for c in doc["children"]} == set(replacement)
         assert doc["restarts_by_cause"]["crash"] == 1
@@ -225,7 +225,7 @@ def test_children_killed_after_doing_work_are_respawned_without_a_crash_loop(kit
                  what="a replacement")
     # Then each is replaced, counted as a crash, and the worker keeps going
     wait_for(lambda: len(ready_pids(live_status(kit, worker))) == 1, timeout=60, what="a ready child")
-    doc = live_status(kit, worker)
+    doc = live_status(kit, worker, cli=True)
     assert doc["restarts_by_cause"]["crash"] == 3
     assert doc["totals"]["done"] == 15
     assert len({pid for _, pid, _ in read_sink(kit.sink)}) == 3
