@@ -60,7 +60,8 @@ def render(worker: str, counts, hist, children: list[dict], restarts: int, *, by
               "# TYPE utilitarian_child_replacements_total counter"]
     for pool, causes in sorted((by_pool or {}).items()):
         for cause, n in causes.items():
-            lines.append(f'utilitarian_child_replacements_total{{worker="{w}",pool="{_label(pool)}",cause="{cause}"}} {n}')
+            labels = f'worker="{w}",pool="{_label(pool)}",cause="{cause}"'
+            lines.append(f"utilitarian_child_replacements_total{{{labels}}} {n}")
     for key, name, text in (("reconnects", "utilitarian_reconnects_total", "Broker reconnections of the children."),
                             ("consumer_cancels", "utilitarian_consumer_cancels_total",
                              "Consumers cancelled by the broker (queue deleted, node down)."),

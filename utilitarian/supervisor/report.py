@@ -17,7 +17,8 @@ def children_status(sup: Supervisor, now: float) -> list[dict]:
         totals = totals_of(c.stats)
         out.append({
             "pid": c.pid, "pool": c.pool, "state": c.state.value, "ready": c.ready, "consuming": c.consuming,
-            "why": c.why, "replaces": c.replaces, **{key: c.counters[key] for key in CHILD_COUNTERS}, "pending_later": c.pending_later,
+            "why": c.why, "replaces": c.replaces, **{key: c.counters[key] for key in CHILD_COUNTERS},
+            "pending_later": c.pending_later,
             "rss": c.rss, "done": totals["done"], "failed": totals["failed"], "retried": totals["retried"],
             "refused": totals["refused"], "inflight": c.inflight, "uptime": round(now - c.started, 1),
             "heartbeat_age": round(now - c.last_seen, 2)})
@@ -46,7 +47,8 @@ def metrics_text(sup: Supervisor, now: float) -> str:
     from utilitarian.supervisor.metrics import render
 
     counts, hist = sup.stats.merged()
-    return render(sup.plan.name, counts, hist, children_status(sup, now), sup.restarts["crash"] + sup.restarts["heartbeat"],
+    unexpected = sup.restarts["crash"] + sup.restarts["heartbeat"]
+    return render(sup.plan.name, counts, hist, children_status(sup, now), unexpected,
                   by_pool={name: by_cause(p.restarts) for name, p in sup.pools.items()},
                   totals={"reconnects": sup.counter_total("reconnects"),
                           "consumer_cancels": sup.counter_total("cancels"),

@@ -36,6 +36,10 @@ def test_task_call_lives_with_the_tasks_and_app_is_not_imported_by_them():
     assert not {m for m in module_imports(ROOT / "tasks.py") if m.startswith("utilitarian.app")}
 
 
+def _name(node) -> str:
+    return getattr(node, "attr", getattr(node, "id", ""))
+
+
 def _literal_exit_codes(path: pathlib.Path) -> list[str]:
     tree = ast.parse(path.read_text())
     command = path.parent.name == "commands" or path.name == "cli.py"
@@ -46,10 +50,9 @@ def _literal_exit_codes(path: pathlib.Path) -> list[str]:
             values = [node.value] + ([node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [])
         elif isinstance(node, ast.Compare):
             values = list(node.comparators)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("exit", "_exit"):
+        elif isinstance(node, ast.Call) and _name(node.func) in {"exit", "_exit"}:
             values = list(node.args)
-        elif isinstance(node, ast.Assign) and any(getattr(t, "id", getattr(t, "attr", "")) in ("code", "exit_code")
-                                                  for t in node.targets):
+        elif isinstance(node, ast.Assign) and any(_name(t) in {"code", "exit_code"} for t in node.targets):
             values = [node.value]
         for v in values:
             if isinstance(v, ast.Constant) and type(v.value) is int:
