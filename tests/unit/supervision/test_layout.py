@@ -40,6 +40,14 @@ def _name(node) -> str:
     return getattr(node, "attr", getattr(node, "id", ""))
 
 
+def _is_exit_code(node) -> bool:
+    """`code == 78`, `proc.returncode != 0`, `main(...) == 64`; not `register_type == 0x40`."""
+    if isinstance(node, ast.Call):
+        return _name(node.func) in {"main", "wait", "run", "poll"}
+    name = _name(node).lower()
+    return "code" in name or "exit" in name or name in {"rc", "status"}
+
+
 def _literal_exit_codes(path: pathlib.Path) -> list[str]:
     tree = ast.parse(path.read_text())
     command = path.parent.name == "commands" or path.name == "cli.py"
@@ -48,7 +56,7 @@ def _literal_exit_codes(path: pathlib.Path) -> list[str]:
         values = []
         if isinstance(node, ast.Return) and node.value is not None:
             values = [node.value] + ([node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [])
-        elif isinstance(node, ast.Compare):
+        elif isinstance(node, ast.Compare) and _is_exit_code(node.left):
             values = list(node.comparators)
         elif isinstance(node, ast.Call) and _name(node.func) in {"exit", "_exit"}:
             values = list(node.args)
