@@ -160,7 +160,7 @@ class Child:
             writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(), consuming=consumer.consuming,
                              idle=round(runner.idle_for(), 3), why=consumer.why if not self.stop else "draining",
                              reconnects=rules.reconnects, cancels=rules.cancels,
-                             dead_letter_failures=runner.dead_letter_failures)
+                             dead_letter_failures=runner.dead_letter_failures, pending_later=runner.held > 0)
 
         def tick() -> None:
             nonlocal last_beat

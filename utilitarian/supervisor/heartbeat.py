@@ -2,10 +2,12 @@
 ("ready", "retire", "boot_failed") must arrive, periodic snapshots may be dropped when the
 pipe is full (the next one carries the same cumulative figures).
 
-Heartbeat fields: stats, inflight, consuming, idle, and why (str or null: why the child is not
-consuming now, never a secret), reconnects, cancels (consumers cancelled by the broker) and
-dead_letter_failures (follow-up publishes that failed), all cumulative. Only the master holds
-the read end: EPIPE on a write means the master is gone (`master_gone`)."""
+Heartbeat fields the master reads (each optional, so an older child still works): stats,
+inflight, idle, consuming, why (str or null: why not consuming, never a secret), reconnects,
+cancels (consumers cancelled by the broker), dead_letter_failures (follow-up publishes that
+failed: dead letters, retries, delays), all cumulative; pending_later (deliveries held for a
+delayed requeue: exit-when-idle waits). Only the master holds the read end: EPIPE on a write
+means the master is gone (`master_gone`)."""
 
 from __future__ import annotations
 
@@ -70,10 +72,12 @@ class StatusReader:
         self._buffer = b""
         self.eof = False
 
-    def read(self) -> list[dict]:
-        """All complete lines available now."""
+    def read(self, max_bytes: int = 1 << 20) -> list[dict]:
+        """Complete lines available now (at most about `max_bytes` per call, so that a child
+        writing without pause cannot keep the master's loop here)."""
         chunks = []
-        while True:
+        size = 0
+        while size < max_bytes:
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -85,6 +89,7 @@ class StatusReader:
                 self.eof = True
                 break
             chunks.append(chunk)
+            size += len(chunk)
         if not chunks:
             return []
         data = self._buffer + b"".join(chunks)

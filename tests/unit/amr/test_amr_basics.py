@@ -98,7 +98,8 @@ def test_serial_defaults():
 
 
 @pytest.mark.parametrize("url,key,fragment", [
-    ("dlms+tcp://h:1", "url", "unsupported scheme"),
+    ("dlsm+tcp://h:1", "url", "did you mean 'dlms+tcp'"),
+    ("ftp://h:1", "url", "unsupported scheme"),
     ("modbus+tpc://h:1", "url", "did you mean 'modbus+tcp'"),
     ("modbus+tcp://h:1?device=3", "url.device", "did you mean 'device_id'"),
     ("modbus+tcp://h:1?device_id=300", "url.device_id", "between 0 and 255"),
@@ -143,7 +144,7 @@ def test_url_round_trip():
 
 
 def test_session_log_overlaps_with_grace():
-    from utilitarian.amr.simulate.sessions import SessionLog
+    from utilitarian_sim.sessions import SessionLog
     now = {"t": 0.0}
     log = SessionLog(clock=lambda: now["t"])
     # a: 0-1, b: 0.99-2 (overlap 10 ms: a late close), c: 3-5 and d: 3.5-4 (real overlap)
