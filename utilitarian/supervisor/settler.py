@@ -49,7 +49,8 @@ class Settler:
             self._cond.notify()
 
     def flush_timers(self) -> None:
-        """Run every timer now (a drain does not wait for backoffs)."""
+        """Run every timer now, and from now on every timer at once (a drain does not wait
+        for backoffs, including those of deliveries still being handled)."""
         with self._cond:
             self._flush = True
             self._cond.notify()
@@ -75,8 +76,6 @@ class Settler:
                 jobs, self._jobs = self._jobs, []
                 while self._timers and (self._flush or self._timers[0][0] <= now):
                     jobs.append(heapq.heappop(self._timers)[2])
-                if not self._timers:
-                    self._flush = False
                 if not jobs and now < next_tick:
                     wake = next_tick if not self._timers else min(next_tick, self._timers[0][0])
                     self._cond.wait(max(0.0, wake - now))

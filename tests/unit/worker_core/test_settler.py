@@ -44,6 +44,8 @@ def test_timers_wait_for_their_time_unless_flushed():
         settler.flush_timers()  # a drain does not wait for backoffs
         wait_until(lambda: len(fired) == 2)
         assert fired[1] == "flushed" and settler.pending() == 0
+        settler.call_at(time.monotonic() + 60.0, lambda: fired.append("added while draining"))
+        wait_until(lambda: len(fired) == 3)
     finally:
         settler.stop()
 
