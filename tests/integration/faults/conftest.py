@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from support.broker_admin import VhostPool
+from support.fault_lanes import FaultLanes
 from support.procs import Proc, ran_counts, wait_for, write_config
 from support.rabbit import PrivateNode
 from utilitarian.app import App, TaskCall
@@ -51,11 +52,13 @@ class _NodeBoot:
 
     def _boot(self):
         try:
+            if not shutil.which("rabbitmq-server"):
+                raise RuntimeError("no rabbitmq-server binary for a private node")
             node = PrivateNode()
             node.start()
             self.pool = VhostPool(node, 2)
             self.node = node
-        except BaseException as exc:  # reported to the test that needs the node
+        except BaseException as exc:  # reported to the case that needs the node
             self.error = exc
         finally:
             self.done.set()
@@ -69,28 +72,10 @@ class _NodeBoot:
             pytest.skip(message)
         return self.node
 
-
-@pytest.fixture(scope="session")
-def private_boot():
-    if not shutil.which("rabbitmq-server"):
-        message = "the fault suite needs the rabbitmq-server binary for a private node"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    boot = _NodeBoot()
-    yield boot
-    boot.done.wait(180)
-    if boot.node is not None:
-        boot.node.stop()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _start_private_node_early(request):
-    # Boot the private node at once: the shared-broker cases run meanwhile.
-    here = str(pathlib.Path(__file__).parent)
-    if any(name.startswith("private") for item in request.session.items if str(item.fspath).startswith(here)
-           for name in getattr(item, "fixturenames", ())):
-        request.getfixturevalue("private_boot")
+    def stop(self) -> None:
+        self.done.wait(180)
+        if self.node is not None:
+            self.node.stop()
 
 
 class FaultKit:
@@ -177,28 +162,35 @@ class FaultKit:
                 pass
 
 
+def _selected_cases(session) -> list:
+    here = str(pathlib.Path(__file__).parent)
+    cases = []
+    for item in session.items:
+        body = getattr(getattr(item, "function", None), "fault_case", None)
+        if body is not None and str(item.fspath).startswith(here):
+            cases.append((body, item.function.fault_private))
+    return cases
+
+
 @pytest.fixture(scope="session")
-def shared_pool(rabbit, request):
+def fault_lanes(request, rabbit, tmp_path_factory):
+    """Every selected fault case, started at once in lanes (see support/fault_lanes.py)."""
     if not rabbit.has_ctl:
         pytest.fail("the fault suite needs rabbitmqctl for the test broker", pytrace=False)
-    here = str(pathlib.Path(__file__).parent)
-    wanted = sum(1 for item in request.session.items if str(item.fspath).startswith(here)
-                 and "kit" in getattr(item, "fixturenames", ()))
-    pool = VhostPool(rabbit, max(1, wanted))
-    yield pool
-    pool.close()
+    cases = _selected_cases(request.session)
+    private = _NodeBoot() if any(p for _, p in cases) else None
+    shared_pool = VhostPool(rabbit, max(1, sum(1 for _, p in cases if not p)))
+    dirs = {body: tmp_path_factory.mktemp(body.__name__[:40]) for body, _ in cases}  # here, not in the lanes
 
+    def make_kit(body, is_private: bool) -> FaultKit:
+        if is_private:
+            node = private.get()
+            return FaultKit(dirs[body], node, private.pool.take(), body.__name__)
+        return FaultKit(dirs[body], rabbit, shared_pool.take(), body.__name__)
 
-@pytest.fixture
-def kit(tmp_path, rabbit, shared_pool, request):
-    k = FaultKit(tmp_path, rabbit, shared_pool.take(), request.node.name)
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def private_kit(tmp_path, private_boot, request):
-    node = private_boot.get()
-    k = FaultKit(tmp_path, node, private_boot.pool.take(), request.node.name)
-    yield k
-    k.close()
+    lanes = FaultLanes(cases, make_kit, FaultKit.close)
+    yield lanes
+    lanes.close()
+    shared_pool.close()
+    if private is not None:
+        private.stop()

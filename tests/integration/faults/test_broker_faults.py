@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 
 from support.broker_admin import close_connections, delete_queue, grant, revoke_and_disconnect
+from support.fault_lanes import fault_case
 from support.procs import wait_for
 from utilitarian import queues
 from utilitarian.broker.topology import declare_topology
@@ -35,9 +36,10 @@ def probe(kit) -> None:
     wait_for(lambda: task_id in kit.ran(), timeout=30, what="a probe task after the fault")
 
 
+@fault_case()
 def test_access_refused_on_reconnect(kit):
-    # Given 2,000 tasks being consumed
-    ids = kit.send("test.sleep", [[0.005] for _ in range(2000)])
+    # Given 1,000 tasks being consumed
+    ids = kit.send("test.sleep", [[0.005] for _ in range(1000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
     progress(kit, ids, 200, what="tasks before the permissions go")
     # When the user's permissions on the vhost are revoked (a deploy rotating them) and the
@@ -46,15 +48,23 @@ def test_access_refused_on_reconnect(kit):
     wait_for(lambda: not worker.alive() or worker.output().count("access refused") >= 2, timeout=30,
              what="both children to be refused")
     assert worker.alive(), f"the worker stopped with exit {worker.wait(1)}"  # it consumed: not a boot failure
-    grant(kit.rabbit, kit.vhost)
+    try:
+        why = wait_for(lambda: [c["why"] for c in kit.status()["children"] if not c["consuming"] and c["why"]],
+                       timeout=30, what="status to say why")
+        assert any("access refused" in w for w in why), why
+    finally:
+        grant(kit.rabbit, kit.vhost)
     # Then they get back in by themselves and every task runs
     all_ran(kit, ids)
     kit.wait_ready(2)
+    doc = wait_for(lambda: (d := kit.status())["reconnects"] >= 2 and all(c["consuming"] for c in d["children"])
+                   and d, timeout=15, what="status after the fault")
     probe(kit)
     assert stop(worker) == 0
-    kit.figures("access refused on reconnect", ids)
+    kit.figures("access refused on reconnect", ids, f"{doc['reconnects']} reconnects")
 
 
+@fault_case()
 def test_queue_deleted_under_its_consumers(kit):
     # Given a worker consuming the default queue (and 200 tasks it ran)
     before = kit.send("test.record", [[i] for i in range(200)])
@@ -68,11 +78,13 @@ def test_queue_deleted_under_its_consumers(kit):
     wait_for(lambda: kit.consumers(DEFAULT) == 2, timeout=30, what="both children consuming again")
     after = kit.send("test.record", [[i] for i in range(300)])
     all_ran(kit, after, what="tasks sent after the deletion")
-    assert "consumer cancelled by the broker" in worker.output()
+    doc = wait_for(lambda: (d := kit.status())["consumer_cancels"] >= 2 and all(
+        c["consuming"] and c["why"] is None for c in d["children"]) and d, timeout=15, what="cancels in status")
     assert stop(worker) == 0
-    kit.figures("queue deleted under its consumers", after)
+    kit.figures("queue deleted under its consumers", after, f"{doc['consumer_cancels']} cancels")
 
 
+@fault_case()
 def test_queue_missing_after_a_connection_blip(kit):
     # Given a worker consuming two queues
     ids = kit.send("test.sleep", [[0.005] for _ in range(1000)])
@@ -86,6 +98,9 @@ def test_queue_missing_after_a_connection_blip(kit):
              what="both queues consumed again")
     more = kit.send("test.record", [[i] for i in range(200)], queue="amr")
     all_ran(kit, ids + more)
+    kit.wait_ready(2)
+    doc = wait_for(lambda: (d := kit.status())["reconnects"] >= 2 and d, timeout=15, what="reconnects in status")
     probe(kit)
     assert stop(worker) == 0
-    kit.figures("queue missing after a connection blip", ids + more)
+    kit.figures("queue missing after a connection blip", ids + more,
+                f"{doc['reconnects']} reconnects, {doc['consumer_cancels']} cancels")

@@ -9,10 +9,12 @@ import time
 
 import psutil
 
+from support.fault_lanes import fault_case
 from support.procs import children_of, read_sink, wait_for
 from utilitarian import queues
 
 
+@fault_case()
 def test_children_of_a_sigkilled_master_drain_and_exit(kit):
     graceful = 10.0
     # Given 60 tasks of 1 s on 2 children x 4 threads

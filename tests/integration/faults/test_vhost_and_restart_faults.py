@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 
 from support.broker_admin import restart_broker, vhost_down_for
+from support.fault_lanes import fault_case
 from support.procs import wait_for
 from utilitarian import queues
 
@@ -33,31 +34,37 @@ def probe(kit) -> None:
     wait_for(lambda: task_id in kit.ran(), timeout=30, what="a probe task after the fault")
 
 
-def test_vhost_down_and_up(private_kit):
-    kit = private_kit
-    # Given 3,000 tasks being consumed by 2 children
-    ids = kit.send("test.sleep", [[0.005] for _ in range(3000)])
+@fault_case(private=True)
+def test_vhost_down_and_up(kit):
+    # Given 2,000 tasks being consumed by 2 children
+    ids = kit.send("test.sleep", [[0.005] for _ in range(2000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
     progress(kit, ids, 300, what="tasks before the vhost goes down")
-    # When the vhost goes down for 8 s (connections closed with "vhost is down", every
+    # When the vhost goes down for 5 s (connections closed with "vhost is down", every
     # reconnect refused with 541 until it is restarted)
-    admin = vhost_down_for(kit.rabbit, kit.vhost, 8.0)
+    admin = vhost_down_for(kit.rabbit, kit.vhost, 5.0)
     wait_for(lambda: not worker.alive() or worker.output().count("vhost is down") >= 2 or admin.poll() is not None,
              timeout=60, what="both children to meet the down vhost")
     assert worker.alive(), f"the worker stopped with exit {worker.wait(1)}"  # it consumed: not a boot failure
     assert worker.output().count("vhost is down") >= 2, admin.communicate()[0]
+    # status says why they are not consuming, while it lasts
+    why = wait_for(lambda: [c["why"] for c in kit.status()["children"] if not c["consuming"] and c["why"]]
+                   or admin.poll() is not None, timeout=60, what="status to say why")
+    assert isinstance(why, list) and any("is down" in w for w in why), why
     assert admin.wait(120) == 0, admin.communicate()[0]
     # Then they consume again, every task runs, and the worker stops normally
     all_ran(kit, ids)
     wait_for(lambda: kit.depth(DEFAULT)[DEFAULT] == 0, timeout=30, what="the queue to drain")
     kit.wait_ready(2)
+    doc = wait_for(lambda: (d := kit.status())["reconnects"] >= 2 and all(
+        c["consuming"] and c["why"] is None for c in d["children"]) and d, timeout=15, what="status after the fault")
     probe(kit)
     assert stop(worker) == 0
-    kit.figures("vhost down and up", ids)
+    kit.figures("vhost down and up", ids, f"{doc['reconnects']} reconnects")
 
 
-def test_five_broker_restarts_during_5000_tasks(private_kit):
-    kit = private_kit
+@fault_case(private=True)
+def test_five_broker_restarts_during_5000_tasks(kit):
     kit.configure("[worker]\nmax_deliveries = 50\n")
     ids = kit.send("test.record", [[i] for i in range(5000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "8")
@@ -69,8 +76,10 @@ def test_five_broker_restarts_during_5000_tasks(private_kit):
     all_ran(kit, ids)
     wait_for(lambda: kit.depth(DEFAULT)[DEFAULT] == 0, timeout=30, what="the queue to drain")
     kit.wait_ready(2)
+    doc = wait_for(lambda: (d := kit.status())["reconnects"] >= 10 and d, timeout=15,
+                   what="10 reconnects in status (each child, each restart)")
     probe(kit)
     assert stop(worker) == 0
-    row = kit.figures("five broker restarts during 5,000 tasks", ids)
+    row = kit.figures("five broker restarts during 5,000 tasks", ids, f"{doc['reconnects']} reconnects")
     assert row["lost"] == 0 and row["duplicated"] <= 5 * 2 * 8
     assert kit.depth(DEAD)[DEAD] == 0
