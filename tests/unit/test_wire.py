@@ -36,10 +36,13 @@ def test_floats_encode_as_double_as_py_amqp_does():
     table = {"timelimit": [30.0, 20.5], "n": None}
     raw = encode_table(table)
     assert b"d" + struct.pack(">d", 20.5) in raw
-    # pika's decoder truncates doubles to integers (pika 1.x data.decode_value, kind b"d"): a
-    # limit of 20.5 s reads back as 20 s on our side; Celery's py-amqp reads 20.5.
+    # pika's own decoder truncates doubles to integers (pika 1.x data.decode_value, kind b"d"); the
+    # consumer installs broker/pika_floats.py, so a limit of 20.5 s reads back as 20.5 s, as in py-amqp.
+    from utilitarian.broker import pika_floats
+
+    pika_floats.install()
     decoded, _ = pika_data.decode_table(raw, 0)
-    assert decoded == {"timelimit": [30, 20], "n": None}
+    assert decoded == {"timelimit": [30.0, 20.5], "n": None}
 
 
 def test_celery_headers_and_all_properties_match_pika():

@@ -13,11 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from utilitarian.broker import pika_floats
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
 from utilitarian.broker.recovery import ConnectionRules, Exit
 
 log = logging.getLogger(__name__)
+pika_floats.install()  # header doubles (Celery's `timelimit`) must not arrive truncated to integers
 
 __all__ = ["ACK", "DROP", "REQUEUE", "Consumer", "Delivery"]
 

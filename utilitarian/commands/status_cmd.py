@@ -118,9 +118,10 @@ def run(args) -> int:
         print(f"  tasks: {t['done']} done, {t['failed']} failed, {t['retried']} retried, "
               f"{t['refused']} refused, {t['deferred']} deferred")
         causes = {k: n for k, n in (w.get("restarts_by_cause") or {}).items() if n}
-        if causes or w.get("reconnects") or w.get("consumer_cancels"):
+        if causes or w.get("reconnects") or w.get("consumer_cancels") or w.get("dead_letter_failures"):
             print(f"  replaced: {', '.join(f'{n} {k}' for k, n in causes.items()) or 'none'}; "
-                  f"{w.get('reconnects', 0)} reconnects, {w.get('consumer_cancels', 0)} consumer cancels")
+                  f"{w.get('reconnects', 0)} reconnects, {w.get('consumer_cancels', 0)} consumer cancels, "
+                  f"{w.get('dead_letter_failures', 0)} failed dead letters/retries (requeued after a backoff)")
         for pool in w["pools"]:
             short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"])
             print(f"  pool {pool['name']}: {pool['processes']} x {pool['threads']} threads on {short}")
