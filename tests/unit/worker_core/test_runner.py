@@ -203,7 +203,7 @@ def test_a_message_that_cannot_be_dead_lettered_is_requeued_after_a_backoff_not_
         failed_at = time.monotonic()
         runner.submit(d)
         wait_until(lambda: runner.dead_letter_failures == 1)
-        assert runner.in_flight() == 1  # held, not settled yet: a drain waits for it
+        wait_until(lambda: runner.in_flight() == 1)  # held, not settled yet: a drain waits for it
         wait_until(lambda: consumer.by_tag().get(d.delivery_tag))
         (tag, how, at), = consumer.settles
         assert how == REQUEUE and at - failed_at >= 0.45  # first backoff: 0.5-1.0 s
