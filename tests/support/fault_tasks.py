@@ -15,17 +15,17 @@ from utilitarian.tasks import SoftTimeLimitExceeded, task
 from support.worker_tasks import _sink
 
 
-@task("fault.near_soft", queue=queues.DEFAULT, bind=True, max_retries=0, soft_time_limit=0.2)
+@task("fault.near_soft", queue=queues.DEFAULT, bind=True, max_retries=0, soft_time_limit=0.05)
 def near_soft(ctx, seconds: float) -> None:
-    """Ends around its 0.2 s soft limit: before it, at it, or interrupted by it (and cleans up).
-    A limit arriving well before 0.2 s was meant for another task: recorded as "early"."""
+    """Ends around its 0.05 s soft limit: before it, at it, or interrupted by it (and cleans up).
+    A limit arriving well before 0.05 s was meant for another task: recorded as "early"."""
     started = time.monotonic()
     _sink(f"{ctx.id} {os.getpid()} ran")
     try:
         while time.monotonic() < started + seconds:
             time.sleep(0.005)
     except SoftTimeLimitExceeded:
-        if time.monotonic() - started < 0.19:
+        if time.monotonic() - started < 0.045:
             _sink(f"{ctx.id} {os.getpid()} early")
 
 

@@ -39,13 +39,13 @@ def probe(kit) -> None:
 
 @fault_case()
 def test_300_tasks_ending_around_their_soft_limit(kit):
-    # Given 300 tasks on one child of 4 threads, two in three ending right at their 0.2 s soft limit
-    # (a batch of them ends together: the completion of one wakes the pump while the others pass
-    # their limit and return), the others before or after it. The old runner raised the limit
-    # into whatever the thread ran by then: in the executor's loop all 4 pool threads died and
-    # the deliveries they had just taken were stranded.
+    # Given 300 tasks on one child of 4 threads, two in three ending right at their 0.05 s soft
+    # limit (the completion of one wakes the pump while others pass their limit and return), the
+    # others before or after it. The old runner raised the limit into whatever the thread ran by
+    # then: in the executor's loop pool threads died (3 of 4, as reported) and the deliveries they
+    # had just taken were stranded.
     rng = random.Random(11)
-    ids = kit.send("fault.near_soft", [[0.2 if i % 3 else rng.uniform(0.15, 0.25)] for i in range(300)])
+    ids = kit.send("fault.near_soft", [[0.05 if i % 3 else rng.uniform(0.03, 0.07)] for i in range(300)])
     kit.worker("-Q", "default", "-c", "1", "--threads", "4", "--graceful-timeout", "30")
     # Then every task runs (a soft limit landing in the pool's loop killed threads and stranded
     # their deliveries before), and nothing stays in flight
