@@ -25,8 +25,7 @@ def near_soft(ctx, seconds: float) -> None:
         while time.monotonic() < started + seconds:
             time.sleep(0.005)
     except SoftTimeLimitExceeded:
-        if time.monotonic() - started < 0.045:
-            _sink(f"{ctx.id} {os.getpid()} early")
+        _sink(f"{ctx.id} {os.getpid()} {'early' if time.monotonic() - started < 0.045 else 'soft'}")
 
 
 @task("fault.system_exit", queue=queues.DEFAULT, bind=True, max_retries=2)
