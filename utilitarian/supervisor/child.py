@@ -95,7 +95,7 @@ class Child:
                   name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index} publisher")
         consumer = Consumer(spec.settings, list(pool.queues), pool.threads, on_delivery=lambda d: runner.submit(d),
                             name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index}")
-        consumer.prepare = ensure_declared
+        consumer.prepare = lambda conn, channel: ensure_declared(conn, channel, spec.settings.queue_type)
         stats = TaskStats()
         runner = TaskRunner(registry=spec.registry, app=app, consumer=consumer, threads=pool.threads, stats=stats,
                             max_deliveries=spec.config.worker.max_deliveries,
