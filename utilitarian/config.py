@@ -10,12 +10,12 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from utilitarian import queues
-from utilitarian.amr.settings import AmrConfig
 from utilitarian.config_schema import Binder, _join, setting
 from utilitarian.errors import ConfigError, ConfigErrors
+from utilitarian.plugins import config_sections
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -194,9 +194,17 @@ class Config:
     schedule: dict[str, ScheduleEntry] = field(default_factory=dict)
     tasks: dict[str, TaskOptions] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    amr: AmrConfig = field(default_factory=AmrConfig)
-    meter_types: dict[str, Any] = field(default_factory=dict)
+    # Tables added by plugins (utilitarian.plugins, group utilitarian.config), by name: `[amr]`
+    # and `[meter_types]` come from our AMR package that way. Read them as attributes.
+    sections: Mapping[str, Any] = field(default_factory=dict, metadata={"flatten": True})
     source: str | None = None  # the file this came from, None for built-in defaults
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: plugin sections read like core ones (config.amr).
+        sections = self.__dict__.get("sections")
+        if sections is not None and not name.startswith("__") and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!s} has no section or attribute {name!r}")
 
     # --- derived values -------------------------------------------------------------------
     def broker_url(self) -> str:
@@ -256,13 +264,25 @@ def parse_config(raw: dict, *, file: str | None = None) -> Config:
 
     raw = dict(raw)
     raw["schedule"] = merged_schedule_tables(raw)
+    plugin_sections = config_sections()
     binder = Binder(file)
-    bound = binder.bind(Config, {k: v for k, v in raw.items() if k != "source"}, "")
-    if "source" in raw:
-        binder.error("source", "unknown key")
+    sections: dict[str, Any] = {}
+    for name, section in plugin_sections.items():
+        value = raw.pop(name, None)
+        if section.schema is None:
+            if value is not None and not isinstance(value, dict):
+                binder.error(name, f"expected a table, got {type(value).__name__}")
+            sections[name] = section.default() if value is None else value
+        else:
+            sections[name] = binder.bind(section.schema, {} if value is None else value, name)
+    core = {k: v for k, v in raw.items() if k not in ("source", "sections")}
+    bound = binder.bind(Config, core, "")
+    for key in ("source", "sections"):
+        if key in raw:
+            binder.error(key, "unknown key")
     if binder.errors:
         raise ConfigErrors(binder.errors)
-    return finish(bound, file)
+    return finish(dataclasses.replace(bound, sections=sections), file)
 
 
 def finish(config: Config, file: str | None) -> Config:
@@ -292,15 +312,9 @@ def finish(config: Config, file: str | None) -> Config:
         if not profile.pools:
             errors.append(ConfigError("a profile needs at least one [[pools]] table", file=file,
                                       key=f"workers.{name}.pools"))
-    if config.meter_types:
-        from utilitarian.amr.meter_types import parse_meter_types
-
-        try:
-            parse_meter_types(config.meter_types, file=file or "<defaults>")
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
-        except ConfigError as exc:
-            errors.append(exc)
+    for name, section in config_sections().items():
+        if section.check is not None:
+            errors.extend(section.check(config.sections[name], file))
     if not errors:
         try:
             _resolve_broker_url(config)

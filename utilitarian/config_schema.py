@@ -185,7 +185,13 @@ def masked_items(obj: Any, path: str = "") -> list[tuple[str, Any]]:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             key = _join(path, f.name)
-            if f.metadata.get("secret") and value:
+            if f.metadata.get("flatten"):  # plugin sections: `amr.x`, not `sections.amr.x`
+                for name, section in value.items():
+                    if dataclasses.is_dataclass(section):
+                        out.extend(masked_items(section, _join(path, name)))
+                    elif section:
+                        out.append((_join(path, name), section))
+            elif f.metadata.get("secret") and value:
                 out.append((key, mask_secret(value)))
             elif dataclasses.is_dataclass(value) or isinstance(value, dict) and value and all(
                     dataclasses.is_dataclass(v) for v in value.values()):

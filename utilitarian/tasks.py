@@ -16,8 +16,10 @@ from utilitarian.protocol import UnknownTask
 
 log = logging.getLogger(__name__)
 
-# Modules every worker imports; a site adds its own with `-I` / `[worker] imports`.
-BUILTIN_TASK_MODULES = ("utilitarian.builtin_tasks", "utilitarian.amr.tasks")
+# Modules every worker imports. Packages add theirs through the `utilitarian.tasks` entry-point
+# group (utilitarian.plugins; our AMR tasks come that way); a site may also name modules with
+# `-I` / `[worker] imports`.
+BUILTIN_TASK_MODULES = ("utilitarian.builtin_tasks",)
 
 
 class Retry(Exception):
@@ -177,7 +179,9 @@ class Registry:
     @classmethod
     def for_config(cls, config, extra_modules: Iterable[str] = ()) -> "Registry":
         """Built-in tasks + `[worker] imports` + `extra_modules`, with `[tasks]` overrides."""
-        names = list(BUILTIN_TASK_MODULES) + list(config.worker.imports) + list(extra_modules)
+        from utilitarian.plugins import task_modules
+
+        names = list(BUILTIN_TASK_MODULES) + task_modules() + list(config.worker.imports) + list(extra_modules)
         return cls.from_modules(names, source=config.source).configured(config)
 
     def configured(self, config) -> "Registry":

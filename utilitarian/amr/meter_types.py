@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 
 from utilitarian.errors import ConfigError, ConfigErrors
+from utilitarian.plugins import ConfigSection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -244,3 +245,18 @@ def load_builtin_meter_types() -> dict[str, MeterType]:
             document = tomllib.loads(entry.read_text(encoding="utf-8"))
             result.update(parse_meter_types(document.get("meter_types", {}), file=entry.name))
     return result
+
+
+def _check_section(raw: dict, file: str | None) -> list[ConfigError]:
+    try:
+        parse_meter_types(raw, file=file or "<defaults>")
+    except ConfigErrors as exc:
+        return list(exc.errors)
+    except ConfigError as exc:
+        return [exc]
+    return []
+
+
+# Registered as the `[meter_types]` table through the `utilitarian.config` entry-point group: a
+# site's own register maps, checked by `config check` and every process alike.
+CONFIG_SECTION = ConfigSection(None, check=_check_section)

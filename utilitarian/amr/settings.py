@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from utilitarian.config_schema import setting
+from utilitarian.plugins import ConfigSection
 
 STAMP_CHOICES = ("slot", "poll")
 EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
@@ -76,3 +77,7 @@ class AmrConfig:
     store_timeout: float = setting(30.0, min=0.1, max=3600.0,
                                    doc="wait for a connection or a lock before failing")
     publish: PublishSettings = field(default_factory=PublishSettings)
+
+
+# Registered as the `[amr]` table through the `utilitarian.config` entry-point group.
+CONFIG_SECTION = ConfigSection(AmrConfig)

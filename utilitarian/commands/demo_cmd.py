@@ -104,10 +104,10 @@ interface_defer = 1.0
 
 
 def _fleet(args):
-    from utilitarian.amr.simulate.faults import Faults
-    from utilitarian.amr.simulate.iec_meter import SimIecMeter
-    from utilitarian.amr.simulate.iec_server import IecSimulator
-    from utilitarian.amr.simulate.modbus_sim import ModbusFleetSimulator, SimModbusMeter
+    from utilitarian_sim.faults import Faults
+    from utilitarian_sim.iec_meter import SimIecMeter
+    from utilitarian_sim.iec_server import IecSimulator
+    from utilitarian_sim.modbus_sim import ModbusFleetSimulator, SimModbusMeter
 
     per_gateway = 120
     types = ("eastron_sdm630", "eastron_sdm120", "abb_b23")

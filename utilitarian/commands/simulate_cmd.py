@@ -104,7 +104,7 @@ def register(subparsers, parent) -> None:
 
 
 def _faults(args):
-    from utilitarian.amr.simulate import Faults
+    from utilitarian_sim import Faults
     return Faults(latency=args.latency, timeout=args.timeout_rate, garble=args.garble_rate,
                   disconnect=args.disconnect_rate, bad_bcc=getattr(args, "bad_bcc_rate", 0.0),
                   nak=getattr(args, "nak_rate", 0.0), exception=getattr(args, "exception_rate", 0.0),
@@ -116,7 +116,7 @@ def _ports(args, count: int):
 
 
 def _build(args):
-    from utilitarian.amr import simulate as sim
+    import utilitarian_sim as sim
     faults = _faults(args)
     if args.kind == "modbus":
         meters = sim.modbus_meters(args.meters, gateways=args.gateways,
@@ -149,7 +149,7 @@ def run(args) -> int:
     import signal
     import threading
 
-    from utilitarian.amr.simulate import write_meter_list
+    from utilitarian_sim import write_meter_list
     from utilitarian.commands.common import load
     from utilitarian.errors import UsageError
 

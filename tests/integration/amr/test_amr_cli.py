@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from utilitarian.amr.simulate import IecSimulator, ModbusFleetSimulator, SimIecMeter, SimModbusMeter
+from utilitarian_sim import IecSimulator, ModbusFleetSimulator, SimIecMeter, SimModbusMeter
 from utilitarian.cli import main
 
 if sys.version_info >= (3, 11):

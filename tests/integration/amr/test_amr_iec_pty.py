@@ -15,7 +15,7 @@ import pytest
 from utilitarian.amr.errors import MeterError
 from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
 from utilitarian.amr.protocols.transport import SerialTransport
-from utilitarian.amr.simulate import IecSimulator, SimIecMeter
+from utilitarian_sim import IecSimulator, SimIecMeter
 from utilitarian.amr.target import parse_meter_url
 
 

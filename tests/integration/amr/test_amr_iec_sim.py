@@ -13,7 +13,7 @@ from utilitarian.amr.environments import run_task_call
 from utilitarian.amr.errors import (BadTaskCall, MeterAuthenticationError, MeterChecksumError,
                                     MeterProtocolError, MeterTimeout, MeterUnreachable)
 from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
-from utilitarian.amr.simulate import Faults, IecSimulator, SimIecMeter
+from utilitarian_sim import Faults, IecSimulator, SimIecMeter
 from utilitarian.amr.target import parse_meter_url
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from utilitarian.amr.environments import run_task_call
 from utilitarian.amr.errors import BadTaskCall, MeterAuthenticationError, MeterUnsupported
-from utilitarian.amr.simulate import IecSimulator, SimIecMeter
-from utilitarian.amr.simulate.lis200_meter import HISTORY_ROWS
+from utilitarian_sim import IecSimulator, SimIecMeter
+from utilitarian_sim.lis200_meter import HISTORY_ROWS
 from utilitarian.amr.target import parse_meter_url
 
 EK = dict(dialect="lis200", manufacturer="Els", ident="EK260")

@@ -18,7 +18,7 @@ from utilitarian.amr.errors import (BadTaskCall, MeterError, MeterProtocolError,
                                     MeterUnreachable, MeterUnsupported)
 from utilitarian.amr.meter_types import load_builtin_meter_types, parse_meter_types
 from utilitarian.amr.protocols.modbus import read_meter
-from utilitarian.amr.simulate import Faults, ModbusFleetSimulator, SimModbusMeter
+from utilitarian_sim import Faults, ModbusFleetSimulator, SimModbusMeter
 from utilitarian.amr.target import parse_meter_url
 
 NOW = datetime(2024, 1, 5, 12, 0, 30, 123456, tzinfo=timezone.utc)

@@ -22,7 +22,7 @@ from utilitarian.amr.model import (AmrTask, AmrTaskGroup, MeterDevice, MeterDevi
                                    NetworkInterface)
 from utilitarian.amr.protocols.modbus import ModbusSession, read_meter
 from utilitarian.amr.protocols.modbus_pool import ConnectionPool, Endpoint, process_pool
-from utilitarian.amr.simulate import Faults, ModbusFleetSimulator, SimModbusMeter
+from utilitarian_sim import Faults, ModbusFleetSimulator, SimModbusMeter
 from utilitarian.amr.target import parse_meter_url
 from utilitarian.amr.tasks.execute import _target
 

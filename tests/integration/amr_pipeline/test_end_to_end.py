@@ -15,10 +15,10 @@ import pytest
 from support.amr_harness import wait_for
 from utilitarian.amr.model import AmrTask
 from utilitarian.amr.progress import round_progress
-from utilitarian.amr.simulate.faults import Faults
-from utilitarian.amr.simulate.iec_meter import SimIecMeter
-from utilitarian.amr.simulate.iec_server import IecSimulator
-from utilitarian.amr.simulate.modbus_sim import ModbusFleetSimulator, SimModbusMeter
+from utilitarian_sim.faults import Faults
+from utilitarian_sim.iec_meter import SimIecMeter
+from utilitarian_sim.iec_server import IecSimulator
+from utilitarian_sim.modbus_sim import ModbusFleetSimulator, SimModbusMeter
 
 UTC = dt.timezone.utc
 # Seconds-resolution cron (6th field): slots never coincide, so two rounds never stamp one key.

@@ -15,8 +15,8 @@ from utilitarian import queues
 from utilitarian.amr.errors import MeterTimeout
 from utilitarian.amr.model import AmrTask, MeterReading, iso_utc, job_id
 from utilitarian.amr.progress import format_progress, round_progress
-from utilitarian.amr.simulate.faults import Faults
-from utilitarian.amr.simulate.modbus_sim import ModbusFleetSimulator, SimModbusMeter
+from utilitarian_sim.faults import Faults
+from utilitarian_sim.modbus_sim import ModbusFleetSimulator, SimModbusMeter
 from utilitarian.amr.tasks import dispatch_schedule, execute_meter_task
 from utilitarian.tasks import Reject
 

@@ -143,7 +143,7 @@ def test_url_round_trip():
 
 
 def test_session_log_overlaps_with_grace():
-    from utilitarian.amr.simulate.sessions import SessionLog
+    from utilitarian_sim.sessions import SessionLog
     now = {"t": 0.0}
     log = SessionLog(clock=lambda: now["t"])
     # a: 0-1, b: 0.99-2 (overlap 10 ms: a late close), c: 3-5 and d: 3.5-4 (real overlap)

@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo
 
-from utilitarian.amr.simulate.faults import FaultInjector, Faults
-from utilitarian.amr.simulate.values import simulated_value
+from utilitarian_sim.faults import FaultInjector, Faults
+from utilitarian_sim.values import simulated_value
 
 # OBIS id -> unit of the values a generic simulated meter reports (readout order).
 GENERIC_SERIES = (("1.8.0", "kWh"), ("1.8.1", "kWh"), ("1.8.2", "kWh"), ("2.8.0", "kWh"),

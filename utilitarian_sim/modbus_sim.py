@@ -17,9 +17,9 @@ from typing import Callable, Mapping, Sequence
 
 from utilitarian.amr.meter_types import MeterType, RegisterSpec, load_builtin_meter_types
 from utilitarian.amr.protocols.modbus_codec import encode_register
-from utilitarian.amr.simulate.faults import FaultInjector, Faults
-from utilitarian.amr.simulate.sessions import SessionLog
-from utilitarian.amr.simulate.values import simulated_value
+from utilitarian_sim.faults import FaultInjector, Faults
+from utilitarian_sim.sessions import SessionLog
+from utilitarian_sim.values import simulated_value
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class ModbusFleetSimulator:
     async def _start_servers(self) -> None:
         from pymodbus import FramerType
         from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-        from utilitarian.amr.simulate.pty_pair import PtyPair
+        from utilitarian_sim.pty_pair import PtyPair
         started = self.clock()
         for index in range(self.gateways):
             devices = [self._catch_all_device()]

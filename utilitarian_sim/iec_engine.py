@@ -16,9 +16,9 @@ from typing import Protocol
 from utilitarian.amr.errors import MeterError
 from utilitarian.amr.protocols import iec_frames as f
 from utilitarian.amr.protocols.iec_datasets import parse_data_block
-from utilitarian.amr.simulate.faults import FaultInjector
-from utilitarian.amr.simulate.iec_meter import GenericMeterModel
-from utilitarian.amr.simulate.lis200_meter import Lis200Model
+from utilitarian_sim.faults import FaultInjector
+from utilitarian_sim.iec_meter import GenericMeterModel
+from utilitarian_sim.lis200_meter import Lis200Model
 
 log = logging.getLogger(__name__)
 

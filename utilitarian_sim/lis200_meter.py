@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Callable
 
 from utilitarian.amr.protocols.lis200 import LOCKS, TIME_ADDRESS, TIME_FORMAT
-from utilitarian.amr.simulate.iec_meter import SimIecMeter, SimulatedDevice
-from utilitarian.amr.simulate.values import simulated_value
+from utilitarian_sim.iec_meter import SimIecMeter, SimulatedDevice
+from utilitarian_sim.values import simulated_value
 
 ARCHIVE = 3
 # (source address, unit): order number, archive order number, time, Vb, Vm, p, T, status, CRC.

@@ -10,10 +10,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
-from utilitarian.amr.simulate.faults import Faults
-from utilitarian.amr.simulate.iec_meter import SimIecMeter
-from utilitarian.amr.simulate.iec_server import IecSimulator
-from utilitarian.amr.simulate.modbus_sim import ModbusFleetSimulator, SimModbusMeter
+from utilitarian_sim.faults import Faults
+from utilitarian_sim.iec_meter import SimIecMeter
+from utilitarian_sim.iec_server import IecSimulator
+from utilitarian_sim.modbus_sim import ModbusFleetSimulator, SimModbusMeter
 
 MAX_DEVICES_PER_GATEWAY = 247
 

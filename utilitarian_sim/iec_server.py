@@ -15,10 +15,10 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from utilitarian.amr.simulate.iec_engine import IecEngine, LineClosed, LineObservation
-from utilitarian.amr.simulate.iec_meter import GenericMeterModel, SimIecMeter
-from utilitarian.amr.simulate.lis200_meter import Lis200Model
-from utilitarian.amr.simulate.sessions import SessionLog
+from utilitarian_sim.iec_engine import IecEngine, LineClosed, LineObservation
+from utilitarian_sim.iec_meter import GenericMeterModel, SimIecMeter
+from utilitarian_sim.lis200_meter import Lis200Model
+from utilitarian_sim.sessions import SessionLog
 
 log = logging.getLogger(__name__)
 

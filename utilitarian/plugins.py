@@ -1,0 +1,89 @@
+"""The seam through which installed packages extend utilitarian: Python entry points, one group
+per kind of extension. Our own AMR package registers through it exactly as a site's package does,
+so the framework core (config, tasks, app, supervisor, broker) never imports `utilitarian.amr`.
+
+Groups (declare them in the extending package's `pyproject.toml`):
+  utilitarian.config   NAME = "pkg.module:SECTION"  a top-level TOML table `[NAME]`, a ConfigSection
+  utilitarian.tasks    NAME = "pkg.tasks_module"    a module of @task functions every worker imports
+Further groups (execution environments, meter types, `read` URL schemes) are listed in
+`docs/plugins.md` with the modules that load them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from utilitarian.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_GROUP = "utilitarian.config"
+TASKS_GROUP = "utilitarian.tasks"
+
+
+@dataclass(frozen=True)
+class ConfigSection:
+    """A top-level table a plugin adds to the TOML file.
+
+    `schema` is a frozen dataclass bound like the core sections (unknown keys, types, ranges and
+    checks reported with their key path), or None for a free-form table kept as a dict.
+    `check(value, file)` returns further ConfigErrors (cross-field rules); it runs for `config
+    check` and every process alike, because both load the file through the same code.
+    """
+
+    schema: type | None
+    check: Callable[[Any, str | None], list[ConfigError]] | None = None
+    default: Callable[[], Any] = dict  # the value when the file has no such table (schema None)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    value: str  # "module" or "module:attribute", as declared
+    distribution: str
+
+
+@functools.lru_cache(maxsize=None)
+def declared(group: str) -> tuple[Plugin, ...]:
+    """Entry points of `group` in installed distributions, sorted by name (a stable order)."""
+    found: dict[str, Plugin] = {}
+    for ep in importlib.metadata.entry_points(group=group):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ConfigError(f"entry point {group}:{ep.name} is declared twice (by {found[ep.name].distribution} "
+                              f"and {dist}); uninstall one of them")
+        found[ep.name] = Plugin(ep.name, ep.value, dist)
+    return tuple(sorted(found.values(), key=lambda p: p.name))
+
+
+def load(plugin: Plugin, group: str) -> Any:
+    """Import what the entry point names; a broken plugin is a configuration error naming it."""
+    module_name, _, attr = plugin.value.partition(":")
+    try:
+        obj = importlib.import_module(module_name.strip())
+        for part in filter(None, attr.strip().split(".")):
+            obj = getattr(obj, part)
+    except Exception as exc:  # ImportError, AttributeError, or whatever the module raises at import
+        raise ConfigError(f"plugin {group}:{plugin.name} from {plugin.distribution} ({plugin.value}) "
+                          f"cannot be loaded: {type(exc).__name__}: {exc}") from None
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def config_sections() -> dict[str, ConfigSection]:
+    sections = {}
+    for plugin in declared(CONFIG_GROUP):
+        section = load(plugin, CONFIG_GROUP)
+        if not isinstance(section, ConfigSection):
+            raise ConfigError(f"plugin {CONFIG_GROUP}:{plugin.name} ({plugin.value}) is not a ConfigSection")
+        sections[plugin.name] = section
+    return sections
+
+
+def task_modules() -> list[str]:
+    """Module names of the `utilitarian.tasks` group (imported by the task registry)."""
+    return [plugin.value.partition(":")[0].strip() for plugin in declared(TASKS_GROUP)]
