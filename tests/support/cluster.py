@@ -147,10 +147,18 @@ class Cluster:
     # --- faults -------------------------------------------------------------------------------------
     def stop_node(self, i: int) -> float:
         """Stop node i's broker application (connections drop, its port closes, its quorum replicas
-        stop; the Erlang VM stays for a quick restart). Returns the monotonic time it was down."""
-        self.nodes[i].ctl("stop_app", timeout=120)
-        self.stopped.add(i)
-        return time.monotonic()
+        stop; the Erlang VM stays for a quick restart). Returns the monotonic time the node dropped
+        its client connections, as a probe connection to it saw it (`stop_app` itself takes a few
+        seconds under load, most of them after the drop)."""
+        watch = DropWatch(self.node_url(i, "/"))
+        began = time.monotonic()
+        try:
+            self.nodes[i].ctl("stop_app", timeout=120)
+            self.stopped.add(i)
+            watch.thread.join(10)
+        finally:
+            watch.close()
+        return watch.dropped_at or began
 
     def start_node(self, i: int, timeout: float = 120.0) -> None:
         self.nodes[i].ctl("start_app", timeout=timeout)
@@ -196,6 +204,35 @@ class Cluster:
                 return
             time.sleep(0.5)
         raise AssertionError(f"quorum members of {vhost} not all online within {timeout}s")
+
+
+class DropWatch:
+    """A connection to one node pumped by a thread; `dropped_at` is when the node closed it."""
+
+    def __init__(self, url: str):
+        import pika
+
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.dropped_at: float | None = None
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self.running:
+                self.connection.process_data_events(time_limit=0.02)
+        except Exception:  # the node closed the connection: that is the event we wait for
+            self.dropped_at = time.monotonic()
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except Exception:  # already closed by the node
+            pass
 
 
 def reconnect_seconds(url: str, queue: str, down_at: float, want: int, timeout: float = 60.0,
