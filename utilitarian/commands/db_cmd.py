@@ -10,6 +10,9 @@ def register(sub, parent) -> None:
     m.set_defaults(action_handler=run_migrate)
     s = dbsub.add_parser("status", parents=[parent], help="schema version and row counts")
     s.set_defaults(action_handler=run_status)
+    c = dbsub.add_parser("claim-host", parents=[parent],
+                         help="make this host the owner of a SQLite store that moved here for good")
+    c.set_defaults(action_handler=run_claim_host)
     p.set_defaults(handler=lambda args: dispatch(p, args))
 
 
@@ -50,8 +53,31 @@ def run_status(args) -> int:
             "behind: run `utilitarian db migrate`" if version < LATEST else "ahead of this release")
         print(f"database: {store.url} ({store.dialect})")
         print(f"schema:   version {version} of {LATEST}, {state}")
+        if version == LATEST and store.dialect == "sqlite":
+            from utilitarian.amr.store.ownership import owner
+
+            found = owner(store.backend)
+            since = f" (owner since {found[1].isoformat(timespec='seconds')})" if found else ""
+            print(f"host:     {found[0] if found else 'none yet'}{since}")
         if version == LATEST:
             counts = store.table_counts()
             for table, count in counts.items():
                 print(f"  {table:<24} {count:>12,}")
     return 0 if version == LATEST else 1
+
+
+def run_claim_host(args) -> int:
+    from utilitarian.amr.store import store_for_config
+    from utilitarian.amr.store.ownership import reassign
+    from utilitarian.commands.common import load
+    from utilitarian.hostname import host_name
+
+    config = load(args)
+    with store_for_config(config, check=False) as store:
+        store.check_schema()
+        if store.dialect != "sqlite":
+            print(f"{store.url}: a PostgreSQL store serves every host; nothing to claim")
+            return 0
+        previous = reassign(store.backend, host_name())
+        print(f"{store.url}: now owned by {host_name()!r}" + (f" (was {previous!r})" if previous else ""))
+    return 0

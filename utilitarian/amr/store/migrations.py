@@ -106,9 +106,17 @@ V2 = (
     """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
 )
 
+V5 = (
+    # The host a SQLite store belongs to (one row); PostgreSQL stores leave it empty (ownership.py).
+    """CREATE TABLE store_host (
+        id INTEGER PRIMARY KEY CHECK (id = 1), host TEXT NOT NULL, claimed_at {TS} NOT NULL)""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
     Migration(2, "rounds remember their scheduled dispatch continuation", V2),
+    # 3 and 4 are reserved for work in flight elsewhere; renumber at merge if they never come.
+    Migration(5, "a SQLite store records the host it belongs to", V5),
 )
 LATEST = MIGRATIONS[-1].version
 
