@@ -275,4 +275,20 @@ def write_config(path, broker_url: str, extra: str = "", *, queue_type: str = "q
     return path
 
 
-__all__ = ["Cluster", "reconnect_seconds", "write_config"]
+def celery_producer(url: str, queue_type: str, names):
+    """A Celery 5 producer with the settings of README's "Working with Celery producers"."""
+    from celery import Celery
+    from kombu import Exchange, Queue
+
+    app = Celery("producer", broker=url)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_protocol=2,
+                    broker_transport_options={"confirm_publish": True})
+    if queue_type == "quorum":
+        app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name,
+                                      queue_arguments={"x-queue-type": "quorum"}) for name in names]
+    else:
+        app.conf.task_create_missing_queues = True
+    return app
+
+
+__all__ = ["Cluster", "celery_producer", "reconnect_seconds", "write_config"]

@@ -262,6 +262,8 @@ class Migration:
             text += "; still consumed there: " + ", ".join(f"{queues.short_name(q)} ({c})" for q, c in consumers.items())
         if self.progress.state_held:
             text += "; a beat still leads in the old vhost (its state moves once it stops)"
+        elif self.progress.state_moved:
+            text += "; beat state moved (start the beats on the new vhost now)"
         if not waiting and not consumers:
             text += "; the old vhost is drained"
         return text

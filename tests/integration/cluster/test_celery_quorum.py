@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import pytest
 
-from support.cluster import write_config
+from support.cluster import celery_producer, write_config
 from support.cluster_tasks import runs
 from support.procs import Proc, wait_for
 from utilitarian import queues
@@ -25,22 +25,6 @@ from utilitarian.broker.connection import settings_from_url
 from utilitarian.broker.topology import declare_topology
 
 UTC = dt.timezone.utc
-
-
-def celery_producer(url: str, queue_type: str, names):
-    """The producer settings of README's "Working with Celery producers"."""
-    from celery import Celery
-    from kombu import Exchange, Queue
-
-    app = Celery("producer", broker=url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_protocol=2,
-                    broker_transport_options={"confirm_publish": True})
-    if queue_type == "quorum":
-        app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name,
-                                      queue_arguments={"x-queue-type": "quorum"}) for name in names]
-    else:
-        app.conf.task_create_missing_queues = True
-    return app
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
