@@ -41,3 +41,9 @@ def runs(path) -> list[dict]:
         return []
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+@task("cluster_test.die", queue=queues.DEFAULT, max_retries=0)
+def die() -> None:
+    """Poison: kills the child that runs it, every time."""
+    os._exit(1)
