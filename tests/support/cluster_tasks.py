@@ -27,7 +27,8 @@ def _jsonable(value):
 
 @task("cluster_test.record", queue=queues.DEFAULT, bind=True, max_retries=0)
 def record(ctx, *args, **kwargs) -> None:
-    line = json.dumps({"id": ctx.id, "at": time.time(), "queue": ctx.queue, "eta": ctx.eta.isoformat() if ctx.eta else None,
+    line = json.dumps({"id": ctx.id, "at": time.time(), "queue": ctx.queue,
+                       "eta": ctx.eta.isoformat() if ctx.eta else None,
                        "args": _jsonable(args), "kwargs": _jsonable(kwargs)})
     fd = os.open(os.environ["UTIL_TEST_SINK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

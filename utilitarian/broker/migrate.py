@@ -257,9 +257,11 @@ class Migration:
         consumers = {q: c for q, (_m, c) in self.progress.last.items() if c}
         text = f"moved {self.progress.total} message(s) from vhost {self.source.vhost!r} to {self.target.vhost!r}"
         if waiting:
-            text += "; waiting in the old vhost: " + ", ".join(f"{queues.short_name(q)} {m}" for q, m in waiting.items())
+            text += "; waiting in the old vhost: " + ", ".join(
+                f"{queues.short_name(q)} {m}" for q, m in waiting.items())
         if consumers:
-            text += "; still consumed there: " + ", ".join(f"{queues.short_name(q)} ({c})" for q, c in consumers.items())
+            text += "; still consumed there: " + ", ".join(
+                f"{queues.short_name(q)} ({c})" for q, c in consumers.items())
         if self.progress.state_held:
             text += "; a beat still leads in the old vhost (its state moves once it stops)"
         elif self.progress.state_moved:

@@ -31,9 +31,9 @@ class QueueTypeMismatch(TopologyError):
     def __init__(self, queue: str, found: str, wanted: str):
         self.queue, self.found, self.wanted = queue, found, wanted
         if wanted == "quorum":
-            way_out = ("a queue's type cannot change in place: move this vhost's messages to quorum queues in a "
-                       "new vhost with `utilitarian topology migrate --to quorum --from-vhost OLD` (docs/operations.md, "
-                       "\"A RabbitMQ cluster\"), or keep [broker] queue_type = \"classic\"")
+            way_out = ("a queue's type cannot change in place: move this vhost's messages to quorum queues in "
+                       "a new vhost with `utilitarian topology migrate --to quorum --from-vhost OLD` "
+                       "(docs/operations.md, \"A RabbitMQ cluster\"), or keep [broker] queue_type = \"classic\"")
         else:
             way_out = f"set [broker] queue_type = \"{found}\" (the broker's queues are {found})"
         super().__init__(f"queue {queue!r} exists as a {found} queue but [broker] queue_type = \"{wanted}\"; {way_out}")

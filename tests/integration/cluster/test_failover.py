@@ -15,7 +15,6 @@ import signal
 import time
 
 from support.beat_harness import BeatProcess, contiguous_seconds, wait_until
-from support.beat_harness import write_config as write_beat_config
 from support.cluster import reconnect_seconds, write_config
 from support.procs import Proc, ran_counts, read_sink, wait_for
 from utilitarian import queues
@@ -205,9 +204,9 @@ def test_beat_leader_node_stops_standby_leads_and_no_slot_fires_twice(tmp_path, 
         slots = collections.Counter(slot for _id, slot in fires)
         ids = collections.Counter(task_id for task_id, _slot in fires)
         duplicates = sum(n - 1 for n in ids.values())
+        who = "the standby" if took[1] and (not took[0] or took[1][0] <= took[0][0]) else "the old leader"
         figures.append(f"beat leader's node stopped: {len(fires)} fires, duplicates {duplicates}, missing slots "
-                       f"{len(contiguous_seconds(list(slots)))}, a beat led again after {failover:.1f}s "
-                       f"({'the standby' if took[1] and (not took[0] or took[1][0] <= took[0][0]) else 'the old leader'}),"
+                       f"{len(contiguous_seconds(list(slots)))}, a beat led again after {failover:.1f}s ({who}),"
                        f" old leader connected through another node after {reconnect:.1f}s")
         assert duplicates == 0 and max(slots.values()) == 1
         assert contiguous_seconds(list(slots)) == []

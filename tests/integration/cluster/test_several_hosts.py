@@ -121,9 +121,9 @@ def test_two_hosts_and_a_beat_read_a_round_of_2000_meters_exactly_once(tmp_path,
         assert len(requests) == 2000 and set(requests.values()) == {1}, \
             f"meters read more than once: {sum(1 for n in requests.values() if n != 1)}"
         assert all(n >= 200 for n in worked.values()), f"one host did (nearly) nothing: {worked}"
-        figures.append(f"two hosts + beat, PostgreSQL store, cluster: round of {rnd.jobs} meters read exactly once "
-                       f"(requests per meter {sorted(set(requests.values()))}), tasks run per host {worked}, round took "
-                       f"{rnd.elapsed_seconds or 0:.1f}s")
+        figures.append(f"two hosts + beat, PostgreSQL store, cluster: round of {rnd.jobs} meters read exactly "
+                       f"once (requests per meter {sorted(set(requests.values()))}), tasks run per host {worked}, "
+                       f"round took {rnd.elapsed_seconds or 0:.1f}s")
         for proc in procs:
             proc.signal(signal.SIGTERM)
         assert [p.wait(60) for p in procs] == [0, 0, 0], "\n".join(p.output()[-2000:] for p in procs)
