@@ -106,7 +106,7 @@ V2 = (
     """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
 )
 
-V5 = (
+V3 = (
     # The host a SQLite store belongs to (one row); PostgreSQL stores leave it empty (ownership.py).
     """CREATE TABLE store_host (
         id INTEGER PRIMARY KEY CHECK (id = 1), host TEXT NOT NULL, claimed_at {TS} NOT NULL)""",
@@ -115,8 +115,10 @@ V5 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
     Migration(2, "rounds remember their scheduled dispatch continuation", V2),
-    # 3 and 4 are reserved for work in flight elsewhere; renumber at merge if they never come.
-    Migration(5, "a SQLite store records the host it belongs to", V5),
+    # Versions apply in order and must be contiguous (a store at N skips every version <= N):
+    # written as 5 (3 and 4 were reserved for work in flight), renumbered to the next free one
+    # when merged before them.
+    Migration(3, "a SQLite store records the host it belongs to", V3),
 )
 LATEST = MIGRATIONS[-1].version
 
