@@ -137,6 +137,10 @@ def test_migrate_to_quorum_while_a_celery_producer_keeps_publishing(rabbit, vhos
         stop("new-beat")
         stop("migrate")
         assert "the old vhost is drained" in migrate.output()
+        check = start("check", "topology", "migrate", "--config", str(new_cfg), "--to", "quorum", "--from-vhost", vhost,
+                      "--check")
+        assert check.wait(60) == 0, check.output()
+        assert "every task queue is quorum" in check.output()
         # and every task the producer sent ran, countdown ones not before their ETA
         sent = {task_id: (where, countdown, at) for task_id, where, countdown, at in producer.sent}
         wait_for(lambda: {r["id"] for r in runs(sink)} >= set(sent), timeout=120, interval=0.2,

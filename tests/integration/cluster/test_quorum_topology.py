@@ -1,5 +1,5 @@
 """Quorum queues on the test broker (one node, one replica each): `topology show` says each queue's
-type; a worker or `topology declare` meeting queues of the other type stops with exit 78 and a
+type; a worker, a beat or `topology declare` meeting queues of the other type stops with exit 78 and a
 message naming the queue and the way out; a poison message is dead-lettered after max_deliveries
 on quorum queues (counted by the broker) as on classic ones; the beat's state queue as a quorum queue keeps only
 the newest state after a leader read it (requeue) and wrote a new one."""
@@ -45,7 +45,7 @@ def test_topology_show_says_each_queues_type(broker_url, tmp_path):
 
 
 @pytest.mark.parametrize("existing, configured", [("classic", "quorum"), ("quorum", "classic")])
-def test_queues_of_the_other_type_stop_worker_and_declare_with_78(existing, configured, broker_url, tmp_path):
+def test_queues_of_the_other_type_stop_worker_beat_and_declare_with_78(existing, configured, broker_url, tmp_path):
     declare_topology(settings_from_url(broker_url, queue_type=existing))
     config = write_config(tmp_path / "u.toml", broker_url, queue_type=configured)
     declared = cli(config, "topology", "declare")
@@ -55,12 +55,15 @@ def test_queues_of_the_other_type_stop_worker_and_declare_with_78(existing, conf
         in declared.stderr
     assert "Traceback" not in declared.stderr
     worker = Proc(["worker", "--config", str(config), "-c", "1", "--threads", "2"], log=tmp_path / "worker.log")
+    beat = Proc(["beat", "--config", str(config)], log=tmp_path / "beat.log")
     try:
-        assert worker.wait(60) == 78
-        out = worker.output()
-        assert f"exists as a {existing} queue" in out and "Traceback" not in out
+        for proc in (worker, beat):
+            assert proc.wait(60) == 78
+            out = proc.output()
+            assert f"exists as a {existing} queue" in out and "Traceback" not in out
     finally:
         worker.kill_tree()
+        beat.kill_tree()
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
