@@ -110,7 +110,8 @@ def test_migrate_to_quorum_while_a_celery_producer_keeps_publishing(rabbit, vhos
         start("old-worker", *worker(old_cfg))
         start("old-beat", "beat", "--config", str(old_cfg))
         producer.start()
-        wait_for(lambda: len(runs(sink)) >= 100, timeout=60, what="the old installation to run 100 tasks")
+        wait_for(lambda: len(runs(sink)) >= 100 and sum(1 for r in runs(sink) if "slot" in r["kwargs"]) >= 3,
+                 timeout=120, what="the old installation to run 100 tasks and 3 beat slots")
         # When the migration runs, a worker starts on the new quorum vhost, the old beat stops,
         # the new beat starts once the state moved, the old worker stops, the producer switches
         migrate = start("migrate", "topology", "migrate", "--config", str(new_cfg), "--to", "quorum",
