@@ -41,6 +41,7 @@ def _needs_cluster(item) -> bool:
     return "cluster" in getattr(item, "fixturenames", ())
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: no boot when no selected test needs it
 def pytest_collection_modifyitems(session, config, items):
     # This directory's tests that need no cluster run first, while it boots.
     here = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +49,7 @@ def pytest_collection_modifyitems(session, config, items):
     ours = [items[i] for i in slots]
     for i, item in zip(slots, sorted(ours, key=_needs_cluster)):
         items[i] = item
-    if _binaries() and any(_needs_cluster(item) for item in ours):
+    if _binaries() and any(_needs_cluster(item) for item in ours) and not config.option.collectonly:
         _start_boot()
 
 
