@@ -31,6 +31,7 @@ class SimIecMeter:
     battery: needs the NUL wake-up sequence before it answers.
     clock_offset: seconds the meter's clock is ahead (negative: behind) at start.
     dialect: "iec" (electricity meter) or "lis200" (Elster EK2x0 volume converter).
+    dst_flag: LIS-200 time values carry ",S" (summer) or ",W" (winter) after the time.
     """
 
     address: str
@@ -48,6 +49,7 @@ class SimIecMeter:
     dialect: str = "iec"
     faults: Faults = Faults()
     name: str = ""
+    dst_flag: bool = False
 
     def __post_init__(self) -> None:
         if self.dialect not in ("iec", "lis200"):

@@ -98,7 +98,7 @@ def _like(sample: str, digits: str) -> str:
     return separator.join(digits[i:i + 2] for i in range(0, 6, 2)) if separator else digits
 
 
-def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+def set_time(target: MeterTarget, kwargs: dict, *, clock: datetime, **_ignored) -> PollResult:
     tz = ZoneInfo(target.timezone)
     started = time.monotonic()
     with Iec62056Session(target) as session:
@@ -106,12 +106,12 @@ def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) ->
         time_text = session.read(kwargs["time_address"])[0].value.raw
         date_text = session.read(kwargs["date_address"])[0].value.raw
         # Compare against the true time at the moment of the read, not at the start of the task.
-        true_now = now + timedelta(seconds=time.monotonic() - started)
+        true_now = clock + timedelta(seconds=time.monotonic() - started)
         meter_now = _parse_clock(time_text, date_text, tz)
         drift = (meter_now - true_now).total_seconds()
         if abs(drift) <= kwargs["allowed_drift_seconds"]:
             return PollResult()
-        corrected = (now + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
+        corrected = (clock + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
         session.write(kwargs["time_address"], _like(time_text, corrected.strftime("%H%M%S")))
         session.write(kwargs["date_address"], _like(date_text, corrected.strftime("%y%m%d")))
     direction = "ahead" if drift > 0 else "behind"

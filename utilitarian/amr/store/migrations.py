@@ -106,9 +106,26 @@ V2 = (
     """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
 )
 
+V4 = (
+    # The platform's identifiers: UUIDs beside names (the invoke body names a meter by its UUID),
+    # owner and references, CT/VT ratios, and the platform's own record of the meter (JSON).
+    """ALTER TABLE meter_device ADD COLUMN uuid TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN organization TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN external_system_reference TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN manufacturer_serial TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN ct_ratio TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN vt_ratio TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN platform_record TEXT""",
+    """CREATE UNIQUE INDEX meter_device_uuid ON meter_device (uuid)""",
+    """ALTER TABLE amr_task ADD COLUMN uuid TEXT""",
+    """ALTER TABLE amr_task ADD COLUMN description TEXT""",
+    """CREATE UNIQUE INDEX amr_task_uuid ON amr_task (uuid)""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
     Migration(2, "rounds remember their scheduled dispatch continuation", V2),
+    Migration(4, "the platform's identifiers on meters and AMR tasks; CT/VT ratios", V4),
 )
 LATEST = MIGRATIONS[-1].version
 
