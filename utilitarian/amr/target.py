@@ -21,6 +21,8 @@ SCHEMES = {
     "modbus+tcp": ("modbus", "tcp"),
     "modbus+rtu": ("modbus", "serial"),
     "modbus+rtu-over-tcp": ("modbus", "rtu-over-tcp"),
+    "corus+tcp": ("corus", "tcp"),
+    "corus+serial": ("corus", "serial"),
 }
 IEC_PROTOCOLS = ("iec62056-21", "lis200")
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -43,7 +45,7 @@ class SerialSettings:
 class MeterTarget:
     """A meter endpoint plus the knobs its protocol needs. Build with `parse_meter_url`."""
 
-    protocol: str                      # "iec62056-21", "lis200" or "modbus"
+    protocol: str                      # "iec62056-21", "lis200", "modbus" or "corus"
     transport: str                     # "tcp", "serial" or "rtu-over-tcp"
     host: str | None = None
     port: int | None = None
@@ -88,7 +90,7 @@ class MeterTarget:
         if self.meter_type:
             query.append(("type", self.meter_type))
         if self.serial:
-            defaults = (9600, 8, "N", 1) if self.protocol == "modbus" else (300, 7, "E", 1)
+            defaults = (9600, 8, "N", 1) if self.protocol in ("modbus", "corus") else (300, 7, "E", 1)
             for name, value, default in zip(("baud", "bytesize", "parity", "stopbits"), (
                     self.serial.baudrate, self.serial.bytesize, self.serial.parity,
                     self.serial.stopbits), defaults):
@@ -187,6 +189,7 @@ _PARAMS = {
                "retries": _int_range(0, 10)},
 }
 _PARAMS["lis200"] = _PARAMS["iec62056-21"]
+_PARAMS["corus"] = {**_COMMON, "baud": _baud, "retries": _int_range(0, 10)}
 
 
 def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
@@ -251,6 +254,11 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         for name in ("address", "max_baud", "switch_delay", "wakeup", "retries"):
             if name in values:
                 kwargs[name] = values[name]
+    elif protocol == "corus":
+        # I-FLAG lines run 8N1 at a fixed speed (no IEC baud switch).
+        kwargs["serial"] = SerialSettings(int(values.get("baud", 9600)), 8, "N", 1)
+        if "retries" in values:
+            kwargs["retries"] = values["retries"]
     else:
         kwargs["device_id"] = values.get("device_id", 1)
         if transport == "serial":

@@ -84,7 +84,14 @@ def _convert(param: Param, value: Any) -> Any:
         raise AssertionError(f"unknown param kind {kind}")
     if param.minimum is not None and value < param.minimum:
         raise ValueError(f"must be at least {param.minimum:g}")
-    if param.choices and value not in param.choices:
+    if param.choices and kind == "str_list":
+        unknown = [v for v in value if v not in param.choices]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], param.choices, n=1)
+            raise ValueError(f"has unknown {', '.join(map(repr, unknown))}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else
+                                f"; known: {', '.join(param.choices)}"))
+    elif param.choices and value not in param.choices:
         raise ValueError(f"must be one of {', '.join(param.choices)}")
     return value
 
