@@ -13,10 +13,13 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
-from utilitarian.amr.protocols.lis200 import LOCKS, TIME_ADDRESS, TIME_FORMAT
 from utilitarian_sim.iec_meter import SimIecMeter, SimulatedDevice
 from utilitarian_sim.values import simulated_value
 
+# The device's own facts (Elster LIS-200 description), not the client's constants.
+TIME_FORMAT = "%Y-%m-%d,%H:%M:%S"
+TIME_ADDRESS = "1:400.0"
+LOCKS = {"supplier": ("3:170", "3:171"), "customer": ("4:170", "4:171")}  # (status, key)
 ARCHIVE = 3
 # (source address, unit): order number, archive order number, time, Vb, Vm, p, T, status, CRC.
 ARCHIVE_COLUMNS = (("0:1", None), ("3:0", None), ("1:400", None), ("2:300", "m3"),
