@@ -277,6 +277,13 @@ class IecEngine:
             chunks = [lines[i:i + size] for i in range(0, len(lines), size)] or [[]]
             return [(("\r\n".join(c) + "\r\n").encode("ascii"), i == len(chunks) - 1)
                     for i, c in enumerate(chunks)]
+        if frame.command == "R5" and not lis:
+            lines = meter.load_profile(address, param)
+            if lines is None:
+                return [(b"(ERROR)", True)]
+            chunks = [lines[i:i + 8] for i in range(0, len(lines), 8)] or [[]]
+            return [(("\r\n".join(c) + "\r\n").encode("ascii"), i == len(chunks) - 1)
+                    for i, c in enumerate(chunks)]
         if frame.command == "R1":
             value = meter.read(address) if lis else meter.value(address)
             if value is None or isinstance(value, int):
