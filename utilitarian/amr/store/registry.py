@@ -109,6 +109,16 @@ class RegistryStore:
             out.setdefault(meter, []).append(task)
         return out
 
+    def meter_groups(self) -> dict[str, list[str]]:
+        """Meter name -> names of the AMR task groups it is in."""
+        with self.backend.transaction() as tx:
+            rows = tx.all("SELECT m.name, g.name FROM meter_device_group mg JOIN meter_device m ON m.id = mg.meter_id "
+                          "JOIN amr_task_group g ON g.id = mg.group_id ORDER BY m.name, g.name")
+        out: dict[str, list[str]] = {}
+        for meter, group in rows:
+            out.setdefault(meter, []).append(group)
+        return out
+
     def _task_from_row(self, row) -> AmrTask:
         tid, name, schedule, call, etype, kwargs, offset, active, tuuid, description = row
         return AmrTask(name=name, schedule=schedule, task_call=call, meter_execution_type=etype,
