@@ -236,7 +236,9 @@ def _plain(value: Any, key: str) -> str:
 def check_task_table(raw: dict) -> tuple[AmrTask | None, list[str]]:
     """One [[amr_tasks]] table (or a task of the platform's export) to an AmrTask, or every reason
     it is bad, including what a worker would refuse (execution type, task_call, kwargs, offset)."""
-    from utilitarian.amr.task_checks import check_run_offset, check_task
+    from utilitarian.amr.environments import validate_task_call
+    from utilitarian.amr.errors import BadTaskCall
+    from utilitarian.amr.task_checks import check_run_offset
 
     errors = []
     unknown = sorted(set(raw) - set(TASK_KEYS))
@@ -266,12 +268,16 @@ def check_task_table(raw: dict) -> tuple[AmrTask | None, list[str]]:
             errors.append(f"uuid: {exc}")
     if description is not None and not isinstance(description, str):
         errors.append("description: must be text")
+    if isinstance(call, str) and isinstance(etype, str) and call.strip() and etype.strip() \
+            and isinstance(kwargs, dict):
+        try:  # what a worker would refuse: execution type, task_call, kwargs
+            validate_task_call(etype.strip(), call.strip(), kwargs)
+        except BadTaskCall as exc:
+            errors.append(exc.message)
     if errors:
         return None, errors
-    task = AmrTask(name.strip(), schedule, call.strip(), etype.strip(), dict(kwargs), float(offset), active,
-                   uuid=task_uuid, description=description)
-    problems = check_task(task)
-    return (None, problems) if problems else (task, [])
+    return AmrTask(name.strip(), schedule, call.strip(), etype.strip(), dict(kwargs), float(offset), active,
+                   uuid=task_uuid, description=description), []
 
 
 def _table_lines(text: str, header: str) -> list[int]:
