@@ -20,13 +20,18 @@ URLs:
   modbus+tcp://HOST:PORT?device_id=1&type=eastron_sdm630
   modbus+rtu:///dev/ttyUSB0?baud=9600&device_id=1&type=eastron_sdm120
   modbus+rtu-over-tcp://HOST:PORT?device_id=3&type=abb_b23   serial gateway without Modbus TCP
+  corus+tcp://HOST:PORT   corus+serial:///dev/ttyUSB0[?baud=9600]   Itron Corus over I-FLAG
   common parameters: timeout=SECONDS (one read), session_timeout=SECONDS, tz=Europe/Stockholm
   62056-21 parameters: baud, max_baud, switch_delay=SECONDS, wakeup=1 (battery meters), retries
 
-calls (default: readout for 62056-21, read_values for Modbus; LIS-200 needs --call):
-  generic_iec6205621: readout, read_values {"addresses": [...]}, set_time {"allowed_drift_seconds": 10}
-  generic_lis200: read_single_value {"address": "2:300.0"}, read_archive_by_date {"start": ISO},
+calls (default: readout for 62056-21, read_values for Modbus, read_parameters of the indexes
+for Corus; LIS-200 needs --call; docs/meters.md lists every call and kwarg):
+  generic_iec6205621: readout, read_values {"addresses": [...]}, set_time {"allowed_drift_seconds": 10},
+                      read_load_profile {"start_date": ISO}, read_load_profile_by_offset_seconds
+  generic_lis200: read_single_value {"address": "2:300.0"}, read_archive_by_date {"start_date": ISO},
                   read_archive_by_offset_seconds {"offset_seconds": 86400}, set_time
+  generic_corus: read_parameters {"parameters": [...]}, read_database {"database": "hourly"},
+                 read_database_by_offset_seconds {"offset_seconds": 3600, "database": "hourly"}, set_time
   generic_modbus: read_values [{"series": [...]}]
 
 exit codes:
@@ -48,7 +53,8 @@ def register(subparsers, parent) -> None:
     p.add_argument("--call", metavar="NAME", help="task_call to run")
     p.add_argument("--kwargs", metavar="JSON", default="{}", help="task_kwargs as a JSON object")
     p.add_argument("--execution-type", metavar="TYPE",
-                   help="generic_iec6205621, generic_lis200 or generic_modbus (default: from the URL)")
+                   help="generic_iec6205621, generic_lis200, generic_corus or generic_modbus "
+                        "(default: from the URL)")
     p.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
     p.add_argument("--meter-types", metavar="FILE",
                    help="extra TOML with [meter_types.<name>] tables (over built-ins and config)")
@@ -104,7 +110,10 @@ def run(args) -> int:
         raise UsageError(f"meter URL: {exc.reason}") from None
     kwargs = json_arg(args.kwargs, "--kwargs", dict)
     execution_type = args.execution_type or DEFAULT_EXECUTION_TYPE[target.protocol]
-    call = args.call or {"generic_iec6205621": "readout", "generic_modbus": "read_values"}.get(execution_type)
+    call = args.call or {"generic_iec6205621": "readout", "generic_modbus": "read_values",
+                         "generic_corus": "read_parameters"}.get(execution_type)
+    if call == "read_parameters" and not args.call and not kwargs:
+        kwargs = {"parameters": ["index_unconverted", "index_converted"]}
     if call is None:
         raise UsageError(f"{execution_type} has no default call; give --call "
                          "(read_single_value, read_archive_by_date, read_archive_by_offset_seconds, set_time)")

@@ -177,16 +177,17 @@ _PROFILE_PARAMS = (
 )
 
 CALLS = {
-    "readout": Call("readout", readout, (Param("addresses", "str_list"),),
+    "readout": Call("readout", readout, (Param("addresses", "str_list", doc="keep only these OBIS ids"),),
                     "mode C data readout; all numeric values, or only `addresses`"),
     "read_values": Call("read_values", read_values, (
-        Param("addresses", "str_list", required=True),
-        Param("params", "str", default=""),
+        Param("addresses", "str_list", required=True, doc="OBIS ids to read with R1"),
+        Param("params", "str", default="", doc="text inside the () of each R1"),
     ), "programming mode R1 read of each address (password from the meter's secret)"),
     "set_time": Call("set_time", set_time, (
-        Param("allowed_drift_seconds", "float", default=10.0, minimum=0.0),
-        Param("time_address", "str", default="0.9.1"),
-        Param("date_address", "str", default="0.9.2"),
+        Param("allowed_drift_seconds", "float", default=10.0, minimum=0.0,
+              doc="correct only a clock further off than this (10)"),
+        Param("time_address", "str", default="0.9.1", doc="clock time address"),
+        Param("date_address", "str", default="0.9.2", doc="clock date address"),
     ), "read the meter clock; if off by more than allowed_drift_seconds, write time and date"),
     "read_load_profile": Call("read_load_profile", read_load_profile, (
         Param("start_date", "datetime", required=True, doc="first interval (ISO 8601; naive = meter time)"),
