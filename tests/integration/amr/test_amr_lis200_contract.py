@@ -98,3 +98,15 @@ def test_spring_forward_rows_are_an_hour_apart():
     stamps = sorted(r.timestamp for r in result.readings)
     assert stamps[0] == datetime(2025, 3, 29, 22, tzinfo=UTC)
     assert all(b - a == timedelta(hours=1) for a, b in zip(stamps, stamps[1:])) and len(stamps) >= 6
+
+
+def test_set_time_goes_by_the_true_clock_not_the_slot_stamp():
+    # A scheduled job stamps readings with its slot (`now`); run 10 minutes after the slot, it set
+    # a correct meter clock 10 minutes back, because set_time took `now` for the true time.
+    meter = SimIecMeter("1", password="4711", **EK)
+    with IecSimulator([meter]) as sim:
+        target = parse_meter_url(sim.url(meter) + "&timeout=2", secret="4711")
+        slot = datetime.now(UTC) - timedelta(minutes=10)
+        result = run_task_call("generic_lis200", "set_time", target, {"allowed_drift_seconds": 30}, now=slot)
+        assert result.events == () and sim.model(meter).writes == []
+        assert abs(sim.model(meter).meter_clock.offset) < 1
