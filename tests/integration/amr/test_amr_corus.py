@@ -16,7 +16,7 @@ from utilitarian.amr.environments import run_task_call
 from utilitarian.amr.errors import (BadTaskCall, MeterAuthenticationError, MeterChecksumError,
                                     MeterProtocolError, MeterTimeout)
 from utilitarian.amr.target import parse_meter_url
-from utilitarian_sim.corus_meter import CorusSimulator, SimCorusMeter
+from utilitarian_sim import CorusSimulator, SimCorusMeter
 from utilitarian_sim.faults import Faults
 
 UTC = timezone.utc

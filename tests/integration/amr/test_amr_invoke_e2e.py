@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import ast
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from support.amr_harness import AmrKit, wait_for
 from utilitarian import queues
-from utilitarian.amr.model import AmrTask
+from utilitarian.amr.model import ID_NAMESPACE, AmrTask
 from utilitarian_sim import IecSimulator, SimIecMeter
-from utilitarian_sim.corus_meter import CorusSimulator, SimCorusMeter
+from utilitarian_sim import CorusSimulator, SimCorusMeter
 
 UTC = timezone.utc
 UUID = "890b61bb-6594-48db-ad90-584d56754455"      # the docs' meter_device
@@ -229,5 +230,13 @@ def test_corus_docs_bodies_from_a_celery_producer_end_in_readings(kit, celery_ap
         failed = wait_for(lambda: [e for e in kit.store.list_events(meter="corus-1") if e.title == "Poll failed"],
                           timeout=30, what="the Poll failed event")
         assert len(failed) == 1 and "cannot drive a corus meter" in failed[0].content
+        # run_offset_seconds > 0: the job runs no earlier than that after it arrived (sent on with an ETA).
+        delayed = CORUS_BODIES[0].replace('"run_offset_seconds": 0', '"run_offset_seconds": 3')
+        sent = datetime.now(UTC)
+        original = invoke(celery_app, delayed)
+        continuation = str(uuid.uuid5(ID_NAMESPACE, f"on-demand-offset\x00{original}"))
+        (run,) = wait_for(lambda: finished(kit.store, [continuation]), timeout=60, what="the delayed job")
+        assert run.outcome == "done" and run.finished_at - sent >= timedelta(seconds=3)
+        assert kit.store.get_run(original) is None       # the first delivery only sent it on
         worker.signal(15)
         assert worker.wait(60) == 0
