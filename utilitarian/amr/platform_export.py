@@ -68,7 +68,7 @@ def rows_from_export(path: str, text: str):
 
 
 def _meter_row(m: dict, interfaces: dict, task_by_id: dict, group_by_id: dict, keys: dict) -> dict:
-    from utilitarian.amr.environments import DEFAULT_EXECUTION_TYPE, canonical_execution_type
+    from utilitarian.amr.environments import canonical_execution_type, default_execution_type
 
     row: dict[str, Any] = {"name": m.get("name"), "uuid": m.get("id"), "platform_record": json.dumps(m, sort_keys=True)}
     for key in ("external_system_reference", "manufacturer_serial"):
@@ -100,7 +100,11 @@ def _meter_row(m: dict, interfaces: dict, task_by_id: dict, group_by_id: dict, k
                  t.get("id") in group_by_id.get(g, {}).get("tasks", group_by_id.get(g, {}).get("amr_tasks", []))
                  for g in m.get("task_groups", [])))}
     protocol = scheme.split("+")[0]
-    row["execution_type"] = types.pop() if len(types) == 1 else DEFAULT_EXECUTION_TYPE.get(protocol, "")
+    try:
+        fallback = default_execution_type(protocol) or ""
+    except Exception:  # a broken read_schemes plugin: the row is refused as lacking a type
+        fallback = ""
+    row["execution_type"] = types.pop() if len(types) == 1 else fallback
     key = keys.get(m.get("id"))
     if key and key.get("iec62056_21_password"):
         row["password"] = key["iec62056_21_password"]

@@ -48,13 +48,18 @@ def check_task(task: AmrTask) -> list[str]:
 def check_attachment(task: AmrTask, meter_name: str, meter_execution_type: str, protocol: str | None) -> str | None:
     """Why `task` cannot run on that meter (None if it can). Before, such a task was silently
     left out of every round."""
-    from utilitarian.amr.environments import PROTOCOLS, canonical_execution_type
+    from utilitarian.amr.environments import canonical_execution_type, protocols_of
+    from utilitarian.amr.errors import BadTaskCall
 
     task_type = canonical_execution_type(task.meter_execution_type)
     if task_type != canonical_execution_type(meter_execution_type):
         return (f"AMR task {task.name!r} is for {task.meter_execution_type} but meter {meter_name!r} "
                 f"is {meter_execution_type}")
-    if protocol is not None and task_type in PROTOCOLS and protocol not in PROTOCOLS[task_type]:
+    try:
+        drives = protocols_of(task_type)
+    except BadTaskCall:
+        return None  # an unknown execution type is reported by check_task
+    if protocol is not None and protocol not in drives:
         return f"AMR task {task.name!r} ({task_type}) cannot drive meter {meter_name!r} ({protocol})"
     return None
 

@@ -6,9 +6,7 @@ Call declarations so the docs cannot drift from the code (a test compares them).
 
 from __future__ import annotations
 
-import importlib
-
-from utilitarian.amr.environments import EXECUTION_TYPE_ALIASES, EXECUTION_TYPES
+from utilitarian.amr.environments import EXECUTION_TYPE_ALIASES, EXECUTION_TYPES, environment
 from utilitarian.amr.environments.params import Param
 
 BEGIN, END = "<!-- task-calls:begin -->", "<!-- task-calls:end -->"
@@ -31,7 +29,7 @@ def render_table() -> str:
     for alias, name in EXECUTION_TYPE_ALIASES.items():
         aliases_of.setdefault(name, []).append(alias)
     for etype in sorted(EXECUTION_TYPES):
-        module = importlib.import_module(EXECUTION_TYPES[etype])
+        module = environment(etype)
         call_aliases = getattr(module, "CALL_ALIASES", {})
         label = f"`{etype}`" + "".join(f" (also `{a}`)" for a in aliases_of.get(etype, []))
         for index, call in enumerate(module.CALLS.values()):

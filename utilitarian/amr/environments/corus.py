@@ -26,6 +26,9 @@ from utilitarian.amr.readings import PollResult, Reading, SystemEvent, decimal_s
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_corus"
+PROTOCOLS = ("corus",)  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = "read_parameters"  # what `utilitarian read` runs without --call
+DEFAULT_KWARGS = {"read_parameters": {"parameters": ["index_unconverted", "index_converted"]}}
 UTC = timezone.utc
 
 
