@@ -51,8 +51,8 @@ Passwords: --password-env VAR reads the meter password (or LIS-200 lock key) fro
 environment, so it never shows in the process list or shell history."""
 
 
-def register(subparsers, parent) -> None:
-    p = subparsers.add_parser(
+def register(sub, parent) -> None:
+    p = sub.add_parser(
         "read", parents=[parent], help="read one meter now and print readings and events",
         description="Poll one meter through its execution environment and print what it returned.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
