@@ -5,6 +5,8 @@ so the framework core (config, tasks, app, supervisor, broker) never imports `ut
 Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.config   NAME = "pkg.module:SECTION"  a top-level TOML table `[NAME]`, a ConfigSection
   utilitarian.tasks    NAME = "pkg.tasks_module"    a module of @task functions every worker imports
+  utilitarian.idle_probes  NAME = "pkg.module:func"   `func(app, queues) -> bool`: work for these queues
+                       is still due later (`--exit-when-idle` waits for it; see supervisor/idle_probe.py)
 Further groups (execution environments, meter types, `read` URL schemes) are listed in
 `docs/plugins.md` with the modules that load them.
 """
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
+IDLE_PROBES_GROUP = "utilitarian.idle_probes"
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,14 @@ def config_sections() -> dict[str, ConfigSection]:
 def task_modules() -> list[str]:
     """Module names of the `utilitarian.tasks` group (imported by the task registry)."""
     return [plugin.value.partition(":")[0].strip() for plugin in declared(TASKS_GROUP)]
+
+
+def idle_probes() -> list[tuple[str, Callable[..., bool]]]:
+    """(name, probe) of the `utilitarian.idle_probes` group."""
+    probes = []
+    for plugin in declared(IDLE_PROBES_GROUP):
+        probe = load(plugin, IDLE_PROBES_GROUP)
+        if not callable(probe):
+            raise ConfigError(f"plugin {IDLE_PROBES_GROUP}:{plugin.name} ({plugin.value}) is not callable")
+        probes.append((plugin.name, probe))
+    return probes

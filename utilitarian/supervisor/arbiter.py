@@ -41,6 +41,7 @@ class ChildHandle:
     stats: dict = field(default_factory=dict)
     inflight: int = 0
     idle: float = 0.0
+    pending_later: bool = False  # its idle probes say work for its queues is due later
     consuming: bool = False
     rss: int | None = None
     abort_sent: float | None = None
@@ -181,7 +182,8 @@ class Arbiter:
         pool.next_index += 1
         spec = ChildSpec(worker_name=self.plan.name, pool=pool.spec, index=index, config=self.config,
                          registry=self.registry, settings=self.settings,
-                         graceful_timeout=self.plan.graceful_timeout, loglevel=self.loglevel)
+                         graceful_timeout=self.plan.graceful_timeout, loglevel=self.loglevel,
+                         probe_pending=bool(self.plan.exit_when_idle))
         r_fd, w_fd = os.pipe()
         close_fds = [r_fd, self.signals.wake_r, self.signals.wake_w]
         close_fds += [c.reader.fd for c in self.children.values()]
@@ -232,6 +234,7 @@ class Arbiter:
                     self.stats.update(child.pid, child.stats)
                     child.inflight = int(doc.get("inflight") or 0)
                     child.idle = float(doc.get("idle") or 0.0)
+                    child.pending_later = bool(doc.get("pending_later"))
                     child.consuming = bool(doc.get("consuming"))
                 elif event == "ready":
                     self.on_child_ready(child, doc)
@@ -363,6 +366,8 @@ class Arbiter:
             return
         if not all(c.ready and c.consuming and c.inflight == 0 for c in self.children.values()):
             return
+        if any(c.pending_later for c in self.children.values()):
+            return  # queues empty, but a round's later jobs are still to come (idle_probe.py)
         idle = min(c.idle for c in self.children.values())
         if idle >= idle_limit:
             self.begin_stop("graceful", 0, f"queues empty and nothing in flight for {idle:.0f}s: exiting when idle")
