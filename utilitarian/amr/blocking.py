@@ -34,7 +34,9 @@ class InterfaceBusy(Exception):
 
 
 def holder_name(job_id: str) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{job_id}"
+    # The session token tells apart two deliveries of one job in one process (a job published
+    # twice after a dispatch was redelivered): with the job id alone both would "hold" the block.
+    return f"{socket.gethostname()}:{os.getpid()}:{job_id}:{random.getrandbits(32):08x}"
 
 
 def _holder_is_dead(holder: str) -> bool:

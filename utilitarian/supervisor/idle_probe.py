@@ -21,6 +21,7 @@ class PendingLaterProbe:
         self.probes = list(probes)  # [(name, callable(app, queues) -> bool)]
         self.interval = interval
         self._answers: dict[str, bool] = {}
+        self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,8 +55,12 @@ class PendingLaterProbe:
             try:
                 answer = bool(probe(self.app, self.queues))
             except Exception as exc:  # keep the last answer: a database blip must not end a wait
-                log.warning("idle probe %s failed (%s: %s); keeping its last answer", name, type(exc).__name__, exc)
+                text = f"{type(exc).__name__}: {exc}"
+                if self._errors.get(name) != text:  # once per change, not every few seconds
+                    log.warning("idle probe %s failed (%s); keeping its last answer", name, text)
+                self._errors[name] = text
                 continue
+            self._errors.pop(name, None)
             if answer != self._answers.get(name, False):
                 log.info("idle probe %s: work for %s is %s", name, ", ".join(self.queues),
                          "still due later" if answer else "no longer due later")

@@ -253,6 +253,19 @@ def test_a_session_longer_than_its_lease_keeps_the_interface(store):
     assert store.block_holder(iface.id) is None
 
 
+def test_two_deliveries_of_one_job_in_one_process_do_not_share_a_block(store):
+    """A dispatch redelivered after its publish published the same job twice; both copies may land
+    in one worker child. Holding the block must still mean one session on the bus."""
+    from utilitarian.amr.blocking import InterfaceBusy, interface_lock
+
+    import_blockable(store)
+    iface = store.get_meter("bus-1").interface
+    with interface_lock(store, iface.id, "bus", "job-1", lease=30.0, wait=0):
+        with pytest.raises(InterfaceBusy):
+            with interface_lock(store, iface.id, "bus", "job-1", lease=30.0, wait=0):
+                pass
+
+
 def import_blockable(store) -> None:
     from utilitarian.amr.model import NetworkInterface
 
@@ -307,3 +320,27 @@ def test_status_json_gives_round_progress_as_numbers(amr):
         "total": 4, "done": 1, "failed": 1, "pending": 2, "state": "running"}
     assert numbers["started"] == iso_utc(slot) and numbers["eta_seconds"] > 0
     assert dt.datetime.fromisoformat(numbers["eta"].replace("Z", "+00:00")) > dt.datetime.now(UTC)
+
+
+def test_rounds_with_work_ahead_are_those_whose_jobs_can_still_come(store):
+    from utilitarian.amr.model import AmrTaskRun, DispatchRound, Job
+
+    now = dt.datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    slot = now - dt.timedelta(minutes=30)
+
+    def round_of(schedule, dispatched, jobs=2):
+        rnd = DispatchRound(f"{schedule}@{iso_utc(dispatched)}", schedule, dispatched, 0, dispatched)
+        store.record_round(rnd, [Job(f"{rnd.id}-{i}", f"m{i}", "t", dispatched) for i in range(jobs)], now=dispatched)
+        return rnd
+
+    waiting = round_of("monthly", slot)
+    store.record_continuation(waiting.id, slot + dt.timedelta(hours=6))  # a 06:00 gas-day read
+    done = round_of("daily", slot, jobs=1)
+    store.record_runs([AmrTaskRun(f"{done.id}-0", "m0", "t", "done", done.id, attempts=1, finished_at=now)])
+    silent = round_of("yearly", now - dt.timedelta(hours=3))  # pending, nothing happened for 3 h
+    assert store.rounds_with_work_ahead(["monthly", "daily", "yearly"], now=now, grace=3600.0) == [waiting.id]
+    assert store.rounds_with_work_ahead(["daily"], now=now, grace=3600.0) == []
+    # a round whose last job finished a moment ago is still on its way (retries, defers)
+    store.record_runs([AmrTaskRun(f"{silent.id}-0", "m0", "t", "done", silent.id, attempts=1,
+                                  finished_at=now - dt.timedelta(minutes=1))])
+    assert store.rounds_with_work_ahead(["yearly"], now=now, grace=3600.0) == [silent.id]

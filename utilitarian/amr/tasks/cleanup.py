@@ -30,7 +30,7 @@ def retention_plan(settings, now: dt.datetime) -> list[tuple[str, dt.datetime]]:
 
 
 @task("cleanup.apply_retention", queue=queues.CLEANUP, bind=True, max_retries=3, retry_backoff=30.0,
-      retry_for=(StoreError,))
+      retry_for=(StoreError, BrokerError))
 def apply_retention(ctx, max_batches: int = 200) -> dict:
     """Delete what `[amr]` retention says is too old, `cleanup_batch_size` rows per transaction so
     writers are never locked out for long; past `max_batches` the task re-sends itself."""

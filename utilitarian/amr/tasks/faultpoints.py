@@ -1,7 +1,7 @@
 """Named fault points at the step boundaries of the AMR pipeline, for the crash-and-fail harness
-(tests/integration/amr_faults). `faultpoint("commit.after_store")` costs one global lookup unless
-`UTILITARIAN_FAULTS` names a directory when the process starts; then a file `<point>` in it arms
-that point: its text is `<kind> [<times>]`, kind one of
+(tests/integration/amr_faults, which lists every call in the source and fails if one has no case).
+A point costs one global lookup unless `UTILITARIAN_FAULTS` names a directory when the process
+starts; then a file named after the point arms it: its text is `<kind> [<times>]`, kind one of
 
   publish   raise PublishError here, as if the next (or last) publish had failed
   store     raise StoreError here, as if the next (or last) store call had failed
