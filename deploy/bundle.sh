@@ -4,7 +4,7 @@
 # scripts and docs/operations.md. Run it where PyPI is reachable, with the Python version and
 # architecture of the servers (Debian 12: 3.11, Ubuntu 22.04: 3.10, 24.04: 3.12), e.g. on one of them.
 #   deploy/bundle.sh [OUTDIR]        PYTHON=python3.11 deploy/bundle.sh
-# EXTRAS=postgres adds the PostgreSQL driver; install.sh installs whatever extras the bundle names.
+# EXTRAS=postgres adds the PostgreSQL driver, EXTRAS=dlms the AES-GCM library for secured DLMS (EXTRAS=postgres,dlms for both); install.sh installs whatever extras the bundle names.
 set -eu
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)

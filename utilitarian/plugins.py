@@ -3,12 +3,15 @@ per kind of extension. Our own AMR package registers through it exactly as a sit
 so the framework core (config, tasks, app, supervisor, broker) never imports `utilitarian.amr`.
 
 Groups (declare them in the extending package's `pyproject.toml`):
-  utilitarian.config   NAME = "pkg.module:SECTION"  a top-level TOML table `[NAME]`, a ConfigSection
-  utilitarian.tasks    NAME = "pkg.tasks_module"    a module of @task functions every worker imports
-  utilitarian.idle_probes  NAME = "pkg.module:func"   `func(app, queues) -> bool`: work for these queues
-                       is still due later (`--exit-when-idle` waits for it; see supervisor/idle_probe.py)
-Further groups (execution environments, meter types, `read` URL schemes) are listed in
-`docs/plugins.md` with the modules that load them.
+  utilitarian.config        NAME = "pkg.module:SECTION"   a top-level TOML table `[NAME]`, a ConfigSection
+  utilitarian.tasks         NAME = "pkg.tasks_module"     a module of @task functions every worker imports
+  utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
+                            is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
+  utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
+  utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
+  utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)
+The last three are AMR's: this module only finds and imports them; `utilitarian.amr` checks what they
+hold (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
 IDLE_PROBES_GROUP = "utilitarian.idle_probes"
+ENVIRONMENTS_GROUP = "utilitarian.environments"
+METER_TYPES_GROUP = "utilitarian.meter_types"
+READ_SCHEMES_GROUP = "utilitarian.read_schemes"
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,25 @@ def config_sections() -> dict[str, ConfigSection]:
 def task_modules() -> list[str]:
     """Module names of the `utilitarian.tasks` group (imported by the task registry)."""
     return [plugin.value.partition(":")[0].strip() for plugin in declared(TASKS_GROUP)]
+
+
+def modules(group: str) -> dict[str, str]:
+    """{name: module name} of a group whose entry points name modules, without importing them
+    (execution environments: pymodbus and friends load only when a poll needs them)."""
+    return {plugin.name: plugin.value.partition(":")[0].strip() for plugin in declared(group)}
+
+
+@functools.lru_cache(maxsize=None)
+def loaded(group: str) -> dict[str, Any]:
+    """{name: object} of a group, each entry point imported once per process."""
+    return {plugin.name: load(plugin, group) for plugin in declared(group)}
+
+
+def clear_caches() -> None:
+    """Forget what was found (tests that install a package at run time)."""
+    declared.cache_clear()
+    config_sections.cache_clear()
+    loaded.cache_clear()
 
 
 def idle_probes() -> list[tuple[str, Callable[..., bool]]]:

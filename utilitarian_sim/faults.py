@@ -19,8 +19,11 @@ from dataclasses import dataclass
 #   garbage     noise bytes before the identification "/" (IEC)
 #   nak         answer a command with NAK (IEC)
 #   exception   Modbus exception response, code `exception_code` (Modbus)
+#   wrong_address  answer as another device (DLMS: another logical device / HDLC station; M-Bus:
+#               another primary address)
+#   collision   two slaves answer at once: their bytes overlap on the bus (M-Bus)
 FAULT_NAMES = ("timeout", "garble", "disconnect", "bad_bcc", "missing_end", "garbage", "nak",
-               "exception")
+               "exception", "wrong_address", "collision")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Faults:
     garbage: float = 0.0
     nak: float = 0.0
     exception: float = 0.0
+    wrong_address: float = 0.0
+    collision: float = 0.0
     exception_code: int = 4
     script: tuple[str, ...] = ()
     seed: int = 0

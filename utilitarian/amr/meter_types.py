@@ -247,6 +247,33 @@ def load_builtin_meter_types() -> dict[str, MeterType]:
     return result
 
 
+def load_registered_meter_types() -> dict[str, MeterType]:
+    """Every register map of the `utilitarian.meter_types` entry points (ours: the shipped TOML),
+    each a callable returning {name: MeterType}. A name two packages both define is a ConfigError:
+    which one a poll used must not depend on installation order. A site's [meter_types] tables
+    override these (see tasks/common.py)."""
+    from utilitarian.plugins import METER_TYPES_GROUP, loaded
+
+    result: dict[str, MeterType] = {}
+    origin: dict[str, str] = {}
+    for plugin_name, loader in loaded(METER_TYPES_GROUP).items():
+        try:
+            types = loader() if callable(loader) else loader
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"plugin {METER_TYPES_GROUP}:{plugin_name} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(types, dict) or not all(isinstance(t, MeterType) for t in types.values()):
+            raise ConfigError(f"plugin {METER_TYPES_GROUP}:{plugin_name} did not return {{name: MeterType}}")
+        for name, meter_type in types.items():
+            if name in origin:
+                raise ConfigError(f"meter type {name!r} is defined by plugins {origin[name]!r} and "
+                                  f"{plugin_name!r} of {METER_TYPES_GROUP}")
+            origin[name] = plugin_name
+            result[name] = meter_type
+    return result
+
+
 def _check_section(raw: dict, file: str | None) -> list[ConfigError]:
     try:
         parse_meter_types(raw, file=file or "<defaults>")

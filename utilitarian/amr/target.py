@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from utilitarian.errors import ConfigError
 
-# scheme -> (protocol, transport)
-SCHEMES = {
-    "iec62056-21+tcp": ("iec62056-21", "tcp"),
-    "iec62056-21+serial": ("iec62056-21", "serial"),
-    "lis200+tcp": ("lis200", "tcp"),
-    "lis200+serial": ("lis200", "serial"),
-    "modbus+tcp": ("modbus", "tcp"),
-    "modbus+rtu": ("modbus", "serial"),
-    "modbus+rtu-over-tcp": ("modbus", "rtu-over-tcp"),
-}
+# Schemes come from the `utilitarian.read_schemes` entry points (UrlProtocol objects; ours are in
+# url_protocols.py). IEC and Modbus targets have fields of their own; every other protocol's
+# parameters travel in MeterTarget.options.
 IEC_PROTOCOLS = ("iec62056-21", "lis200")
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
@@ -37,6 +31,47 @@ class SerialSettings:
 
     def __str__(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+@dataclass(frozen=True)
+class UrlProtocol:
+    """The URL schemes of one meter protocol, registered as a `utilitarian.read_schemes` entry
+    point named after the protocol. `params` maps each accepted query parameter to a parser
+    (text -> value, ValueError with the reason); `options` names those kept in
+    MeterTarget.options (the rest are the common fields: timeout, session_timeout, tz, type,
+    password, baud, retries); `check(values)` returns a reason to refuse a combination, or None."""
+
+    name: str                                      # MeterTarget.protocol
+    schemes: Mapping[str, str]                     # URL scheme -> transport ("tcp", "serial", ...)
+    params: Mapping[str, Callable[[str], object]]
+    execution_type: str                            # the environment `utilitarian read` uses
+    default_port: int | None = None
+    serial: SerialSettings | None = None           # line defaults of serial transports
+    options: tuple[str, ...] = ()
+    check: Callable[[dict], str | None] | None = None
+
+
+def url_protocols() -> dict[str, UrlProtocol]:
+    """Every registered protocol by name; a broken or foreign entry point is a ConfigError."""
+    from utilitarian.plugins import READ_SCHEMES_GROUP, loaded
+
+    found = loaded(READ_SCHEMES_GROUP)
+    for name, spec in found.items():
+        if not isinstance(spec, UrlProtocol) or spec.name != name:
+            raise ConfigError(f"plugin {READ_SCHEMES_GROUP}:{name} is not a UrlProtocol named {name!r}")
+    return found
+
+
+def schemes() -> dict[str, tuple[UrlProtocol, str]]:
+    """URL scheme -> (protocol, transport); a scheme claimed twice is a ConfigError."""
+    index: dict[str, tuple[UrlProtocol, str]] = {}
+    for spec in url_protocols().values():
+        for scheme, transport in spec.schemes.items():
+            if scheme in index:
+                raise ConfigError(f"URL scheme {scheme!r} is declared by protocols "
+                                  f"{index[scheme][0].name!r} and {spec.name!r}")
+            index[scheme] = (spec, transport)
+    return index
 
 
 @dataclass(frozen=True, repr=False)
@@ -62,7 +97,13 @@ class MeterTarget:
     # The driver may keep the connection open for later polls of this process (Modbus TCP only).
     # Not a URL parameter: the AMR task sets it for interfaces that are not `can_block`.
     reuse_connection: bool = False
+    # Protocol parameters without a field of their own (DLMS, M-Bus, a site's schemes): validated
+    # (name, value) pairs in URL order; the protocol's session reads them.
+    options: tuple[tuple[str, object], ...] = ()
     password: str | None = field(default=None, compare=False)
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)
 
     @property
     def interface(self) -> str:
@@ -78,7 +119,8 @@ class MeterTarget:
         return self.to_url(include_secret=False)
 
     def to_url(self, *, include_secret: bool = False) -> str:
-        scheme = next(s for s, pt in SCHEMES.items() if pt == (self.protocol, self.transport))
+        scheme, spec = next((s, p) for s, (p, t) in schemes().items()
+                            if (p.name, t) == (self.protocol, self.transport))
         where = f"//{self.interface}" if self.host else f"//{self.device}"
         query: list[tuple[str, str]] = []
         if self.address:
@@ -87,8 +129,11 @@ class MeterTarget:
             query.append(("device_id", str(self.device_id)))
         if self.meter_type:
             query.append(("type", self.meter_type))
+        query.extend((name, str(value).lower() if isinstance(value, bool) else str(value))
+                     for name, value in self.options)
         if self.serial:
-            defaults = (9600, 8, "N", 1) if self.protocol == "modbus" else (300, 7, "E", 1)
+            line = spec.serial or SerialSettings(300, 7, "E", 1)
+            defaults = (line.baudrate, line.bytesize, line.parity, line.stopbits)
             for name, value, default in zip(("baud", "bytesize", "parity", "stopbits"), (
                     self.serial.baudrate, self.serial.bytesize, self.serial.parity,
                     self.serial.stopbits), defaults):
@@ -178,6 +223,7 @@ def _timezone(text: str) -> str:
 
 _COMMON = {"timeout": _positive_float, "session_timeout": _positive_float, "tz": _timezone,
            "password": str, "type": str}
+COMMON_PARAMS = _COMMON  # what every protocol accepts: start a UrlProtocol's params from these
 _PARAMS = {
     "iec62056-21": {**_COMMON, "address": _address, "baud": _baud, "max_baud": _baud,
                     "switch_delay": _non_negative_float, "wakeup": _bool,
@@ -202,16 +248,18 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
     except ValueError as exc:
         raise fail(f"not a URL ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        hint = difflib.get_close_matches(scheme, SCHEMES, n=1)
+    known = schemes()
+    if scheme not in known:
+        hint = difflib.get_close_matches(scheme, known, n=1)
         raise fail(f"unsupported scheme {scheme!r}"
-                   + (f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {', '.join(SCHEMES)}"))
-    protocol, transport = SCHEMES[scheme]
+                   + (f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {', '.join(known)}"))
+    spec, transport = known[scheme]
+    protocol = spec.name
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise fail("malformed query string") from None
-    allowed = _PARAMS[protocol]
+    allowed = spec.params
     values: dict[str, object] = {}
     for name, raw in pairs:
         if name in values:
@@ -239,7 +287,7 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         if not host:
             raise fail(f"{scheme} needs host:port")
         if port is None:
-            port = 502 if protocol == "modbus" else None
+            port = spec.default_port
             if port is None:
                 raise fail(f"{scheme} needs a port: {scheme}://host:port")
         kwargs.update(host=host, port=port)
@@ -251,6 +299,16 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         for name in ("address", "max_baud", "switch_delay", "wakeup", "retries"):
             if name in values:
                 kwargs[name] = values[name]
+    elif protocol != "modbus":
+        kwargs["options"] = tuple((name, values[name]) for name in spec.options if name in values)
+        if transport == "serial":
+            line = spec.serial or SerialSettings(9600)
+            kwargs["serial"] = replace(line, baudrate=int(values.get("baud", line.baudrate)))
+        if "retries" in values:
+            kwargs["retries"] = values["retries"]
+        problem = spec.check(values) if spec.check else None
+        if problem:
+            raise fail(problem)
     else:
         kwargs["device_id"] = values.get("device_id", 1)
         if transport == "serial":

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 
+from utilitarian.errors import EX_FAILURE, EX_OK
+
+
 def register(sub, parent) -> None:
     p = sub.add_parser("db", parents=[parent], help="the AMR database: migrate, status")
-    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
-    m = dbsub.add_parser("migrate", parents=[parent], help="apply pending schema migrations (idempotent)")
-    m.set_defaults(action_handler=run_migrate)
-    s = dbsub.add_parser("status", parents=[parent], help="schema version and row counts")
-    s.set_defaults(action_handler=run_status)
-    p.set_defaults(handler=lambda args: dispatch(p, args))
-
-
-def dispatch(parser, args) -> int:
-    handler = getattr(args, "action_handler", None)
-    if handler is None:
-        parser.print_help()
-        return 64
-    return handler(args)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = actions.add_parser("migrate", parents=[parent], help="apply pending schema migrations (idempotent)")
+    migrate.set_defaults(handler=run_migrate)
+    status = actions.add_parser("status", parents=[parent], help="schema version and row counts")
+    status.set_defaults(handler=run_status)
 
 
 def run_migrate(args) -> int:
@@ -54,4 +48,4 @@ def run_status(args) -> int:
             counts = store.table_counts()
             for table, count in counts.items():
                 print(f"  {table:<24} {count:>12,}")
-    return 0 if version == LATEST else 1
+    return EX_OK if version == LATEST else EX_FAILURE

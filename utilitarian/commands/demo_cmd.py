@@ -1,5 +1,5 @@
-"""`utilitarian demo`: the whole pipeline on one machine in one command. Simulated Modbus and
-IEC 62056-21 meters, a worker and a beat (accelerated schedules) as real processes, SQLite in a
+"""`utilitarian demo`: the whole pipeline on one machine in one command. Simulated Modbus,
+IEC 62056-21, DLMS/COSEM and M-Bus meters, a worker and a beat (accelerated schedules) as real processes, SQLite in a
 scratch directory, the local RabbitMQ; readings and round progress shown live; Ctrl-C stops it all.
 """
 
@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from utilitarian.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE
 
 DEMO_VHOST = "utilitarian-demo"
 NO_BROKER = """\
@@ -26,6 +28,9 @@ def register(sub, parent) -> None:
     p = sub.add_parser("demo", parents=[parent], help="simulated meters polled on schedule, shown live (Ctrl-C stops)")
     p.add_argument("--modbus", type=int, default=240, help="simulated Modbus meters (default 240)")
     p.add_argument("--iec", type=int, default=60, help="simulated IEC 62056-21 meters, two per bus (default 60)")
+    p.add_argument("--dlms", type=int, default=4,
+                   help="simulated DLMS/COSEM meters: TCP wrapper, every other one with HLS-GMAC (default 4)")
+    p.add_argument("--mbus", type=int, default=6, help="simulated M-Bus heat and water meters, on one bus (default 6)")
     p.add_argument("--interval", type=int, default=15, choices=(10, 12, 15, 20, 30),
                    help="seconds between 'quarterly' rounds (default 15); 'hourly' rounds run every minute")
     p.add_argument("--latency", type=float, default=0.03, help="simulated answer delay in seconds (default 0.03)")
@@ -125,25 +130,70 @@ def _fleet(args):
         parts.append(ModbusFleetSimulator(modbus))
     if iec:
         parts.append(IecSimulator(iec))
+    parts.extend(_dlms_mbus(args))
     return parts
 
 
-def _install(config, parts) -> tuple[int, int]:
+def _dlms_mbus(args) -> list:
+    """DLMS meters (half of them secured: keys in files in the demo's directory) and an M-Bus bus."""
+    from utilitarian_sim.dlms_meter import SimDlmsMeter
+    from utilitarian_sim.dlms_server import DlmsSimulator
+    from utilitarian_sim.faults import Faults
+    from utilitarian_sim.mbus_sim import MbusSimulator, SimMbusMeter
+
+    parts = []
+    if args.dlms:
+        parts.append(DlmsSimulator([SimDlmsMeter(name=f"dlms-{i + 1:04d}", security="hls-gmac" if i % 2 else "none",
+                                                 faults=Faults(latency=args.latency))
+                                    for i in range(args.dlms)]))
+    if args.mbus:
+        parts.append(MbusSimulator([SimMbusMeter(i + 1, f"{50000001 + i}", medium=4 if i % 2 == 0 else 7,
+                                                 telegrams=2 if i % 3 == 0 else 1, name=f"mbus-{i + 1:04d}",
+                                                 faults=Faults(latency=args.latency / 3))
+                                    for i in range(args.mbus)]))
+    return parts
+
+
+def _rows(parts, workdir: str) -> list[dict]:
+    from utilitarian_sim.dlms_server import DlmsSimulator
+
+    rows = []
+    for part in parts:
+        if isinstance(part, DlmsSimulator):
+            keys = {}
+            for meter in part.meters:
+                if meter.security != "none":
+                    path = os.path.join(workdir, f"{meter.name}.keys")
+                    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                        fh.write(part.key_file_text(meter))
+                    keys[meter.name] = path
+            rows.extend(part.meter_entries(keys=keys))
+        else:
+            rows.extend(part.meter_entries())
+    return rows
+
+
+def _install(config, parts, workdir: str) -> tuple[int, int]:
     from utilitarian.amr.model import AmrTask, AmrTaskGroup
     from utilitarian.amr.registry_import import Known, check_meter_row, known_execution_types
     from utilitarian.amr.store import store_for_config
-    from utilitarian.amr.meter_types import load_builtin_meter_types
+    from utilitarian.amr.meter_types import load_registered_meter_types
 
-    rows = [row for part in parts for row in part.meter_entries()]
+    rows = _rows(parts, workdir)
     for row in rows:
         if row["execution_type"] == "generic_modbus":
             row["url"] += "&timeout=1.0"
     tasks = [AmrTask("modbus-read", "quarterly", "read_values", "generic_modbus"),
              AmrTask("iec-readout", "quarterly", "readout", "generic_iec6205621"),
              AmrTask("modbus-energy", "hourly", "read_values", "generic_modbus",
-                     {"series": ["active_energy_import"]})]
-    groups = {"generic_modbus": ("modbus-read", "modbus-energy"), "generic_iec6205621": ("iec-readout",)}
-    known = Known(amr_tasks=frozenset(t.name for t in tasks), meter_types=load_builtin_meter_types(),
+                     {"series": ["active_energy_import"]}),
+             AmrTask("dlms-registers", "quarterly", "read_registers", "generic_dlms",
+                     {"registers": ["1-0:1.8.0", "1-0:2.8.0", "1-0:32.7.0", "1-0:31.7.0", "1-0:1.7.0"]}),
+             AmrTask("dlms-profile", "hourly", "read_load_profile", "generic_dlms", {"offset_seconds": 3600.0}),
+             AmrTask("mbus-read", "quarterly", "read_values", "generic_mbus")]
+    groups = {"generic_modbus": ("modbus-read", "modbus-energy"), "generic_iec6205621": ("iec-readout",),
+              "generic_dlms": ("dlms-registers", "dlms-profile"), "generic_mbus": ("mbus-read",)}
+    known = Known(amr_tasks=frozenset(t.name for t in tasks), meter_types=load_registered_meter_types(),
                   execution_types=known_execution_types())
     entries = []
     for row in rows:
@@ -250,7 +300,7 @@ def run(args) -> int:
     broker_url, vhost = _broker_url(args)
     if not _reachable(broker_url):
         print(NO_BROKER.format(where=url_host(broker_url)), file=sys.stderr)
-        return 69
+        return EX_UNAVAILABLE
     workdir = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="utilitarian-demo-")
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "utilitarian.toml")
@@ -266,7 +316,7 @@ def run(args) -> int:
     parts = _fleet(args)
     procs = Processes(workdir, config_path)
     started = []
-    code = 0
+    code = EX_OK
     try:
         settings = settings_from_config(config)
         declare_topology(settings)
@@ -275,9 +325,10 @@ def run(args) -> int:
         for part in parts:
             part.start()
             started.append(part)
-        meters, tasks = _install(config, parts)
+        meters, tasks = _install(config, parts, workdir)
         print(f"demo in {workdir} (broker {mask_url(broker_url)}, SQLite)")
-        print(f"{meters} simulated meters ({args.modbus} Modbus, {args.iec} IEC 62056-21 on two-meter buses), "
+        print(f"{meters} simulated meters ({args.modbus} Modbus, {args.iec} IEC 62056-21 on two-meter buses, "
+              f"{args.dlms} DLMS/COSEM, {args.mbus} M-Bus on one bus), "
               f"{tasks} AMR tasks; rounds every {args.interval} s and every minute. Ctrl-C stops.")
         procs.start("worker", "worker", "-c", "2", "--threads", "25")
         procs.start("beat", "beat")
@@ -288,7 +339,7 @@ def run(args) -> int:
                 problem = procs.check()
                 if problem:
                     print(f"demo: {problem}", file=sys.stderr)
-                    code = 1
+                    code = EX_FAILURE
                     break
                 _show(store, state, time.monotonic())
                 time.sleep(1.0)

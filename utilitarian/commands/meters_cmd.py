@@ -8,7 +8,7 @@ import csv
 import sys
 import time
 
-from utilitarian.errors import UsageError
+from utilitarian.errors import EX_FAILURE, EX_OK, EX_TEMPFAIL, UsageError
 
 
 def register(sub, parent) -> None:
@@ -18,14 +18,14 @@ def register(sub, parent) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate only, write nothing")
     p.add_argument("--no-promote", action="store_true",
                    help="do not send default.promote_staged_meter_readings for new meters")
-    p.set_defaults(action_handler=run_import)
+    p.set_defaults(handler=run_import)
     p = meters.add_parser("list", parents=[parent], help="meters with interface, type and tasks")
     p.add_argument("--format", choices=("table", "csv"), default="table")
-    p.set_defaults(action_handler=run_list)
+    p.set_defaults(handler=run_list)
 
     tasks = _group(sub, parent, "amr-tasks", "AMR tasks: list, add, attach")
     p = tasks.add_parser("list", parents=[parent], help="AMR tasks and groups")
-    p.set_defaults(action_handler=run_tasks_list)
+    p.set_defaults(handler=run_tasks_list)
     p = tasks.add_parser("add", parents=[parent], help="add or replace an AMR task")
     p.add_argument("name")
     p.add_argument("--schedule", required=True, choices=("quarterly", "hourly", "daily", "weekly", "monthly", "yearly"))
@@ -34,7 +34,7 @@ def register(sub, parent) -> None:
     p.add_argument("--kwargs", default="{}", metavar="JSON", help="task_kwargs as a JSON object")
     p.add_argument("--offset", type=float, default=0.0, metavar="S", help="run_offset_seconds after the slot")
     p.add_argument("--inactive", action="store_true")
-    p.set_defaults(action_handler=run_tasks_add)
+    p.set_defaults(handler=run_tasks_add)
     p = tasks.add_parser("attach", parents=[parent],
                          help="give a task to meters directly (--meter), or to a group (--group) and "
                               "optionally put meters into that group")
@@ -42,7 +42,7 @@ def register(sub, parent) -> None:
     p.add_argument("--group", help="AMR task group (created if new)")
     p.add_argument("--meter", action="append", default=[], help="meter name (repeatable)")
     p.add_argument("--all-meters", action="store_true", help="every meter in the registry")
-    p.set_defaults(action_handler=run_tasks_attach)
+    p.set_defaults(handler=run_tasks_attach)
 
     readings = _group(sub, parent, "readings", "committed readings: tail, export, events")
     p = readings.add_parser("tail", parents=[parent], help="latest committed readings")
@@ -50,18 +50,18 @@ def register(sub, parent) -> None:
     p.add_argument("-n", type=int, default=20, help="how many (default 20)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new readings (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between checks with --follow")
-    p.set_defaults(action_handler=run_tail)
+    p.set_defaults(handler=run_tail)
     p = readings.add_parser("export", parents=[parent], help="readings as CSV, ordered by time")
     p.add_argument("--since", help="ISO 8601 time (inclusive; default: everything)")
     p.add_argument("--until", help="ISO 8601 time (exclusive)")
     p.add_argument("--meter")
     p.add_argument("--format", choices=("csv",), default="csv")
     p.add_argument("-o", "--output", help="file (default: standard output)")
-    p.set_defaults(action_handler=run_export)
+    p.set_defaults(handler=run_export)
     p = readings.add_parser("events", parents=[parent], help="latest meter system events")
     p.add_argument("--meter")
     p.add_argument("-n", type=int, default=20)
-    p.set_defaults(action_handler=run_events)
+    p.set_defaults(handler=run_events)
 
     p = sub.add_parser("poll", parents=[parent], help="poll one meter now (an on-demand job on amr.on_demand)")
     p.add_argument("meter")
@@ -74,17 +74,7 @@ def register(sub, parent) -> None:
 
 def _group(sub, parent, name: str, help_text: str):
     p = sub.add_parser(name, parents=[parent], help=help_text)
-    inner = p.add_subparsers(dest=f"{name}_action", metavar="ACTION")
-
-    def dispatch(args) -> int:
-        handler = getattr(args, "action_handler", None)
-        if handler is None:
-            p.print_help()
-            return 64
-        return handler(args)
-
-    p.set_defaults(handler=dispatch)
-    return inner
+    return p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
 def _open(args):
@@ -301,7 +291,7 @@ def run_poll(args) -> int:
             if run is not None and run.outcome != "pending":
                 print(f"{run.outcome} in {run.duration or 0:.2f}s after {run.attempts} attempt(s)"
                       + (f": {run.error}" if run.error else ""))
-                return 0 if run.outcome == "done" else 1
+                return EX_OK if run.outcome == "done" else EX_FAILURE
             time.sleep(0.2)
     print(f"no outcome within {args.wait:g}s (is a worker consuming amr.on_demand and commits?)", file=sys.stderr)
-    return 75
+    return EX_TEMPFAIL

@@ -20,6 +20,10 @@ URLs:
   modbus+tcp://HOST:PORT?device_id=1&type=eastron_sdm630
   modbus+rtu:///dev/ttyUSB0?baud=9600&device_id=1&type=eastron_sdm120
   modbus+rtu-over-tcp://HOST:PORT?device_id=3&type=abb_b23   serial gateway without Modbus TCP
+  dlms+tcp://HOST[:4059]?client=16&server=1        DLMS/COSEM, TCP wrapper (physical=N: HDLC via gateway)
+  dlms+serial:///dev/ttyUSB0?physical=17           DLMS/COSEM, HDLC on a serial line (9600 8N1)
+      security=none|lls|hls-gmac, keys=FILE or systemd credential name, key_id, invocation_counter=OBIS
+  mbus+tcp://HOST:PORT?address=5   mbus+serial:///dev/ttyUSB0?secondary=12345678   wired M-Bus (2400 8E1)
   common parameters: timeout=SECONDS (one read), session_timeout=SECONDS, tz=Europe/Stockholm
   62056-21 parameters: baud, max_baud, switch_delay=SECONDS, wakeup=1 (battery meters), retries
 
@@ -28,6 +32,9 @@ calls (default: readout for 62056-21, read_values for Modbus; LIS-200 needs --ca
   generic_lis200: read_single_value {"address": "2:300.0"}, read_archive_by_date {"start": ISO},
                   read_archive_by_offset_seconds {"offset_seconds": 86400}, set_time
   generic_modbus: read_values [{"series": [...]}]
+  generic_dlms: read_registers {"registers": ["1-0:1.8.0"]} (default: 1-0:1.8.0 and 1-0:2.8.0),
+                read_load_profile {"offset_seconds": 86400}, read_clock, set_time
+  generic_mbus: read_values [{"series": {"energy": "heat_energy"}}]
 
 exit codes:
   0   readings (and events) printed
@@ -39,8 +46,8 @@ Passwords: --password-env VAR reads the meter password (or LIS-200 lock key) fro
 environment, so it never shows in the process list or shell history."""
 
 
-def register(subparsers, parent) -> None:
-    p = subparsers.add_parser(
+def register(sub, parent) -> None:
+    p = sub.add_parser(
         "read", parents=[parent], help="read one meter now and print readings and events",
         description="Poll one meter through its execution environment and print what it returned.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +55,7 @@ def register(subparsers, parent) -> None:
     p.add_argument("--call", metavar="NAME", help="task_call to run")
     p.add_argument("--kwargs", metavar="JSON", default="{}", help="task_kwargs as a JSON object")
     p.add_argument("--execution-type", metavar="TYPE",
-                   help="generic_iec6205621, generic_lis200 or generic_modbus (default: from the URL)")
+                   help="an execution environment, e.g. generic_dlms (default: from the URL)")
     p.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
     p.add_argument("--meter-types", metavar="FILE",
                    help="extra TOML with [meter_types.<name>] tables (over built-ins and config)")
@@ -57,9 +64,9 @@ def register(subparsers, parent) -> None:
 
 
 def _meter_types(args, config_types: dict):
-    from utilitarian.amr.meter_types import (load_builtin_meter_types, load_meter_types_file,
+    from utilitarian.amr.meter_types import (load_meter_types_file, load_registered_meter_types,
                                              parse_meter_types)
-    types = load_builtin_meter_types()
+    types = load_registered_meter_types()
     if config_types:
         types.update(parse_meter_types(config_types, file=getattr(args, "config", None) or "config"))
     if args.meter_types:
@@ -83,7 +90,7 @@ def _print_table(result, out) -> None:
 
 
 def run(args) -> int:
-    from utilitarian.amr.environments import DEFAULT_EXECUTION_TYPE, run_task_call
+    from utilitarian.amr.environments import default_execution_type, environment, run_task_call
     from utilitarian.amr.errors import MeterError
     from utilitarian.amr.target import parse_meter_url
     from utilitarian.commands.common import json_arg, load
@@ -103,11 +110,16 @@ def run(args) -> int:
     except ConfigError as exc:
         raise UsageError(f"meter URL: {exc.reason}") from None
     kwargs = json_arg(args.kwargs, "--kwargs", dict)
-    execution_type = args.execution_type or DEFAULT_EXECUTION_TYPE[target.protocol]
-    call = args.call or {"generic_iec6205621": "readout", "generic_modbus": "read_values"}.get(execution_type)
+    execution_type = args.execution_type or default_execution_type(target.protocol)
+    try:
+        module = environment(execution_type)
+    except MeterError as exc:
+        raise UsageError(exc.message) from None
+    call = args.call or getattr(module, "DEFAULT_CALL", None)
     if call is None:
-        raise UsageError(f"{execution_type} has no default call; give --call "
-                         "(read_single_value, read_archive_by_date, read_archive_by_offset_seconds, set_time)")
+        raise UsageError(f"{execution_type} has no default call; give --call ({', '.join(module.CALLS)})")
+    if not args.call and not kwargs:
+        kwargs = dict(getattr(module, "DEFAULT_KWARGS", {}).get(call, {}))
     meter_types = _meter_types(args, config.meter_types) if target.protocol == "modbus" else None
     try:
         result = run_task_call(execution_type, call, target, kwargs, meter_types=meter_types)

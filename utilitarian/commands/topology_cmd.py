@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from utilitarian.errors import EX_FAILURE, EX_OK
+
 
 def register(sub, parent) -> None:
     p = sub.add_parser("topology", parents=[parent], help="declare or inspect the broker topology")
@@ -45,4 +47,4 @@ def run_show(args) -> int:
             print(f"{s.name:<{width}}  {'missing':>9}  {'-':>9}")
         else:
             print(f"{s.name:<{width}}  {s.messages:>9}  {s.consumers:>9}")
-    return 0 if all(s.messages is not None for s in states) else 1
+    return EX_OK if all(s.messages is not None for s in states) else EX_FAILURE

@@ -35,6 +35,7 @@ class ChildSpec:
     settings: object
     graceful_timeout: float
     loglevel: str
+    boot_may_fail: bool = True  # False once a child was ready: broker refusals are then retried in place
     probe_pending: bool = False  # ask the idle probes (the worker runs with --exit-when-idle)
 
 

@@ -132,7 +132,7 @@ def test_unknown_call_and_kwargs_name_environment_and_call():
         with pytest.raises(BadTaskCall, match="cannot drive"):
             run_task_call("generic_modbus", "read_values", t, {})
         with pytest.raises(BadTaskCall, match="unknown meter_execution_type"):
-            run_task_call("generic_dlms", "read", t, {})
+            run_task_call("generic_sml", "read", t, {})   # generic_dlms exists now
 
 
 def test_session_timeout_bounds_a_silent_bus():

@@ -10,14 +10,18 @@ from support.procs import Proc
 
 
 def test_demo_shows_rounds_and_stops_cleanly_on_ctrl_c(tmp_path, broker_url):
-    demo = Proc(["demo", "--broker", broker_url, "--modbus", "40", "--iec", "10", "--interval", "10",
-                 "--dir", str(tmp_path / "demo")], log=tmp_path / "demo.log")
+    demo = Proc(["demo", "--broker", broker_url, "--modbus", "40", "--iec", "10", "--dlms", "2", "--mbus", "3",
+                 "--interval", "10", "--dir", str(tmp_path / "demo")], log=tmp_path / "demo.log")
     try:
         wait_for(lambda: "finished in" in demo.output() or not demo.alive(), timeout=60, interval=0.5,
                  what="a round to finish in the demo")
         out = demo.output()
-        assert "50 simulated meters" in out and "round quarterly" in out
+        assert "55 simulated meters" in out and "round quarterly" in out
         assert " V\n" in out or " kWh\n" in out  # readings with their units
+        # every protocol's meters report, the secured DLMS meter (HLS-GMAC) among them
+        wait_for(lambda: {"modbus", "iec", "dlms", "mbus"} <= reporting(tmp_path / "demo"), timeout=60,
+                 interval=0.5, what="readings from every protocol")
+        assert "dlms-0002" in {m for m in meters_with_readings(tmp_path / "demo")}
         demo.signal(signal.SIGINT)
         assert demo.wait(90) == 0, demo.output()[-3000:]
         out = demo.output()
@@ -25,6 +29,24 @@ def test_demo_shows_rounds_and_stops_cleanly_on_ctrl_c(tmp_path, broker_url):
         assert out.rstrip().endswith("demo stopped cleanly")
     finally:
         demo.kill_tree()
+
+
+def meters_with_readings(workdir) -> set[str]:
+    import sqlite3
+
+    path = workdir / "demo.sqlite3"
+    if not path.exists():
+        return set()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        try:
+            return {row[0] for row in conn.execute(
+                "SELECT DISTINCT d.name FROM meter_reading r JOIN meter_device d ON d.id = r.meter_id")}
+        except sqlite3.Error:
+            return set()
+
+
+def reporting(workdir) -> set[str]:
+    return {name.split("-")[0] for name in meters_with_readings(workdir)}
 
 
 def test_demo_without_a_broker_says_how_to_get_one(tmp_path):

@@ -98,7 +98,8 @@ def test_serial_defaults():
 
 
 @pytest.mark.parametrize("url,key,fragment", [
-    ("dlms+tcp://h:1", "url", "unsupported scheme"),
+    ("dlsm+tcp://h:1", "url", "did you mean 'dlms+tcp'"),
+    ("ftp://h:1", "url", "unsupported scheme"),
     ("modbus+tpc://h:1", "url", "did you mean 'modbus+tcp'"),
     ("modbus+tcp://h:1?device=3", "url.device", "did you mean 'device_id'"),
     ("modbus+tcp://h:1?device_id=300", "url.device_id", "between 0 and 255"),

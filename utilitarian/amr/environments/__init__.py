@@ -7,49 +7,85 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import logging
 from datetime import datetime, timezone
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Mapping
+
+from utilitarian import plugins
 
 from utilitarian.amr.environments.params import Call, bind_kwargs
 from utilitarian.amr.errors import BadTaskCall, MeterError, MeterProtocolError
-from utilitarian.amr.meter_types import MeterType, load_builtin_meter_types
+from utilitarian.amr.meter_types import MeterType, load_registered_meter_types
 from utilitarian.amr.readings import PollResult
 from utilitarian.amr.target import MeterTarget
+from utilitarian.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# meter_execution_type -> module holding CALLS (imported on first use: pymodbus is heavy)
-EXECUTION_TYPES = {
-    "generic_iec6205621": "utilitarian.amr.environments.iec6205621",
-    "generic_lis200": "utilitarian.amr.environments.lis200",
-    "generic_modbus": "utilitarian.amr.environments.modbus",
-}
-# Which protocols each environment can drive (LIS-200 is a 62056-21 dialect).
-PROTOCOLS = {
-    "generic_iec6205621": ("iec62056-21", "lis200"),
-    "generic_lis200": ("lis200", "iec62056-21"),
-    "generic_modbus": ("modbus",),
-}
-DEFAULT_EXECUTION_TYPE = {"iec62056-21": "generic_iec6205621", "lis200": "generic_lis200",
-                          "modbus": "generic_modbus"}
+# Execution environments come from the `utilitarian.environments` entry points (ours are declared
+# in pyproject.toml like a site's): NAME = "pkg.module", a module holding
+#   CALLS: {task_call: Call}          what the environment offers (params.Call, params.Param)
+#   PROTOCOLS: ("dlms", ...)          the MeterTarget.protocol values it can drive
+#   DEFAULT_CALL, DEFAULT_KWARGS      optional: what `utilitarian read` runs when not told
+# Modules are imported on first use (pymodbus is heavy).
 
-def calls_of(execution_type: str) -> Mapping[str, Call]:
-    """The task calls an execution environment offers."""
+
+class _ExecutionTypes(Mapping):
+    """name -> module name of every registered environment, read from the entry points."""
+
+    def _modules(self) -> dict[str, str]:
+        return plugins.modules(plugins.ENVIRONMENTS_GROUP)
+
+    def __getitem__(self, name: str) -> str:
+        return self._modules()[name]
+
+    def __iter__(self):
+        return iter(self._modules())
+
+    def __len__(self) -> int:
+        return len(self._modules())
+
+
+EXECUTION_TYPES: Mapping[str, str] = _ExecutionTypes()
+
+
+def environment(execution_type: str) -> ModuleType:
+    """The environment's module, checked; unknown or broken ones are BadTaskCall (not retried)."""
     if execution_type not in EXECUTION_TYPES:
         hint = difflib.get_close_matches(execution_type, EXECUTION_TYPES, n=1)
         raise BadTaskCall(execution_type, "*", "unknown meter_execution_type"
                           + (f" (did you mean {hint[0]!r}?)" if hint
                              else f"; known: {', '.join(EXECUTION_TYPES)}"))
-    return importlib.import_module(EXECUTION_TYPES[execution_type]).CALLS
+    try:
+        module = plugins.load(plugins.Plugin(execution_type, EXECUTION_TYPES[execution_type], "?"),
+                              plugins.ENVIRONMENTS_GROUP)
+    except ConfigError as exc:
+        raise BadTaskCall(execution_type, "*", exc.reason) from None
+    if not isinstance(getattr(module, "CALLS", None), Mapping) or \
+            not isinstance(getattr(module, "PROTOCOLS", None), tuple):
+        raise BadTaskCall(execution_type, "*", f"{module.__name__} has no CALLS mapping and PROTOCOLS tuple")
+    return module
+
+
+def calls_of(execution_type: str) -> Mapping[str, Call]:
+    """The task calls an execution environment offers."""
+    return environment(execution_type).CALLS
+
+
+def default_execution_type(protocol: str) -> str | None:
+    """The environment `utilitarian read` uses for a protocol (its UrlProtocol says)."""
+    from utilitarian.amr.target import url_protocols
+
+    spec = url_protocols().get(protocol)
+    return spec.execution_type if spec else None
 
 
 @functools.lru_cache(maxsize=1)
 def _default_meter_types() -> Mapping[str, MeterType]:
-    """The shipped maps, parsed once per process (read-only view: every poll shares it)."""
-    return MappingProxyType(load_builtin_meter_types())
+    """The registered maps (utilitarian.meter_types), parsed once per process (read-only view:
+    every poll shares it)."""
+    return MappingProxyType(load_registered_meter_types())
 
 
 def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task_kwargs: dict,
@@ -63,7 +99,7 @@ def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task
         hint = difflib.get_close_matches(task_call, calls, n=1)
         raise BadTaskCall(execution_type, task_call, "unknown task_call"
                           + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(calls)}"))
-    if target.protocol not in PROTOCOLS[execution_type]:
+    if target.protocol not in environment(execution_type).PROTOCOLS:
         raise BadTaskCall(execution_type, task_call,
                           f"cannot drive a {target.protocol} meter ({target})")
     kwargs = bind_kwargs(execution_type, call, task_kwargs)

@@ -18,6 +18,9 @@ from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_iec6205621"
+# 62056-21 and its LIS-200 dialect share the framing
+PROTOCOLS = ("iec62056-21", "lis200")  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = "readout"  # what `utilitarian read` runs without --call
 ERROR_REGISTER = "F.F"
 # OBIS value group C of objects that are not measurements: 0 general purpose (ids, clock), C and 96
 # service entries, F and 97 error registers, 98/99 data profiles. They become readings only when

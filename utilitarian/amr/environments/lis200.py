@@ -18,6 +18,9 @@ from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_lis200"
+# 62056-21 and its LIS-200 dialect share the framing
+PROTOCOLS = ("lis200", "iec62056-21")  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = None  # what `utilitarian read` runs without --call
 
 
 def read_single_value(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:

@@ -14,6 +14,8 @@ from utilitarian.amr.readings import PollResult
 from utilitarian.amr.target import MeterTarget
 
 NAME = "generic_modbus"
+PROTOCOLS = ("modbus",)  # MeterTarget.protocol values this environment drives
+DEFAULT_CALL = "read_values"  # what `utilitarian read` runs without --call
 
 
 def _meter_type(target: MeterTarget, name: str | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import termios
 import time
 from typing import Callable, Protocol, TypeVar
 
@@ -104,7 +105,8 @@ class SerialTransport:
             self._port = serial.Serial(self.device, baudrate=s.baudrate, bytesize=s.bytesize,
                                        parity=s.parity, stopbits=s.stopbits, timeout=0,
                                        write_timeout=max(timeout, 1.0))
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error is not an OSError: a line setting the driver refuses raised it raw.
             raise MeterUnreachable(f"{self.device}: cannot open ({exc})") from None
         self._record("open")
 

@@ -31,9 +31,9 @@ def store_of(app):
 def meter_types_of(app) -> dict:
     """Built-in register maps plus the site's `[meter_types.*]` (validated at config load)."""
     def build(a):
-        from utilitarian.amr.meter_types import load_builtin_meter_types, parse_meter_types
+        from utilitarian.amr.meter_types import load_registered_meter_types, parse_meter_types
 
-        types = dict(load_builtin_meter_types())
+        types = dict(load_registered_meter_types())
         if a.config.meter_types:
             types.update(parse_meter_types(a.config.meter_types, file=a.config.source or "<config>"))
         return types

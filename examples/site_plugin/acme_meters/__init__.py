@@ -1,0 +1,1 @@
+"""ACME line-protocol meters: an example of a site's utilitarian plugin."""
