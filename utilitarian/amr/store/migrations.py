@@ -106,6 +106,16 @@ V2 = (
     """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
 )
 
+V3 = (
+    # Readings committed (or promoted) but not yet handed to the publish tasks: written in the same
+    # transaction as the readings, deleted after the publish tasks were confirmed by the broker, so a
+    # failed publish or a killed worker in between leaves them here for the retry (or the sweeper).
+    """CREATE TABLE publish_outbox (
+        id {ID}, owner TEXT NOT NULL, readings TEXT NOT NULL, created_at {TS} NOT NULL)""",
+    """CREATE INDEX publish_outbox_owner ON publish_outbox (owner)""",
+    """CREATE INDEX publish_outbox_created ON publish_outbox (created_at)""",
+)
+
 V4 = (
     # The platform's identifiers: UUIDs beside names (the invoke body names a meter by its UUID),
     # owner and references, CT/VT ratios, and the platform's own record of the meter (JSON).
@@ -125,6 +135,7 @@ V4 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
     Migration(2, "rounds remember their scheduled dispatch continuation", V2),
+    Migration(3, "publish outbox: committed readings waiting for their publish tasks", V3),
     Migration(4, "the platform's identifiers on meters and AMR tasks; CT/VT ratios", V4),
 )
 LATEST = MIGRATIONS[-1].version

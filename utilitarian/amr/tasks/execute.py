@@ -18,6 +18,7 @@ from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
 from utilitarian.amr.publish import reading_to_wire
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
+from utilitarian.amr.tasks.faultpoints import faultpoint
 from utilitarian.amr.tasks.outbox import outbox_of
 from utilitarian.errors import BrokerError, ConfigError
 from utilitarian.tasks import Defer, Reject, SoftTimeLimitExceeded, task
@@ -96,10 +97,12 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
         _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
+    faultpoint("execute.after_poll")
     readings = [reading_to_wire(MeterReading(meter, r.series, r.timestamp, r.value, r.unit))
                 for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
     _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
+    faultpoint("execute.after_results")
     return {"outcome": "done", "readings": len(readings), "events": len(events)}
 
 
