@@ -6,35 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from utilitarian import queues
 from utilitarian.broker import delay
 from utilitarian.broker.publisher import ConfirmedPublisher, Outgoing
 from utilitarian.protocol import Envelope, encode_task
+from utilitarian.tasks import Registry, TaskCall
+
+__all__ = ["App", "TaskCall", "default_app", "outgoing_for", "send_task"]  # TaskCall lives in utilitarian.tasks
 
 UTC = dt.timezone.utc
-
-
-@dataclass(frozen=True)
-class TaskCall:
-    """One task to send; `queue=None` routes by the registry and `[tasks]` overrides."""
-
-    name: str
-    args: tuple | list = ()
-    kwargs: Mapping[str, Any] | None = None
-    queue: str | None = None
-    task_id: str | None = None
-    countdown: float | None = None
-    eta: dt.datetime | None = None
-    expires: dt.datetime | float | None = None
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
-    retries: int = 0
-    parent_id: str | None = None
-    root_id: str | None = None
-    extra_headers: Mapping[str, Any] | None = field(default=None)
 
 
 def outgoing_for(envelope: Envelope, queue: str, now: dt.datetime | None = None) -> Outgoing:
@@ -71,8 +53,6 @@ class App:
     @property
     def registry(self):
         if self._registry is None:
-            from utilitarian.tasks import Registry
-
             self._registry = Registry.for_config(self.config)
         return self._registry
 

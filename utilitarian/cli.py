@@ -1,7 +1,9 @@
 """The `utilitarian` command: argparse wiring and the mapping of errors to exit codes, no logic.
 
 Each subcommand lives in a module of `utilitarian.commands` (or its owning package) that exposes
-`register(subparsers, parent)`; the handler it sets returns the process exit code.
+`register(sub, parent)`. One style for all of them: a command with actions adds
+`p.add_subparsers(dest="action", metavar="ACTION", required=True)` and every leaf parser sets
+`handler=` (no dispatch functions); the handler returns an exit code from utilitarian.errors.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 
 from utilitarian import __version__
-from utilitarian.errors import EX_SOFTWARE, UtilitarianError
+from utilitarian.errors import EX_INTERRUPTED, EX_OK, EX_SOFTWARE, EX_USAGE, UtilitarianError
 
 # Modules that add subcommands. Kept as names so that `utilitarian --help` imports only argparse
 # wiring: heavy imports (pika, pymodbus) happen inside the handlers.
@@ -68,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
-        return 64
+        return EX_USAGE
     try:
         return int(args.handler(args) or 0)
     except UtilitarianError as exc:
         print(f"utilitarian: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EX_OK
     except Exception:  # the last line of defence: one logged traceback, a distinct code
         log.exception("unexpected error in %r", getattr(args, "command", None))
         return EX_SOFTWARE

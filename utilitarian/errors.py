@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 # sysexits.h codes: systemd units use RestartPreventExitStatus=78 so a bad deploy stops flapping.
+# The worker's contract: 0 after a requested stop (TERM, QUIT, exit-when-idle); EX_CONFIG when a
+# child could not boot and no child was ever ready since the master started (bad file, refused
+# credentials: restarting cannot help); EX_SOFTWARE after a crash loop or a failure of the master
+# itself (systemd restarts it). A child exiting EX_CONFIG after the worker was ready is a crash.
 EX_OK = 0
 EX_FAILURE = 1
+EX_NOT_RUNNING = 3  # LSB "program is not running": `utilitarian status` found no worker
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 class UtilitarianError(Exception):

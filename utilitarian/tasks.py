@@ -1,14 +1,16 @@
-"""Task definitions: the `@task` decorator, per-task retry policy and time limits, and the
-registry that routes task names to queues. Unknown names are refused, never imported."""
+"""Task definitions: the `@task` decorator, per-task retry policy and time limits, the registry
+that routes task names to queues, and `TaskCall` (one task to send). Unknown names are refused,
+never imported. Imports nothing that talks to a broker: `utilitarian.app` builds on this."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from utilitarian import queues
 from utilitarian.errors import ConfigError
@@ -84,6 +86,26 @@ class RetryPolicy:
         return Decision("retry", delay=self.delay_for(retries, rng))
 
 
+@dataclass(frozen=True)
+class TaskCall:
+    """One task to send; `queue=None` routes by the registry and `[tasks]` overrides."""
+
+    name: str
+    args: tuple | list = ()
+    kwargs: Mapping[str, Any] | None = None
+    queue: str | None = None
+    task_id: str | None = None
+    countdown: float | None = None
+    eta: dt.datetime | None = None
+    expires: dt.datetime | float | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    retries: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    extra_headers: Mapping[str, Any] | None = field(default=None)
+
+
 class SoftTimeLimitExceeded(Exception):
     """Raised inside a task's thread when its soft time limit passes (it may clean up and exit)."""
 
@@ -110,8 +132,6 @@ class TaskContext:
         return self.app.send_tasks(calls)
 
     def send_task(self, name: str, args=(), kwargs=None, **options) -> str:
-        from utilitarian.app import TaskCall
-
         return self.send_tasks([TaskCall(name, args, kwargs, **options)])[0]
 
 

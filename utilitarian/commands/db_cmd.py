@@ -1,27 +1,22 @@
-"""`utilitarian db migrate|status`: bring the AMR store's schema to this release, or show where it is."""
+"""`utilitarian db migrate|status|claim-host`: bring the AMR store's schema to this release, show where it
+is, or make this host the owner of a SQLite store that moved here."""
 
 from __future__ import annotations
 
 
+from utilitarian.errors import EX_FAILURE, EX_OK
+
+
 def register(sub, parent) -> None:
     p = sub.add_parser("db", parents=[parent], help="the AMR database: migrate, status")
-    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
-    m = dbsub.add_parser("migrate", parents=[parent], help="apply pending schema migrations (idempotent)")
-    m.set_defaults(action_handler=run_migrate)
-    s = dbsub.add_parser("status", parents=[parent], help="schema version and row counts")
-    s.set_defaults(action_handler=run_status)
-    c = dbsub.add_parser("claim-host", parents=[parent],
-                         help="make this host the owner of a SQLite store that moved here for good")
-    c.set_defaults(action_handler=run_claim_host)
-    p.set_defaults(handler=lambda args: dispatch(p, args))
-
-
-def dispatch(parser, args) -> int:
-    handler = getattr(args, "action_handler", None)
-    if handler is None:
-        parser.print_help()
-        return 64
-    return handler(args)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = actions.add_parser("migrate", parents=[parent], help="apply pending schema migrations (idempotent)")
+    migrate.set_defaults(handler=run_migrate)
+    status = actions.add_parser("status", parents=[parent], help="schema version and row counts")
+    status.set_defaults(handler=run_status)
+    claim = actions.add_parser("claim-host", parents=[parent],
+                               help="make this host the owner of a SQLite store that moved here for good")
+    claim.set_defaults(handler=run_claim_host)
 
 
 def run_migrate(args) -> int:
@@ -63,7 +58,7 @@ def run_status(args) -> int:
             counts = store.table_counts()
             for table, count in counts.items():
                 print(f"  {table:<24} {count:>12,}")
-    return 0 if version == LATEST else 1
+    return EX_OK if version == LATEST else EX_FAILURE
 
 
 def run_claim_host(args) -> int:
@@ -77,7 +72,7 @@ def run_claim_host(args) -> int:
         store.check_schema()
         if store.dialect != "sqlite":
             print(f"{store.url}: a PostgreSQL store serves every host; nothing to claim")
-            return 0
+            return EX_OK
         previous = reassign(store.backend, host_name())
         print(f"{store.url}: now owned by {host_name()!r}" + (f" (was {previous!r})" if previous else ""))
-    return 0
+    return EX_OK

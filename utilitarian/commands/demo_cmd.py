@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+from utilitarian.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE
+
 DEMO_VHOST = "utilitarian-demo"
 NO_BROKER = """\
 No RabbitMQ answers at {where}. The demo needs one on this machine:
@@ -298,7 +300,7 @@ def run(args) -> int:
     broker_url, vhost = _broker_url(args)
     if not _reachable(broker_url):
         print(NO_BROKER.format(where=url_host(broker_url)), file=sys.stderr)
-        return 69
+        return EX_UNAVAILABLE
     workdir = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="utilitarian-demo-")
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "utilitarian.toml")
@@ -314,7 +316,7 @@ def run(args) -> int:
     parts = _fleet(args)
     procs = Processes(workdir, config_path)
     started = []
-    code = 0
+    code = EX_OK
     try:
         settings = settings_from_config(config)
         declare_topology(settings)
@@ -337,7 +339,7 @@ def run(args) -> int:
                 problem = procs.check()
                 if problem:
                     print(f"demo: {problem}", file=sys.stderr)
-                    code = 1
+                    code = EX_FAILURE
                     break
                 _show(store, state, time.monotonic())
                 time.sleep(1.0)

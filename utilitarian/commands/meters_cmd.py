@@ -8,7 +8,7 @@ import csv
 import sys
 import time
 
-from utilitarian.errors import UsageError
+from utilitarian.errors import EX_FAILURE, EX_OK, EX_TEMPFAIL, UsageError
 
 
 def register(sub, parent) -> None:
@@ -18,23 +18,26 @@ def register(sub, parent) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate only, write nothing")
     p.add_argument("--no-promote", action="store_true",
                    help="do not send default.promote_staged_meter_readings for new meters")
-    p.set_defaults(action_handler=run_import)
+    p.set_defaults(handler=run_import)
     p = meters.add_parser("list", parents=[parent], help="meters with interface, type and tasks")
     p.add_argument("--format", choices=("table", "csv"), default="table")
-    p.set_defaults(action_handler=run_list)
+    p.set_defaults(handler=run_list)
 
     tasks = _group(sub, parent, "amr-tasks", "AMR tasks: list, add, attach")
     p = tasks.add_parser("list", parents=[parent], help="AMR tasks and groups")
-    p.set_defaults(action_handler=run_tasks_list)
+    p.set_defaults(handler=run_tasks_list)
     p = tasks.add_parser("add", parents=[parent], help="add or replace an AMR task")
     p.add_argument("name")
     p.add_argument("--schedule", required=True, choices=("quarterly", "hourly", "daily", "weekly", "monthly", "yearly"))
     p.add_argument("--call", required=True, dest="task_call", help="task_call of the execution environment")
-    p.add_argument("--execution-type", required=True, help="meter_execution_type, e.g. generic_modbus")
+    p.add_argument("--execution-type", required=True,
+                   help="meter_execution_type: generic_iec6205621, generic_lis200, generic_corus, generic_modbus")
     p.add_argument("--kwargs", default="{}", metavar="JSON", help="task_kwargs as a JSON object")
-    p.add_argument("--offset", type=float, default=0.0, metavar="S", help="run_offset_seconds after the slot")
+    p.add_argument("--offset", type=float, default=0.0, metavar="S",
+                   help="run_offset_seconds after the slot (0 to the schedule's period)")
+    p.add_argument("--description", help="free text (the platform's AmrTask description)")
     p.add_argument("--inactive", action="store_true")
-    p.set_defaults(action_handler=run_tasks_add)
+    p.set_defaults(handler=run_tasks_add)
     p = tasks.add_parser("attach", parents=[parent],
                          help="give a task to meters directly (--meter), or to a group (--group) and "
                               "optionally put meters into that group")
@@ -42,7 +45,7 @@ def register(sub, parent) -> None:
     p.add_argument("--group", help="AMR task group (created if new)")
     p.add_argument("--meter", action="append", default=[], help="meter name (repeatable)")
     p.add_argument("--all-meters", action="store_true", help="every meter in the registry")
-    p.set_defaults(action_handler=run_tasks_attach)
+    p.set_defaults(handler=run_tasks_attach)
 
     readings = _group(sub, parent, "readings", "committed readings: tail, export, events")
     p = readings.add_parser("tail", parents=[parent], help="latest committed readings")
@@ -50,18 +53,18 @@ def register(sub, parent) -> None:
     p.add_argument("-n", type=int, default=20, help="how many (default 20)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new readings (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between checks with --follow")
-    p.set_defaults(action_handler=run_tail)
+    p.set_defaults(handler=run_tail)
     p = readings.add_parser("export", parents=[parent], help="readings as CSV, ordered by time")
     p.add_argument("--since", help="ISO 8601 time (inclusive; default: everything)")
     p.add_argument("--until", help="ISO 8601 time (exclusive)")
     p.add_argument("--meter")
     p.add_argument("--format", choices=("csv",), default="csv")
     p.add_argument("-o", "--output", help="file (default: standard output)")
-    p.set_defaults(action_handler=run_export)
+    p.set_defaults(handler=run_export)
     p = readings.add_parser("events", parents=[parent], help="latest meter system events")
     p.add_argument("--meter")
     p.add_argument("-n", type=int, default=20)
-    p.set_defaults(action_handler=run_events)
+    p.set_defaults(handler=run_events)
 
     p = sub.add_parser("poll", parents=[parent], help="poll one meter now (an on-demand job on amr.on_demand)")
     p.add_argument("meter")
@@ -74,17 +77,7 @@ def register(sub, parent) -> None:
 
 def _group(sub, parent, name: str, help_text: str):
     p = sub.add_parser(name, parents=[parent], help=help_text)
-    inner = p.add_subparsers(dest=f"{name}_action", metavar="ACTION")
-
-    def dispatch(args) -> int:
-        handler = getattr(args, "action_handler", None)
-        if handler is None:
-            p.print_help()
-            return 64
-        return handler(args)
-
-    p.set_defaults(handler=dispatch)
-    return inner
+    return p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
 def _open(args):
@@ -107,19 +100,51 @@ def _utc(text: str | None, flag: str):
 
 
 # --- meters -------------------------------------------------------------------------------------
-def run_import(args) -> int:
-    from utilitarian.amr.registry_import import Known, known_execution_types, load_meter_list
+def _known(store, app):
+    from utilitarian.amr.registry_import import Known, known_execution_types
     from utilitarian.amr.tasks.common import meter_types_of
 
-    config, store = _open(args)
+    tasks = {t.name: t for t in store.list_amr_tasks()} if store is not None else {}
+    groups = {g.name: g.tasks for g in store.list_groups()} if store is not None else {}
+    return Known(amr_tasks=frozenset(tasks), meter_types=meter_types_of(app),
+                 execution_types=known_execution_types(), task_objects=tasks, group_tasks=groups)
+
+
+def _dry_run_without_store(args, config) -> int:
+    """`--dry-run` validates the file even where the store is not migrated (or not there yet)."""
+    from utilitarian.amr.registry_import import load_meter_list
+    from utilitarian.app import App
+
+    app = App(config, name="utilitarian meters import")
+    try:
+        meter_list = load_meter_list(args.file, _known(None, app))
+    finally:
+        app.close()
+    print(f"{args.file}: {len(meter_list.entries)} meters, {len(meter_list.tasks)} AMR tasks, "
+          f"{len(meter_list.groups)} groups are valid (dry run without the store: tasks and groups "
+          "only from the file; nothing written)")
+    return 0
+
+
+def run_import(args) -> int:
+    from utilitarian.amr.registry_import import load_meter_list
+    from utilitarian.amr.store import store_for_config
+    from utilitarian.commands.common import load
+    from utilitarian.errors import ConfigError
+
+    config = load(args)
+    try:
+        store = store_for_config(config)
+    except ConfigError:
+        if args.dry_run:
+            return _dry_run_without_store(args, config)
+        raise
     with store:
         from utilitarian.app import App
 
         app = App(config, name="utilitarian meters import")
         try:
-            known = Known(amr_tasks=frozenset(t.name for t in store.list_amr_tasks()),
-                          meter_types=meter_types_of(app), execution_types=known_execution_types())
-            meter_list = load_meter_list(args.file, known)
+            meter_list = load_meter_list(args.file, _known(store, app))
             if args.dry_run:
                 print(f"{args.file}: {len(meter_list.entries)} meters, {len(meter_list.tasks)} AMR tasks, "
                       f"{len(meter_list.groups)} groups are valid (dry run, nothing written)")
@@ -189,15 +214,22 @@ def run_tasks_list(args) -> int:
 
 def run_tasks_add(args) -> int:
     from utilitarian.amr.model import AmrTask
+    from utilitarian.amr.task_checks import check_task
     from utilitarian.commands.common import json_arg
 
     kwargs = json_arg(args.kwargs, "--kwargs", dict)
-    if args.offset < 0:
-        raise UsageError("--offset must not be negative")
+    task = AmrTask(args.name, args.schedule, args.task_call, args.execution_type, kwargs,
+                   args.offset, not args.inactive, description=args.description)
+    # Refuse what a worker would refuse, before anything is written.
+    problems = check_task(task)
+    if problems:
+        raise UsageError(f"AMR task {args.name!r} not added: " + "; ".join(problems))
     _, store = _open(args)
     with store:
-        store.add_amr_task(AmrTask(args.name, args.schedule, args.task_call, args.execution_type, kwargs,
-                                   args.offset, not args.inactive))
+        mismatched = _mismatches(store, task, None)
+        if mismatched:
+            raise UsageError(f"AMR task {args.name!r} not replaced: " + "; ".join(mismatched))
+        store.add_amr_task(task)
     print(f"AMR task {args.name!r}: {args.schedule}, {args.execution_type}.{args.task_call}")
     return 0
 
@@ -208,6 +240,11 @@ def run_tasks_attach(args) -> int:
     _, store = _open(args)
     with store:
         meters = [m.name for m in store.list_meters()] if args.all_meters else args.meter
+        task = next((t for t in store.list_amr_tasks() if t.name == args.task), None)
+        if task is not None:
+            mismatched = _mismatches(store, task, (set(meters), args.group))
+            if mismatched:
+                raise UsageError(f"AMR task {args.task!r} not attached: " + "; ".join(mismatched))
         try:
             store.attach_task(args.task, group=args.group, meters=meters)
         except KeyError as exc:
@@ -215,6 +252,28 @@ def run_tasks_attach(args) -> int:
     where = f"group {args.group!r}" if args.group else "meters directly"
     print(f"AMR task {args.task!r} attached to {where}" + (f" ({len(meters)} meters)" if meters else ""))
     return 0
+
+
+def _mismatches(store, task, attaching) -> list[str]:
+    """Meters `task` would not run on: those it is attached to now (replacing it), or the meters
+    being attached (`attaching` = (meter names, group)) plus the group's members."""
+    from utilitarian.amr.target import parse_meter_url
+    from utilitarian.amr.task_checks import check_attachment
+
+    meters = {m.name: m for m in store.list_meters()}
+    if attaching is None:
+        names = {m for m, tasks in store.meter_tasks().items() if task.name in tasks}
+    else:
+        names, group = attaching
+        if group:
+            names |= {m for m, groups in store.meter_groups().items() if group in groups}
+    out = []
+    for name in sorted(names):
+        meter = meters.get(name)
+        if meter is not None and (problem := check_attachment(task, name, meter.execution_type,
+                                                              parse_meter_url(meter.url).protocol)):
+            out.append(problem)
+    return out
 
 
 # --- readings -------------------------------------------------------------------------------------
@@ -301,7 +360,7 @@ def run_poll(args) -> int:
             if run is not None and run.outcome != "pending":
                 print(f"{run.outcome} in {run.duration or 0:.2f}s after {run.attempts} attempt(s)"
                       + (f": {run.error}" if run.error else ""))
-                return 0 if run.outcome == "done" else 1
+                return EX_OK if run.outcome == "done" else EX_FAILURE
             time.sleep(0.2)
     print(f"no outcome within {args.wait:g}s (is a worker consuming amr.on_demand and commits?)", file=sys.stderr)
-    return 75
+    return EX_TEMPFAIL

@@ -57,8 +57,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
 
 
-def register(subparsers, parent) -> None:
-    p = subparsers.add_parser("simulate", parents=[parent], help="run simulated meters",
+def register(sub, parent) -> None:
+    p = sub.add_parser("simulate", parents=[parent], help="run simulated meters",
                               description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from utilitarian.errors import EX_NOT_RUNNING, EX_OK
+
 
 def register(sub, parent) -> None:
     p = sub.add_parser("status", parents=[parent], help="workers on this host, their children and queues")
@@ -24,6 +26,13 @@ def _age(seconds: float) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
     return f"{seconds // 86400}d"
+
+
+def _consuming(child: dict) -> str:
+    """yes, or why not (as the child said); older masters send no such field."""
+    if child.get("consuming", child.get("ready")):
+        return "yes"
+    return f"no: {child['why']}" if child.get("why") else ("booting" if not child.get("ready") else "no")
 
 
 def _mib(rss) -> str:
@@ -55,15 +64,15 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
             except BrokerError as exc:
                 result["queues_error"] = str(exc)
     try:
-        from utilitarian.amr.progress import progress_for_status
+        from utilitarian.amr.progress import status_rounds
     except ImportError:
-        progress_for_status = None
+        status_rounds = None
     owner_note = _foreign_sqlite(config)
     if owner_note:
         result["rounds_error"] = owner_note
-    elif progress_for_status is not None:
-        try:
-            result["rounds"] = progress_for_status(config)
+    elif status_rounds is not None:
+        try:  # "rounds": lines; "progress_numbers": per round total, done, failed, pending, started, eta
+            result.update(status_rounds(config))
         except Exception as exc:  # the store may not exist on a host that only runs workers
             result["rounds_error"] = str(exc)
     return result
@@ -99,7 +108,7 @@ def run(args) -> int:
     result = gather(config, args.socket, not args.no_queues)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-        return 0 if result["workers"] else 3
+        return EX_OK if result["workers"] else EX_NOT_RUNNING
     if not result["workers"]:
         print(f"no worker answers under {config.runtime_dir()}", file=sys.stderr)
     for w in result["workers"]:
@@ -108,14 +117,19 @@ def run(args) -> int:
               f"{w['rate_per_s']}/s over the last minute  restarts {w['restarts']}")
         print(f"  tasks: {t['done']} done, {t['failed']} failed, {t['retried']} retried, "
               f"{t['refused']} refused, {t['deferred']} deferred")
+        causes = {k: n for k, n in (w.get("restarts_by_cause") or {}).items() if n}
+        if causes or w.get("reconnects") or w.get("consumer_cancels"):
+            print(f"  replaced: {', '.join(f'{n} {k}' for k, n in causes.items()) or 'none'}; "
+                  f"{w.get('reconnects', 0)} reconnects, {w.get('consumer_cancels', 0)} consumer cancels")
         for pool in w["pools"]:
             short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"])
             print(f"  pool {pool['name']}: {pool['processes']} x {pool['threads']} threads on {short}")
         print(f"    {'pid':>7} {'pool':<10} {'state':<9} {'rss':>6} {'done':>8} {'failed':>7} {'retried':>7} "
-              f"{'inflight':>8} {'uptime':>7}")
+              f"{'inflight':>8} {'uptime':>7} {'reconn':>6} {'cancels':>7}  consuming")
         for c in w["children"]:
             print(f"    {c['pid']:>7} {c['pool']:<10} {c['state']:<9} {_mib(c['rss']):>6} {c['done']:>8} "
-                  f"{c['failed']:>7} {c['retried']:>7} {c['inflight']:>8} {_age(c['uptime']):>7}")
+                  f"{c['failed']:>7} {c['retried']:>7} {c['inflight']:>8} {_age(c['uptime']):>7} "
+                  f"{c.get('reconnects', 0):>6} {c.get('cancels', 0):>7}  {_consuming(c)}")
     for u in result["unreachable"]:
         print(f"stale socket {u['socket']}: {u['error']}")
     if result.get("queues"):
@@ -132,4 +146,4 @@ def run(args) -> int:
         print("rounds:")
         for line in result["rounds"]:
             print(f"  {line}")
-    return 0 if result["workers"] else 3
+    return EX_OK if result["workers"] else EX_NOT_RUNNING

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from utilitarian.errors import EX_FAILURE, EX_OK
+
 
 def register(sub, parent) -> None:
     p = sub.add_parser("topology", parents=[parent], help="declare, inspect or migrate the broker topology")
@@ -42,7 +44,7 @@ def run_declare(args) -> int:
     declare_topology(settings)
     print(f"declared the task queues, dead-letter queue and delay levels as {settings.queue_type} queues "
           f"on {settings.where}")
-    return 0
+    return EX_OK
 
 
 def run_show(args) -> int:
@@ -65,7 +67,7 @@ def run_show(args) -> int:
                 flag = "" if s.type == settings.queue_type else "  <- not the configured type"
                 print(f"{s.name:<{width}}  {s.messages:>9}  {s.consumers:>9}  {s.type}{flag}")
     ok = all(s.messages is not None and s.type == settings.queue_type for s in states)
-    return 0 if ok else 1
+    return EX_OK if ok else EX_FAILURE
 
 
 def run_migrate(args) -> int:
@@ -85,7 +87,7 @@ def run_migrate(args) -> int:
     if args.check:
         ok, lines = check(settings, args.from_vhost)
         print("\n".join(lines))
-        return 0 if ok else EX_TEMPFAIL
+        return EX_OK if ok else EX_TEMPFAIL
     migration = Migration(settings, args.from_vhost)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: migration.request_stop())
@@ -93,4 +95,4 @@ def run_migrate(args) -> int:
           flush=True)
     drained = migration.run(until_idle=args.until_idle, report=lambda text: print(text, flush=True))
     print(migration.describe(), flush=True)
-    return 0 if drained else EX_TEMPFAIL
+    return EX_OK if drained else EX_TEMPFAIL

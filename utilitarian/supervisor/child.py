@@ -35,6 +35,8 @@ class ChildSpec:
     settings: object
     graceful_timeout: float
     loglevel: str
+    boot_may_fail: bool = True  # False once a child was ready: broker refusals are then retried in place
+    probe_pending: bool = False  # ask the idle probes (the worker runs with --exit-when-idle)
 
 
 def set_process_name(name: str) -> None:
@@ -103,6 +105,9 @@ class Child:
                             hard_time_limit=pool.hard_time_limit, task_local=task_local)
         started = time.monotonic()
         last_beat = 0.0
+        from utilitarian.supervisor.idle_probe import PendingLaterProbe
+
+        later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
 
         def on_consuming() -> None:
             if not self.ready_sent:
@@ -132,7 +137,8 @@ class Child:
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 last_beat = now
                 writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(),
-                                 consuming=consumer.consuming, idle=round(runner.idle_for(), 3))
+                                 consuming=consumer.consuming, idle=round(runner.idle_for(), 3),
+                                 pending_later=later.pending_later)
 
         def on_task_limit() -> None:
             # Stop taking work now (in-flight tasks finish); the master starts the replacement
@@ -158,6 +164,7 @@ class Child:
                 log.error("child failed: %s", exc, exc_info=True)
                 code = EX_SOFTWARE
         finally:
+            later.stop()
             writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(), consuming=False,
                              idle=round(runner.idle_for(), 3))
             runner.shutdown()

@@ -1,5 +1,6 @@
 """The master's Unix control socket (one JSON request per connection, one JSON answer) and the
-client side `utilitarian status` uses. The master serves it from its own loop, never a thread."""
+client side `utilitarian status` uses. The master serves it from its own loop without ever
+waiting on a client (utilitarian.supervisor.clients)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import logging
 import os
 import socket
 
+from utilitarian.supervisor.clients import ClientServer
+
 log = logging.getLogger(__name__)
-REQUEST_TIMEOUT = 0.5  # a client that does not speak within this is dropped; the loop moves on
 
 
 def socket_path(runtime_dir: str, name: str) -> str:
@@ -19,7 +21,9 @@ def socket_path(runtime_dir: str, name: str) -> str:
     return os.path.join(runtime_dir, f"worker-{safe}.sock")
 
 
-class ControlServer:
+class ControlServer(ClientServer):
+    what = "control"
+
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -27,60 +31,33 @@ class ControlServer:
             if _alive(path):
                 raise OSError(errno.EADDRINUSE, f"another worker answers on {path}")
             os.unlink(path)  # stale: its master died without cleaning up
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
         os.chmod(path, 0o660)
-        self.sock.listen(8)
-        self.sock.setblocking(False)
+        sock.listen(64)
+        super().__init__(sock)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def complete(self, data: bytes, eof: bool) -> bool:
+        return data.endswith(b"\n") or (eof and bool(data))
 
-    def handle(self, answer) -> None:
-        """Serve every pending client; `answer(request_dict) -> dict`."""
-
-        def serve(conn: socket.socket) -> None:
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            try:
-                request = json.loads(data or b"{}")
-            except ValueError:
-                request = {"cmd": data.decode("utf-8", "replace").strip()}
-            if not isinstance(request, dict):
-                request = {}
-            conn.sendall(json.dumps(answer(request), default=str).encode() + b"\n")
-
-        serve_pending(self.sock, serve, "control")
+    def respond(self, data: bytes, handler) -> bytes:
+        """`handler(request_dict) -> dict`; a request that is not JSON is taken as a bare command."""
+        try:
+            request = json.loads(data or b"{}")
+        except ValueError:
+            request = {"cmd": data.decode("utf-8", "replace").strip()}
+        if not isinstance(request, dict):
+            request = {}
+        return json.dumps(handler(request), default=str).encode() + b"\n"
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            super().close()
         finally:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
-
-
-def serve_pending(sock: socket.socket, serve, what: str) -> None:
-    """Accept and serve, one at a time, every client waiting on a non-blocking listening socket;
-    a client that stalls past REQUEST_TIMEOUT is dropped so the master's loop moves on."""
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        try:
-            conn.settimeout(REQUEST_TIMEOUT)
-            serve(conn)
-        except OSError as exc:
-            log.debug("%s client dropped: %s", what, exc)
-        finally:
-            conn.close()
 
 
 def _alive(path: str) -> bool:

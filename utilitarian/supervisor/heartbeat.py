@@ -1,6 +1,10 @@
 """The child-to-master status pipe: JSON lines. A child's heartbeat is any line; events
 ("ready", "retire", "boot_failed") must arrive, periodic snapshots may be dropped when the
-pipe is full (the next one carries the same cumulative figures)."""
+pipe is full (the next one carries the same cumulative figures).
+
+Heartbeat fields the master reads (each optional, so an older child still works): stats,
+inflight, idle, consuming, why (why not consuming), reconnects, cancels, dead_letter_failures
+(cumulative counts), pending_later (work held for later: exit-when-idle waits)."""
 
 from __future__ import annotations
 
@@ -54,10 +58,12 @@ class StatusReader:
         self._buffer = b""
         self.eof = False
 
-    def read(self) -> list[dict]:
-        """All complete lines available now."""
+    def read(self, max_bytes: int = 1 << 20) -> list[dict]:
+        """Complete lines available now (at most about `max_bytes` per call, so that a child
+        writing without pause cannot keep the master's loop here)."""
         chunks = []
-        while True:
+        size = 0
+        while size < max_bytes:
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -69,6 +75,7 @@ class StatusReader:
                 self.eof = True
                 break
             chunks.append(chunk)
+            size += len(chunk)
         if not chunks:
             return []
         data = self._buffer + b"".join(chunks)

@@ -1,11 +1,12 @@
 """Prometheus text exposition of a worker's counters, served over plain HTTP by the master's
-loop (no thread, no dependency): tasks by queue/task/outcome, durations, children, RSS."""
+loop (no thread, no dependency, never waiting on a client): tasks by queue/task/outcome,
+durations, children (state, consuming, RSS), restarts by cause, reconnects and consumer cancels."""
 
 from __future__ import annotations
 
 import socket
 
-from utilitarian.supervisor.control import serve_pending
+from utilitarian.supervisor.clients import ClientServer
 from utilitarian.supervisor.stats import BUCKETS
 
 
@@ -13,7 +14,8 @@ def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def render(worker: str, counts, hist, children: list[dict], restarts: int) -> str:
+def render(worker: str, counts, hist, children: list[dict], restarts: int, *, by_pool: dict | None = None,
+           totals: dict | None = None) -> str:
     w = _label(worker)
     lines = ["# HELP utilitarian_tasks_total Tasks finished, by queue, task and outcome.",
              "# TYPE utilitarian_tasks_total counter"]
@@ -45,34 +47,49 @@ def render(worker: str, counts, hist, children: list[dict], restarts: int) -> st
     lines += ["# HELP utilitarian_child_in_flight Tasks running per child.", "# TYPE utilitarian_child_in_flight gauge"]
     for c in children:
         lines.append(f'utilitarian_child_in_flight{{worker="{w}",pool="{_label(c["pool"])}",pid="{c["pid"]}"}} {c["inflight"]}')
+    lines += ["# HELP utilitarian_child_consuming 1 while the child consumes its queues, 0 while it does not.",
+              "# TYPE utilitarian_child_consuming gauge"]
+    for c in children:
+        lines.append(f'utilitarian_child_consuming{{worker="{w}",pool="{_label(c["pool"])}",pid="{c["pid"]}"}} '
+                     f'{1 if c.get("consuming") else 0}')
     lines += ["# HELP utilitarian_child_restarts_total Children respawned after an unexpected exit.",
               "# TYPE utilitarian_child_restarts_total counter",
               f'utilitarian_child_restarts_total{{worker="{w}"}} {restarts}']
+    lines += ["# HELP utilitarian_child_replacements_total Children replaced, by pool and cause (crash, "
+              "hard_time_limit, max_tasks, max_memory, heartbeat, reload).",
+              "# TYPE utilitarian_child_replacements_total counter"]
+    for pool, causes in sorted((by_pool or {}).items()):
+        for cause, n in causes.items():
+            labels = f'worker="{w}",pool="{_label(pool)}",cause="{cause}"'
+            lines.append(f"utilitarian_child_replacements_total{{{labels}}} {n}")
+    for key, name, text in (("reconnects", "utilitarian_reconnects_total", "Broker reconnections of the children."),
+                            ("consumer_cancels", "utilitarian_consumer_cancels_total",
+                             "Consumers cancelled by the broker (queue deleted, node down)."),
+                            ("dead_letter_failures", "utilitarian_dead_letter_failures_total",
+                             "Dead-letter publishes that failed (the message was requeued).")):
+        if totals is not None and key in totals:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f'{name}{{worker="{w}"}} {totals[key]}']
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
+class MetricsServer(ClientServer):
+    what = "metrics"
+
     def __init__(self, host: str, port: int):
-        self.sock = socket.create_server((host, port), reuse_port=False)
-        self.sock.setblocking(False)
+        super().__init__(socket.create_server((host, port), reuse_port=False, backlog=64))
         self.port = self.sock.getsockname()[1]
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def complete(self, data: bytes, eof: bool) -> bool:
+        return b"\r\n\r\n" in data or b"\n\n" in data or (eof and bool(data))
 
-    def handle(self, body_factory) -> None:
-        def serve(conn: socket.socket) -> None:
-            request = conn.recv(4096).decode("latin-1")
-            path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
-            if path.split("?")[0] in ("/metrics", "/"):
-                body = body_factory().encode()
-                head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-            else:
-                body = b"not found\n"
-                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-            conn.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-
-        serve_pending(self.sock, serve, "metrics")
-
-    def close(self) -> None:
-        self.sock.close()
+    def respond(self, data: bytes, handler) -> bytes:
+        """`handler() -> str`, the exposition text, for GET / and /metrics."""
+        request = data.split(b"\n", 1)[0].decode("latin-1")
+        path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+        if path.split("?")[0] in ("/metrics", "/"):
+            body = handler().encode()
+            head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        else:
+            body = b"not found\n"
+            head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+        return f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body

@@ -10,6 +10,7 @@ import logging
 from utilitarian.amr.store.backend import Backend, StoreError, open_backend
 from utilitarian.amr.store.group_commit import GroupCommitter
 from utilitarian.amr.store.migrations import LATEST, SchemaOutdated, check_version, current_version, migrate
+from utilitarian.amr.store.outbox import OutboxEntry, OutboxStore
 from utilitarian.amr.store.ownership import StoreOwnedElsewhere, claim
 from utilitarian.amr.store.readings import CommitResult, ReadingStore
 from utilitarian.amr.store.registry import RegistryStore
@@ -19,11 +20,11 @@ from utilitarian.log import mask_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Store", "StoreError", "SchemaOutdated", "StoreOwnedElsewhere", "CommitResult", "RoundCounts", "open_store",
-           "store_for", "LATEST"]
+__all__ = ["Store", "StoreError", "SchemaOutdated", "StoreOwnedElsewhere", "CommitResult", "RoundCounts",
+           "OutboxEntry", "open_store", "store_for", "LATEST"]
 
 
-class Store(RegistryStore, ReadingStore, RunStore):
+class Store(RegistryStore, ReadingStore, RunStore, OutboxStore):
     def __init__(self, backend: Backend):
         self.backend = backend
         self._group = GroupCommitter(backend, timeout=backend.timeout)
@@ -51,7 +52,8 @@ class Store(RegistryStore, ReadingStore, RunStore):
 
     def table_counts(self) -> dict[str, int]:
         tables = ("meter_device", "network_interface", "amr_task", "amr_task_group", "meter_reading",
-                  "staged_meter_reading", "meter_system_event", "amr_round", "amr_task_run", "interface_block")
+                  "staged_meter_reading", "meter_system_event", "amr_round", "amr_task_run", "interface_block",
+                  "publish_outbox")
         with self.backend.transaction() as tx:
             return {t: int(tx.scalar(f"SELECT count(*) FROM {t}", default=0)) for t in tables}
 
