@@ -8,6 +8,7 @@ and directories; what differs between real machines beyond that (clocks, network
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -22,6 +23,15 @@ from utilitarian.broker.topology import declare_topology
 
 UTC = dt.timezone.utc
 SERIES = ["active_energy_import", "active_energy_export"]  # adjacent registers: one request per poll
+
+
+@contextlib.contextmanager
+def running(simulator, *, timeout: float):
+    simulator.start(timeout=timeout)
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
 
 
 def cli(config, *args: str, host: str) -> subprocess.CompletedProcess:
@@ -69,7 +79,7 @@ def test_two_hosts_and_a_beat_read_a_round_of_2000_meters_exactly_once(tmp_path,
                              name=f"m-{i:04d}") for i in range(2000)]
     procs: list[Proc] = []
     try:
-        with ModbusFleetSimulator(meters) as sim:
+        with running(ModbusFleetSimulator(meters), timeout=120) as sim:  # 2,000 devices: slow under load
             # Given 2,000 meters in one PostgreSQL store, read each quarter hour
             meter_file = tmp_path / "meters.toml"
             meter_file.write_text(render_meter_list(sim.meter_entries()))
