@@ -38,7 +38,7 @@ class SocketLine:
         try:
             ready, _, _ = select.select([self.conn], [], [], 0)
             return bool(ready) and self.conn.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
+        except (OSError, ValueError):  # ValueError: our serving thread closed it already (fd -1)
             return True
 
     def read(self, timeout: float) -> bytes:
