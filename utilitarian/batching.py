@@ -41,11 +41,27 @@ class Batcher:
         self._lock = threading.Lock()
 
     def submit(self, item: Any) -> Any:
+        """The item's result. Raises `on_timeout()` when the item was not handled in time; it is
+        then withdrawn, never handled later, if its group had not started. If its group had started,
+        submit waits up to another `timeout` for that group's outcome; only when even that passes
+        is the outcome unknown (the caller's task retries, so `handle_group`'s work must be
+        idempotent, as every store write and commit message of the AMR pipeline is)."""
         self._ensure_thread()
         future: Future = Future()
         self._queue.put((item, future))
         try:
             # A stuck group must not hold task threads forever: fail this caller, its task retries.
+            return future.result(self.timeout)
+        except FutureTimeout:
+            if future.cancel():
+                # Still queued: its group skips it (set_running_or_notify_cancel), so the error
+                # below is the whole truth. Before this, an item that timed out in the queue was
+                # still committed (or published) by a later group (issue 11).
+                raise self.on_timeout() from None
+        except BaseException:  # an async exception (soft time limit) in this caller: withdraw too
+            future.cancel()
+            raise
+        try:
             return future.result(self.timeout)
         except FutureTimeout:
             raise self.on_timeout() from None

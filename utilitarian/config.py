@@ -84,6 +84,8 @@ class BrokerConfig:
                                                 doc="drop a connection the broker blocked (memory alarm) this long")
     confirm_timeout: float = setting(30.0, min=0.1, max=3600.0, doc="how long a publish waits for its confirm")
     retry_backoff_max: float = setting(30.0, min=0.1, max=3600.0, doc="cap of the reconnect backoff")
+    queue_type: str = setting("classic", choices=("classic", "quorum"),
+                              doc="classic (Celery's default) or quorum (replicated, for a RabbitMQ cluster)")
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 

@@ -5,6 +5,8 @@ so the framework core (config, tasks, app, supervisor, broker) never imports `ut
 Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.config        NAME = "pkg.module:SECTION"   a top-level TOML table `[NAME]`, a ConfigSection
   utilitarian.tasks         NAME = "pkg.tasks_module"     a module of @task functions every worker imports
+  utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
+                            is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
   utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
   utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
+IDLE_PROBES_GROUP = "utilitarian.idle_probes"
 ENVIRONMENTS_GROUP = "utilitarian.environments"
 METER_TYPES_GROUP = "utilitarian.meter_types"
 READ_SCHEMES_GROUP = "utilitarian.read_schemes"
@@ -112,3 +115,14 @@ def clear_caches() -> None:
     declared.cache_clear()
     config_sections.cache_clear()
     loaded.cache_clear()
+
+
+def idle_probes() -> list[tuple[str, Callable[..., bool]]]:
+    """(name, probe) of the `utilitarian.idle_probes` group."""
+    probes = []
+    for plugin in declared(IDLE_PROBES_GROUP):
+        probe = load(plugin, IDLE_PROBES_GROUP)
+        if not callable(probe):
+            raise ConfigError(f"plugin {IDLE_PROBES_GROUP}:{plugin.name} ({plugin.value}) is not callable")
+        probes.append((plugin.name, probe))
+    return probes

@@ -13,9 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from utilitarian.amr.errors import MeterError
-from utilitarian.amr.protocols import iec_frames as f
-from utilitarian.amr.protocols.iec_datasets import parse_data_block
+from utilitarian_sim import iec_wire as f
 from utilitarian_sim.faults import FaultInjector
 from utilitarian_sim.iec_meter import GenericMeterModel
 from utilitarian_sim.lis200_meter import Lis200Model
@@ -85,7 +83,7 @@ class IecEngine:
         while True:
             try:
                 result = f.extract_frame(self.buffer)
-            except MeterError:
+            except f.Garbled:
                 self.buffer.clear()
                 return None
             if result:
@@ -253,10 +251,9 @@ class IecEngine:
     def _answer(self, meter, frame: f.Frame, authenticated: bool) -> list[tuple[bytes, bool]] | None:
         """(payload, final) blocks answering R1/R3/W1, or None for a plain ACK."""
         try:
-            request = parse_data_block(frame.payload)[0]
-        except (MeterError, IndexError):
+            address, param = f.parse_request(frame.payload)
+        except f.Garbled:
             return [(b"(ERROR)", True)]
-        address, param = request.address, request.value.raw
         lis = isinstance(meter, Lis200Model)
 
         def error(code: int) -> list[tuple[bytes, bool]]:
@@ -278,6 +275,13 @@ class IecEngine:
             size = int((param.split(";") + ["", "", "", ""])[3] or 0) if frame.command == "R3" else 0
             size = size if size > 0 else max(len(lines), 1)
             chunks = [lines[i:i + size] for i in range(0, len(lines), size)] or [[]]
+            return [(("\r\n".join(c) + "\r\n").encode("ascii"), i == len(chunks) - 1)
+                    for i, c in enumerate(chunks)]
+        if frame.command == "R5" and not lis:
+            lines = meter.load_profile(address, param)
+            if lines is None:
+                return [(b"(ERROR)", True)]
+            chunks = [lines[i:i + 8] for i in range(0, len(lines), 8)] or [[]]
             return [(("\r\n".join(c) + "\r\n").encode("ascii"), i == len(chunks) - 1)
                     for i, c in enumerate(chunks)]
         if frame.command == "R1":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo
@@ -31,6 +31,11 @@ class SimIecMeter:
     battery: needs the NUL wake-up sequence before it answers.
     clock_offset: seconds the meter's clock is ahead (negative: behind) at start.
     dialect: "iec" (electricity meter) or "lis200" (Elster EK2x0 volume converter).
+    dst_flag: LIS-200 time values carry ",S" (summer) or ",W" (winter) after the time.
+    profile_period: load profile (P.01) registration period in minutes; two days are kept.
+    profile_missing: UTC instants ("2025-10-26T01:15:00Z") the profile has no entry for (a gap).
+    profile_status: UTC instant -> status bits of that interval (0x80 power failure, 0x20 clock
+    adjusted); each also becomes a P.98 event log entry.
     """
 
     address: str
@@ -48,6 +53,10 @@ class SimIecMeter:
     dialect: str = "iec"
     faults: Faults = Faults()
     name: str = ""
+    dst_flag: bool = False
+    profile_period: int = 15
+    profile_missing: tuple[str, ...] = ()
+    profile_status: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dialect not in ("iec", "lis200"):
@@ -164,3 +173,54 @@ class GenericMeterModel(SimulatedDevice):
 
     def series(self) -> list[str]:
         return [s for s, _u in GENERIC_SERIES]
+
+    # -- load profile (VDEW layout, as DIN EN 62056-21 annex describes it) ---------------------
+    def _profile_instants(self) -> list[datetime]:
+        period = timedelta(minutes=self.spec.profile_period)
+        now = self.meter_clock.now().astimezone(timezone.utc)
+        last = datetime.fromtimestamp(now.timestamp() // period.total_seconds() * period.total_seconds(),
+                                      timezone.utc)
+        count = int(timedelta(days=2) / period)
+        return [last - period * i for i in range(count, -1, -1)]
+
+    def _request_instant(self, text: str) -> datetime | None:
+        text = text.strip()
+        if not text:
+            return None
+        season, digits = (text[0], text[1:]) if len(text) == 11 else ("", text)
+        local = datetime.strptime(digits[:10], "%y%m%d%H%M")
+        if season == "2":
+            return local.replace(tzinfo=timezone.utc)
+        return local.replace(tzinfo=self.meter_clock.tz, fold=0 if season != "0" else 1).astimezone(timezone.utc)
+
+    def load_profile(self, address: str, params: str) -> list[str] | None:
+        if address not in ("P.01", "P.98"):
+            return None
+        low_text, _sep, high_text = params.partition(";")
+        try:
+            low, high = self._request_instant(low_text), self._request_instant(high_text)
+        except ValueError:
+            return None
+        tz = self.meter_clock.tz
+        missing = {datetime.fromisoformat(m.replace("Z", "+00:00")) for m in self.spec.profile_missing}
+        status_of = {datetime.fromisoformat(k.replace("Z", "+00:00")): v for k, v in self.spec.profile_status.items()}
+        lines, previous = [], None
+        for instant in self._profile_instants():
+            if instant in missing or (low and instant < low) or (high and instant > high):
+                continue
+            local = instant.astimezone(tz)
+            season = "1" if local.dst() else "0"
+            status = (0x08 if local.dst() else 0) | status_of.get(instant, 0)
+            stamp = season + local.strftime("%y%m%d%H%M")
+            if address == "P.98":
+                if status & ~0x08:
+                    lines.append(f"P.98({stamp}00)({status:02X})()(0)")
+                continue
+            expected = previous[0] + timedelta(minutes=self.spec.profile_period) if previous else None
+            if previous is None or instant != expected or status != previous[1]:
+                lines.append(f"P.01({stamp})({status:02X})({self.spec.profile_period})(2)"
+                             f"(1.5.0)(kW)(1.8.0)(kWh)")
+            minutes = int((instant - datetime(2020, 1, 1, tzinfo=timezone.utc)).total_seconds() // 60)
+            lines.append(f"({self.number + 0.5:.3f})({minutes * self.number / 100:.2f})")
+            previous = (instant, status)
+        return lines

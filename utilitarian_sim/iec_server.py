@@ -30,6 +30,16 @@ _SPEEDS = {getattr(termios, f"B{b}"): b for b in
 class SocketLine:
     def __init__(self, conn: socket.socket):
         self.conn = conn
+        self.session_ended = False   # set once its session is recorded as ended
+
+    def peer_closed(self) -> bool:
+        """True when the client's close (FIN) has arrived, whether or not the serving thread has
+        read it yet."""
+        try:
+            ready, _, _ = select.select([self.conn], [], [], 0)
+            return bool(ready) and self.conn.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # ValueError: our serving thread closed it already (fd -1)
+            return True
 
     def read(self, timeout: float) -> bytes:
         ready, _, _ = select.select([self.conn], [], [], max(timeout, 0.0))
@@ -150,6 +160,7 @@ class IecSimulator:
         self._listeners: list[socket.socket] = []
         self._lines: list = []
         self._lock = threading.Lock()
+        self._live: dict[int, list[SocketLine]] = {}
 
     def _meters_of(self, gateway: int) -> dict:
         return {a: m for (g, a), m in self.models.items() if g == gateway}
@@ -201,24 +212,43 @@ class IecSimulator:
                 continue
             except OSError:
                 return
-            thread = threading.Thread(target=self._serve_connection, args=(gateway, conn),
+            line = SocketLine(conn)
+            # A client that closed before this one connected has ended its session, even if its
+            # serving thread has not noticed yet: record that first, so a gateway's sessions show
+            # the order the clients made, not the order our threads were scheduled in.
+            with self._lock:
+                earlier_lines = list(self._live.get(gateway, []))
+            for earlier in earlier_lines:
+                if earlier.peer_closed():
+                    self._end_session(gateway, earlier)
+            self.sessions.started(self.interfaces()[gateway])
+            with self._lock:
+                self._live.setdefault(gateway, []).append(line)
+            thread = threading.Thread(target=self._serve_connection, args=(gateway, line),
                                       daemon=True, name=f"iec-sim-{gateway}-conn")
             with self._lock:
                 self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
             thread.start()
 
-    def _serve_connection(self, gateway: int, conn: socket.socket) -> None:
+    def _end_session(self, gateway: int, line: SocketLine) -> None:
+        with self._lock:
+            if line.session_ended:
+                return
+            line.session_ended = True
+            if line in self._live.get(gateway, []):
+                self._live[gateway].remove(line)
+        self.sessions.ended(self.interfaces()[gateway])
+
+    def _serve_connection(self, gateway: int, line: SocketLine) -> None:
         name = self.interfaces()[gateway]
-        self.sessions.started(name)
-        line = SocketLine(conn)
         try:
             IecEngine(line, self._meters_of(gateway), self._stop, self.observations).serve()
         except Exception:  # one broken conversation must not take the gateway down
             log.exception("simulated IEC gateway %s: conversation failed; connection closed", name)
         finally:
+            self._end_session(gateway, line)
             line.close()
-            self.sessions.ended(name)
 
     def _pty_loop(self, gateway: int) -> None:
         line = self._lines[gateway]

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
-from utilitarian.amr.protocols.lis200 import LOCKS, TIME_ADDRESS, TIME_FORMAT
 from utilitarian_sim.iec_meter import SimIecMeter, SimulatedDevice
 from utilitarian_sim.values import simulated_value
 
+# The device's own facts (Elster LIS-200 description), not the client's constants.
+TIME_FORMAT = "%Y-%m-%d,%H:%M:%S"
+TIME_ADDRESS = "1:400.0"
+LOCKS = {"supplier": ("3:170", "3:171"), "customer": ("4:170", "4:171")}  # (status, key)
 ARCHIVE = 3
 # (source address, unit): order number, archive order number, time, Vb, Vm, p, T, status, CRC.
 ARCHIVE_COLUMNS = (("0:1", None), ("3:0", None), ("1:400", None), ("2:300", "m3"),
@@ -39,8 +42,11 @@ class Lis200Model(SimulatedDevice):
         self._lock = threading.Lock()
         self.locks = {"supplier": False, "customer": False}
         # The archive's first row: HISTORY_ROWS intervals before the start, on an interval boundary.
-        first = self.meter_clock.now().replace(minute=0, second=0, microsecond=0, tzinfo=None)
-        self.archive_start = first - timedelta(seconds=INTERVAL * HISTORY_ROWS)
+        # Rows are written at true instants and stamped in the device's local time, as a device
+        # that follows summer time does: the repeated autumn hour gives two rows with one time.
+        first = self.meter_clock.now().astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        self.archive_start_utc = first - timedelta(seconds=INTERVAL * HISTORY_ROWS)
+        self.archive_start = self.archive_start_utc.astimezone(self.meter_clock.tz).replace(tzinfo=None)
 
     def _quantity(self, address: str, elapsed: float) -> str:
         unit = VALUES[address]
@@ -51,7 +57,7 @@ class Lis200Model(SimulatedDevice):
         if address in self.spec.values:
             return self.spec.values[address]
         if address == TIME_ADDRESS:
-            return self.meter_clock.now().strftime(TIME_FORMAT)
+            return self._local_text(self.meter_clock.now())
         if address in VALUES:
             return self._quantity(address, self._clock() - self.started)
         for name, (status, _key) in LOCKS.items():
@@ -87,16 +93,23 @@ class Lis200Model(SimulatedDevice):
         return 9 if address in VALUES else 1
 
     # -- archive -----------------------------------------------------------------------------
+    def _local_text(self, instant: datetime) -> str:
+        local = instant.astimezone(self.meter_clock.tz)
+        text = local.strftime(TIME_FORMAT)
+        if self.spec.dst_flag:  # "S" in summer time, "W" in standard time
+            text += ",S" if local.dst() else ",W"
+        return text
+
     def _rows(self) -> list[list[str]]:
-        now = self.meter_clock.now().replace(tzinfo=None)
+        now = self.meter_clock.now().astimezone(timezone.utc)
         rows = []
         n = 0
         while True:
-            stamp = self.archive_start + timedelta(seconds=INTERVAL * n)
+            stamp = self.archive_start_utc + timedelta(seconds=INTERVAL * n)
             if stamp > now:
                 return rows
-            elapsed = (stamp - self.archive_start).total_seconds()
-            row = [str(10000 + n), str(n + 1), stamp.strftime(TIME_FORMAT)]
+            elapsed = (stamp - self.archive_start_utc).total_seconds()
+            row = [str(10000 + n), str(n + 1), self._local_text(stamp)]
             row += [self._quantity(a + ".0", elapsed).split("*")[0] for a, _u in ARCHIVE_COLUMNS[3:7]]
             row += ["0", f"{(n * 7919) % 65536:04X}"]
             rows.append(row)
@@ -124,7 +137,7 @@ class Lis200Model(SimulatedDevice):
         column = position - 1
 
         def key(text: str):
-            return text if column == TIME_COLUMN - 1 else int(text)
+            return text[:19] if column == TIME_COLUMN - 1 else int(text)
 
         try:
             selected = [row for row in self._rows()

@@ -190,15 +190,15 @@ class AmrKit:
         code = proc.wait(timeout)
         return code, proc.output()
 
-    def process(self, *args: str, name: str = "proc") -> Proc:
+    def process(self, *args: str, name: str = "proc", env: dict | None = None) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         head, rest = (args[0], args[1:]) if args else ("", ())
-        proc = Proc([*head.split(), "--config", str(self.config_path), *rest], log=log)
+        proc = Proc([*head.split(), "--config", str(self.config_path), *rest], log=log, env=env)
         self.procs.append(proc)
         return proc
 
-    def worker(self, *args: str) -> Proc:
-        return self.process("worker", *args, name="worker")
+    def worker(self, *args: str, env: dict | None = None) -> Proc:
+        return self.process("worker", *args, name="worker", env=env)
 
     def beat(self) -> Proc:
         return self.process("beat", name="beat")

@@ -75,6 +75,15 @@ class MeterDevice:
     is_active: bool = True
     id: int | None = None
     password: str | None = field(default=None, compare=False)
+    # The platform's identifiers (v4): its UUID, owner, references, transformer ratios, and the
+    # record exactly as its API exported it (JSON text), so an import loses no field.
+    uuid: str | None = None
+    organization: str | None = None
+    external_system_reference: str | None = None
+    manufacturer_serial: str | None = None
+    ct_ratio: str | None = None               # decimal text; None = no current transformer
+    vt_ratio: str | None = None               # decimal text; None = no voltage transformer
+    platform_record: str | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return (f"MeterDevice(name={self.name!r}, url={self.url!r}, execution_type={self.execution_type!r}, "
@@ -95,6 +104,13 @@ class AmrTask:
     run_offset_seconds: float = 0.0
     is_active: bool = True
     id: int | None = None
+    uuid: str | None = None                   # the platform's id of the task
+    description: str | None = None
+
+
+def default_uuid(kind: str, name: str) -> str:
+    """A stable UUID for a meter or task imported without one (the same name gets the same id)."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{kind}\x00{name}"))
 
 
 @dataclass(frozen=True)

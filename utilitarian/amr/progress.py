@@ -1,5 +1,7 @@
 """Progress of dispatched rounds, computed from the store: done / failed / pending per round, the
-recent completion rate and an ETA. `utilitarian status` and the demo print `format_progress`.
+recent completion rate and an ETA. `utilitarian status` and the demo print `format_progress`;
+`status --json` carries `progress_numbers`. Also the `utilitarian.idle_probes` plugin
+`pending_later`: a worker started with --exit-when-idle waits while a round's jobs are still to come.
 """
 
 from __future__ import annotations
@@ -95,15 +97,65 @@ def format_progress(rounds: list[RoundProgress]) -> list[str]:
 def progress_for_status(config, now: dt.datetime | None = None, *, limit: int = 10) -> list[str]:
     """Lines for `utilitarian status`: the recent rounds of this installation's store. A host with
     no SQLite store yet (it only runs workers elsewhere) has none; nothing is created for asking."""
+    return status_rounds(config, now, limit=limit)["rounds"]
+
+
+def progress_numbers(rounds: list[RoundProgress], now: dt.datetime | None = None) -> list[dict]:
+    """The same rounds as numbers, for `status --json`: counts of jobs (total, done, failed,
+    pending), when the round started (dispatched), its rate, and the ETA as seconds and a time."""
+    now = now or dt.datetime.now(UTC)
+    out = []
+    for p in rounds:
+        eta_at = now + dt.timedelta(seconds=p.eta_seconds) if p.eta_seconds is not None else None
+        out.append({"round": p.round_id, "schedule": p.schedule, "slot": _iso(p.slot),
+                    "state": "finished" if p.finished else ("running" if p.done + p.failed else "starting"),
+                    "total": p.jobs, "done": p.done, "failed": p.failed, "pending": p.pending,
+                    "started": _iso(p.dispatched_at), "rate_per_min": _round(p.rate_per_min),
+                    "eta_seconds": _round(p.eta_seconds), "eta": _iso(eta_at) if eta_at else None,
+                    "elapsed_seconds": _round(p.elapsed_seconds)})
+    return out
+
+
+def _iso(moment: dt.datetime) -> str:
+    from utilitarian.amr.model import iso_utc
+
+    return iso_utc(moment.replace(microsecond=0))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def status_rounds(config, now: dt.datetime | None = None, *, limit: int = 10) -> dict:
+    """`utilitarian status`'s part about rounds: `rounds` (lines) and `progress_numbers` (per
+    round: total, done, failed, pending, started, eta, ...). Empty on a host without a store."""
     import os
 
     from utilitarian.amr.store import Store, check_version
     from utilitarian.amr.store.backend import SqliteBackend, open_backend
 
-    amr = config.amr
-    backend = open_backend(config.database_url(), pool_size=1, timeout=amr.store_timeout)
+    now = now or dt.datetime.now(UTC)
+    backend = open_backend(config.database_url(), pool_size=1, timeout=config.amr.store_timeout)
     if isinstance(backend, SqliteBackend) and not os.path.exists(backend.path):
-        return []
+        return {"rounds": [], "progress_numbers": []}
     with Store(backend) as store:
         check_version(backend)
-        return format_progress(round_progress(store, now, limit=limit))
+        rounds = round_progress(store, now, limit=limit)
+    return {"rounds": format_progress(rounds), "progress_numbers": progress_numbers(rounds, now)}
+
+
+PENDING_GRACE = 3600.0  # a round silent this long with jobs pending is not waited for
+
+
+def pending_later(app, queues) -> bool:
+    """The `utilitarian.idle_probes` plugin: True while a round of a schedule whose queue is among
+    `queues` has jobs still to come (waiting for their run offset, or on their way). Runs on the
+    child's probe thread, never on its pump."""
+    from utilitarian import queues as q
+    from utilitarian.amr.store import store_for
+
+    served = set(queues)
+    schedules = [name for name, queue in q.SCHEDULE_QUEUES.items() if queue in served]
+    if not schedules:
+        return False
+    return bool(store_for(app).rounds_with_work_ahead(schedules, now=dt.datetime.now(UTC), grace=PENDING_GRACE))

@@ -106,3 +106,41 @@ class PollResult:
     def as_dict(self) -> dict:
         return {"readings": [r.as_dict() for r in self.readings],
                 "events": [e.as_dict() for e in self.events]}
+
+
+# Units of quantities a current transformer scales, a voltage transformer scales, and both scale
+# (power and energy): a meter behind transformers reports secondary values.
+_CT_UNITS = {"a", "ma", "ka"}
+_VT_UNITS = {"v", "kv", "mv"}
+_POWER_ENERGY_UNITS = {"w", "kw", "mw", "var", "kvar", "mvar", "va", "kva", "mva",
+                       "wh", "kwh", "mwh", "varh", "kvarh", "mvarh", "vah", "kvah", "mvah"}
+
+
+def transformer_factor(unit: str | None, ct_ratio: str | None, vt_ratio: str | None) -> Decimal:
+    """What a value in `unit` is multiplied by to be a primary value."""
+    u = (unit or "").strip().lower()
+    ct = Decimal(ct_ratio) if ct_ratio else Decimal(1)
+    vt = Decimal(vt_ratio) if vt_ratio else Decimal(1)
+    if u in _CT_UNITS:
+        return ct
+    if u in _VT_UNITS:
+        return vt
+    if u in _POWER_ENERGY_UNITS:
+        return ct * vt
+    return Decimal(1)
+
+
+def apply_transformer_ratios(result: PollResult, *, ct_ratio: str | None,
+                             vt_ratio: str | None) -> PollResult:
+    """Readings scaled to primary values by the meter's CT/VT ratios (exact, in Decimal);
+    unchanged when the meter has neither."""
+    if not ct_ratio and not vt_ratio:
+        return result
+    scaled = []
+    for reading in result.readings:
+        factor = transformer_factor(reading.unit, ct_ratio, vt_ratio)
+        if factor != 1:
+            reading = Reading(reading.series, reading.timestamp,
+                              decimal_string(Decimal(reading.value) * factor), reading.unit)
+        scaled.append(reading)
+    return PollResult(tuple(scaled), result.events)

@@ -26,9 +26,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 METER_COLUMNS = ("name", "url", "execution_type", "meter_type", "type", "config", "interface", "can_block",
-                 "timezone", "password", "series", "groups", "tasks", "active")
+                 "timezone", "password", "series", "groups", "tasks", "active",
+                 # the platform's identifiers (v4); platform_record: its API export of the meter
+                 "uuid", "organization", "external_system_reference", "manufacturer_serial",
+                 "ct_ratio", "vt_ratio", "platform_record")
 TASK_KEYS = ("name", "schedule", "task_call", "meter_execution_type", "execution_type", "task_kwargs",
-             "run_offset_seconds", "is_active")
+             "run_offset_seconds", "is_active", "uuid", "description")
 _LIST_SPLIT = re.compile(r"[\s;|,]+")
 _TRUE, _FALSE = {"1", "true", "yes", "on", "y"}, {"0", "false", "no", "off", "n", ""}
 
@@ -61,6 +64,8 @@ class Known:
     amr_tasks: frozenset[str] = frozenset()
     meter_types: Any = None              # Mapping name -> MeterType, or None to skip the check
     execution_types: frozenset[str] | None = None
+    task_objects: Any = None             # name -> AmrTask of the store, to check attachments
+    group_tasks: Any = None              # group name -> task names in the store
 
 
 def _bool(value: Any) -> bool:
@@ -90,6 +95,8 @@ def _list(value: Any) -> tuple[str, ...] | None:
 def _timezone(name: str) -> str:
     import zoneinfo
 
+    if not isinstance(name, str):
+        raise ValueError(f"must be a time zone name in quotes, not {name!r}")
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -120,7 +127,7 @@ def check_meter_row(row: dict, known: Known) -> tuple[MeterEntry | None, list[st
             return default
         try:
             return parse(raw)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             errors.append(f"{key}: {exc}")
             return default
 
@@ -168,6 +175,13 @@ def check_meter_row(row: dict, known: Known) -> tuple[MeterEntry | None, list[st
             errors.append(f"interface: {exc}")
     elif target is not None:
         interface = _interface(target.interface, bool(can_block))
+    uuid_text = field_("uuid", _uuid)
+    organization = field_("organization", lambda v: _plain(v, "organization"))
+    reference = field_("external_system_reference", lambda v: _plain(v, "external_system_reference"))
+    serial = field_("manufacturer_serial", lambda v: _plain(v, "manufacturer_serial"))
+    ct_ratio = field_("ct_ratio", _ratio)
+    vt_ratio = field_("vt_ratio", _ratio)
+    record = field_("platform_record", str)
     type_name = field_("type", lambda v: _plain(v, "type")) or meter_type or execution_type
     config_name = field_("config", lambda v: _plain(v, "config")) or f"{type_name}/{timezone}"
     if errors or target is None:
@@ -179,8 +193,37 @@ def check_meter_row(row: dict, known: Known) -> tuple[MeterEntry | None, list[st
     device = MeterDevice(name=name, url=clean_url, execution_type=execution_type, type_name=type_name,
                          config=MeterDeviceConfig(config_name, timezone, tuple(sorted(set(series)))),
                          interface=interface, meter_type=meter_type, is_active=bool(active),
-                         password=password if password is not None else target.password)
+                         password=password if password is not None else target.password,
+                         uuid=uuid_text, organization=organization, external_system_reference=reference,
+                         manufacturer_serial=serial, ct_ratio=ct_ratio, vt_ratio=vt_ratio,
+                         platform_record=record)
     return MeterEntry(device, {s: units.get(s) for s in series}, groups, tasks), []
+
+
+def _uuid(value: Any) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except ValueError:
+        raise ValueError(f"{str(value)[:40]!r} is not a UUID") from None
+
+
+def _ratio(value: Any) -> str | None:
+    """A transformer ratio as decimal text (400/5 = 80); 1 means none."""
+    from decimal import Decimal, InvalidOperation
+
+    from utilitarian.amr.readings import decimal_string
+
+    if isinstance(value, bool):
+        raise ValueError("must be a positive number")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{str(value)[:20]!r} is not a number") from None
+    if not number.is_finite() or number <= 0:
+        raise ValueError("must be a positive number")
+    return None if number == 1 else decimal_string(number)
 
 
 def _plain(value: Any, key: str) -> str:
@@ -191,29 +234,50 @@ def _plain(value: Any, key: str) -> str:
 
 
 def check_task_table(raw: dict) -> tuple[AmrTask | None, list[str]]:
+    """One [[amr_tasks]] table (or a task of the platform's export) to an AmrTask, or every reason
+    it is bad, including what a worker would refuse (execution type, task_call, kwargs, offset)."""
+    from utilitarian.amr.environments import validate_task_call
+    from utilitarian.amr.errors import BadTaskCall
+    from utilitarian.amr.task_checks import check_run_offset
+
     errors = []
     unknown = sorted(set(raw) - set(TASK_KEYS))
     if unknown:
-        errors.append(f"unknown key(s) {', '.join(unknown)}")
+        errors.append(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(TASK_KEYS)}")
     name, schedule, call = raw.get("name"), raw.get("schedule"), raw.get("task_call")
     etype = raw.get("meter_execution_type") or raw.get("execution_type")
     for key, value in (("name", name), ("task_call", call), ("meter_execution_type", etype)):
         if not isinstance(value, str) or not value.strip():
-            errors.append(f"{key}: is required")
-    if schedule not in queues.SCHEDULE_QUEUES:
-        errors.append(f"schedule: must be one of {', '.join(queues.SCHEDULE_QUEUES)}")
+            errors.append(f"{key}: is required (text)")
+    if not isinstance(schedule, str) or schedule not in queues.SCHEDULE_QUEUES:
+        errors.append(f"schedule: must be one of {', '.join(queues.SCHEDULE_QUEUES)} (not {schedule!r})")
     kwargs = raw.get("task_kwargs", {})
     if not isinstance(kwargs, dict):
         errors.append("task_kwargs: must be a table")
     offset = raw.get("run_offset_seconds", 0.0)
-    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or offset < 0:
-        errors.append("run_offset_seconds: must be a number of seconds >= 0")
+    if (problem := check_run_offset(schedule if isinstance(schedule, str) else "", offset)) is not None:
+        errors.append(problem)
     active = raw.get("is_active", True)
     if not isinstance(active, bool):
         errors.append("is_active: must be true or false")
+    task_uuid, description = raw.get("uuid"), raw.get("description")
+    if task_uuid is not None:
+        try:
+            task_uuid = _uuid(task_uuid)
+        except ValueError as exc:
+            errors.append(f"uuid: {exc}")
+    if description is not None and not isinstance(description, str):
+        errors.append("description: must be text")
+    if isinstance(call, str) and isinstance(etype, str) and call.strip() and etype.strip() \
+            and isinstance(kwargs, dict):
+        try:  # what a worker would refuse: execution type, task_call, kwargs
+            validate_task_call(etype.strip(), call.strip(), kwargs)
+        except BadTaskCall as exc:
+            errors.append(exc.message)
     if errors:
         return None, errors
-    return AmrTask(name.strip(), schedule, call.strip(), etype.strip(), dict(kwargs), float(offset), active), []
+    return AmrTask(name.strip(), schedule, call.strip(), etype.strip(), dict(kwargs), float(offset), active,
+                   uuid=task_uuid, description=description), []
 
 
 def _table_lines(text: str, header: str) -> list[int]:
@@ -234,6 +298,10 @@ def read_rows(path: str) -> tuple[list[tuple[int | None, dict]], list[tuple[int 
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ImportErrors(path, [(None, "not UTF-8 text")]) from None
+    if path.lower().endswith(".json"):
+        from utilitarian.amr.platform_export import rows_from_export
+
+        return rows_from_export(path, text)
     if path.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
         rows = []
@@ -315,14 +383,37 @@ def load_meter_list(path: str, known: Known) -> MeterList:
                                        f"here but {str(seen[0]).lower()} on line {seen[1]}"))
                 continue
         entries.append(entry)
+    problems += _attachment_problems(entries, first_line, tasks, groups, known)
     if problems:
         raise ImportErrors(path, problems)
     return MeterList(tuple(entries), tuple(tasks), tuple(groups))
 
 
+def _attachment_problems(entries, first_line, tasks, groups, known: Known) -> list[tuple[int | None, str]]:
+    """A task whose execution type differs from its meter's (directly or through a group) would
+    be left out of every round: refuse it here, naming both."""
+    from utilitarian.amr.target import parse_meter_url
+    from utilitarian.amr.task_checks import check_attachment
+
+    by_name = dict(known.task_objects or {})
+    by_name.update({t.name: t for t in tasks})
+    group_tasks = dict(known.group_tasks or {})
+    group_tasks.update({g.name: g.tasks for g in groups})
+    out = []
+    for entry in entries:
+        device = entry.device
+        names = set(entry.tasks or ()) | {t for g in entry.groups or () for t in group_tasks.get(g, ())}
+        protocol = parse_meter_url(device.url).protocol
+        for name in sorted(names):
+            task = by_name.get(name)
+            if task is not None and (problem := check_attachment(task, device.name, device.execution_type, protocol)):
+                out.append((first_line.get(device.name), problem))
+    return out
+
+
 def known_execution_types() -> frozenset[str] | None:
     try:
-        from utilitarian.amr.environments import EXECUTION_TYPES
+        from utilitarian.amr.environments import EXECUTION_TYPE_ALIASES, EXECUTION_TYPES
     except ImportError:
         return None
-    return frozenset(EXECUTION_TYPES)
+    return frozenset(EXECUTION_TYPES) | frozenset(EXECUTION_TYPE_ALIASES)

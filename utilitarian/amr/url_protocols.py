@@ -63,3 +63,8 @@ MBUS = UrlProtocol(
      "max_telegrams": _int_range(1, 64), "retries": _int_range(0, 10)},
     "generic_mbus", serial=SerialSettings(2400, 8, "E", 1),
     options=("address", "secondary", "max_telegrams"), check=_mbus_check)
+
+# Itron/Actaris Corus over I-FLAG: 8N1 at a fixed speed (no IEC baud switch); no addressing.
+CORUS = UrlProtocol("corus", {"corus+tcp": "tcp", "corus+serial": "serial"},
+                    {**COMMON_PARAMS, "baud": _baud, "retries": _int_range(0, 10)},
+                    "generic_corus", serial=SerialSettings(9600, 8, "N", 1))

@@ -36,6 +36,10 @@ BUILTIN_SCHEDULES["cleanup-interface-blocks"] = {
     "cron": "*/5 * * * *", "task": "cleanup.release_stale_blocks", "queue": queues.CLEANUP,
     "misfire_grace": 300.0, "coalesce": True,
 }
+BUILTIN_SCHEDULES["cleanup-publish-outbox"] = {
+    "cron": "*/5 * * * *", "task": "cleanup.publish_outbox", "queue": queues.CLEANUP,
+    "misfire_grace": 300.0, "coalesce": True,
+}
 
 
 def merged_schedule_tables(raw_config: dict) -> dict:

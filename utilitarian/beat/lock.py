@@ -76,8 +76,8 @@ class BeatConnection:
                                            heartbeat=self.heartbeat, attempts=1)
         try:
             channel = self.connection.channel()
-            declare_all(channel)
-            declare_state_queue(channel)
+            declare_all(channel, queue_type=self.settings.queue_type)
+            declare_state_queue(channel, self.settings.queue_type)
             channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="fanout", durable=True)
             queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(queue, EVENTS_EXCHANGE)

@@ -1,6 +1,11 @@
 """The beat's memory: per entry, the slot up to which everything is done and a fingerprint of the
 cron that produced it, kept as one persistent JSON message in the durable queue
-`utilitarian.beat.state` (x-max-length 1, drop-head) where any future leader on any host reads it."""
+`utilitarian.beat.state` (x-max-length 1, drop-head) where any future leader on any host reads it.
+
+With `[broker] queue_type = "quorum"` the state queue is a quorum queue too, so the state survives
+the loss of a cluster node: quorum queues support the same x-max-length 1 with drop-head (RabbitMQ
+3.10 checked: a requeued state is dropped in favour of a newer one published after it), and the
+beat's transactions publish to them as to classic queues."""
 
 from __future__ import annotations
 
@@ -73,8 +78,16 @@ def decode_state(body: bytes | None) -> BeatState:
                      written_at=_parse_optional(doc.get("written_at")))
 
 
-def declare_state_queue(channel) -> None:
-    channel.queue_declare(STATE_QUEUE, durable=True, arguments=STATE_QUEUE_ARGUMENTS)
+def state_queue_arguments(queue_type: str = "classic") -> dict:
+    if queue_type == "quorum":
+        return {**STATE_QUEUE_ARGUMENTS, "x-queue-type": "quorum"}
+    return dict(STATE_QUEUE_ARGUMENTS)
+
+
+def declare_state_queue(channel, queue_type: str = "classic") -> None:
+    from utilitarian.broker.topology import declare_checked
+
+    declare_checked(channel, STATE_QUEUE, queue_type, state_queue_arguments)
 
 
 def read_state(channel) -> BeatState:

@@ -38,6 +38,7 @@ class BrokerSettings:
     blocked_connection_timeout: float = 60.0
     confirm_timeout: float = 30.0
     retry_backoff_max: float = 30.0
+    queue_type: str = "classic"  # "classic" | "quorum": how the topology is declared and consumed
 
     @property
     def where(self) -> str:
@@ -140,7 +141,7 @@ def settings_from_config(config) -> BrokerSettings:
         tls=scheme == "amqps" or b.tls.enabled, tls_ca=b.tls.ca, tls_cert=b.tls.cert, tls_key=b.tls.key,
         tls_verify=b.tls.verify, tls_server_hostname=b.tls.server_hostname, heartbeat=b.heartbeat,
         connection_timeout=b.connection_timeout, blocked_connection_timeout=b.blocked_connection_timeout,
-        confirm_timeout=b.confirm_timeout, retry_backoff_max=b.retry_backoff_max)
+        confirm_timeout=b.confirm_timeout, retry_backoff_max=b.retry_backoff_max, queue_type=b.queue_type)
 
 
 def settings_from_url(url: str, **overrides) -> BrokerSettings:

@@ -162,8 +162,11 @@ class Consumer:
             elif self.prepare is not None:
                 channel = self.prepare(self.connection, channel) or channel
             # One limit for the whole channel (global_qos): a child never holds more messages
-            # than it has threads, whichever queues they came from.
-            channel.basic_qos(prefetch_count=self.prefetch, global_qos=True)
+            # than it has threads, whichever queues they came from. Quorum queues refuse global
+            # QoS (540 NOT_IMPLEMENTED at basic.consume), so there each consumer gets the limit:
+            # a child of k queues may hold k x threads (docs/operations.md, "A RabbitMQ cluster").
+            quorum = getattr(self.settings, "queue_type", "classic") == "quorum"
+            channel.basic_qos(prefetch_count=self.prefetch, global_qos=not quorum)
             channel.add_on_cancel_callback(self._on_cancel)
             self._consumer_tags = {}
             self._resume_at = {}

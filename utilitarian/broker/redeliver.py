@@ -71,10 +71,16 @@ def count_delivery(queue: str, body: bytes, properties, deliveries: int) -> Outg
 
 
 def deliveries_of(properties, redelivered: bool) -> int:
-    """Deliveries including this one: our counter, plus one when the broker says redelivered."""
+    """Deliveries including this one: our counter (carried by republished copies), plus the
+    broker's count of earlier deliveries of this very message where it keeps one (quorum queues:
+    x-delivery-count, which also counts redeliveries the worker never got to handle), else one
+    when the broker says redelivered (classic queues only have the flag)."""
     headers = getattr(properties, "headers", None) or {}
     counted = headers.get(DELIVERIES)
-    counted = counted if isinstance(counted, int) and counted > 0 else 1
+    counted = counted if isinstance(counted, int) and not isinstance(counted, bool) and counted > 0 else 1
+    earlier = headers.get(delay.BROKER_COUNT)
+    if isinstance(earlier, int) and not isinstance(earlier, bool) and earlier >= 0:
+        return counted + earlier
     return counted + (1 if redelivered else 0)
 
 

@@ -27,6 +27,11 @@ def run_check(args) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
+    problems = _amr_task_problems(config)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return ConfigError.exit_code
     items = masked_items(config)
     if args.json:
         print(json.dumps({k: v for k, v in items}, indent=2, default=str))
@@ -35,6 +40,15 @@ def run_check(args) -> int:
     for key, value in items:
         print(f"{key} = {_toml_value(value)}")
     return 0
+
+
+def _amr_task_problems(config) -> list[str]:
+    """What workers would refuse in the AMR tasks of the config's store (when AMR is installed)."""
+    try:
+        from utilitarian.amr.task_checks import check_config_registry
+    except ImportError:
+        return []
+    return check_config_registry(config)
 
 
 def _toml_value(value) -> str:

@@ -30,9 +30,12 @@ def register(sub, parent) -> None:
     p.add_argument("name")
     p.add_argument("--schedule", required=True, choices=("quarterly", "hourly", "daily", "weekly", "monthly", "yearly"))
     p.add_argument("--call", required=True, dest="task_call", help="task_call of the execution environment")
-    p.add_argument("--execution-type", required=True, help="meter_execution_type, e.g. generic_modbus")
+    p.add_argument("--execution-type", required=True,
+                   help="meter_execution_type: generic_iec6205621, generic_lis200, generic_corus, generic_modbus")
     p.add_argument("--kwargs", default="{}", metavar="JSON", help="task_kwargs as a JSON object")
-    p.add_argument("--offset", type=float, default=0.0, metavar="S", help="run_offset_seconds after the slot")
+    p.add_argument("--offset", type=float, default=0.0, metavar="S",
+                   help="run_offset_seconds after the slot (0 to the schedule's period)")
+    p.add_argument("--description", help="free text (the platform's AmrTask description)")
     p.add_argument("--inactive", action="store_true")
     p.set_defaults(handler=run_tasks_add)
     p = tasks.add_parser("attach", parents=[parent],
@@ -97,19 +100,51 @@ def _utc(text: str | None, flag: str):
 
 
 # --- meters -------------------------------------------------------------------------------------
-def run_import(args) -> int:
-    from utilitarian.amr.registry_import import Known, known_execution_types, load_meter_list
+def _known(store, app):
+    from utilitarian.amr.registry_import import Known, known_execution_types
     from utilitarian.amr.tasks.common import meter_types_of
 
-    config, store = _open(args)
+    tasks = {t.name: t for t in store.list_amr_tasks()} if store is not None else {}
+    groups = {g.name: g.tasks for g in store.list_groups()} if store is not None else {}
+    return Known(amr_tasks=frozenset(tasks), meter_types=meter_types_of(app),
+                 execution_types=known_execution_types(), task_objects=tasks, group_tasks=groups)
+
+
+def _dry_run_without_store(args, config) -> int:
+    """`--dry-run` validates the file even where the store is not migrated (or not there yet)."""
+    from utilitarian.amr.registry_import import load_meter_list
+    from utilitarian.app import App
+
+    app = App(config, name="utilitarian meters import")
+    try:
+        meter_list = load_meter_list(args.file, _known(None, app))
+    finally:
+        app.close()
+    print(f"{args.file}: {len(meter_list.entries)} meters, {len(meter_list.tasks)} AMR tasks, "
+          f"{len(meter_list.groups)} groups are valid (dry run without the store: tasks and groups "
+          "only from the file; nothing written)")
+    return 0
+
+
+def run_import(args) -> int:
+    from utilitarian.amr.registry_import import load_meter_list
+    from utilitarian.amr.store import store_for_config
+    from utilitarian.commands.common import load
+    from utilitarian.errors import ConfigError
+
+    config = load(args)
+    try:
+        store = store_for_config(config)
+    except ConfigError:
+        if args.dry_run:
+            return _dry_run_without_store(args, config)
+        raise
     with store:
         from utilitarian.app import App
 
         app = App(config, name="utilitarian meters import")
         try:
-            known = Known(amr_tasks=frozenset(t.name for t in store.list_amr_tasks()),
-                          meter_types=meter_types_of(app), execution_types=known_execution_types())
-            meter_list = load_meter_list(args.file, known)
+            meter_list = load_meter_list(args.file, _known(store, app))
             if args.dry_run:
                 print(f"{args.file}: {len(meter_list.entries)} meters, {len(meter_list.tasks)} AMR tasks, "
                       f"{len(meter_list.groups)} groups are valid (dry run, nothing written)")
@@ -179,15 +214,22 @@ def run_tasks_list(args) -> int:
 
 def run_tasks_add(args) -> int:
     from utilitarian.amr.model import AmrTask
+    from utilitarian.amr.task_checks import check_task
     from utilitarian.commands.common import json_arg
 
     kwargs = json_arg(args.kwargs, "--kwargs", dict)
-    if args.offset < 0:
-        raise UsageError("--offset must not be negative")
+    task = AmrTask(args.name, args.schedule, args.task_call, args.execution_type, kwargs,
+                   args.offset, not args.inactive, description=args.description)
+    # Refuse what a worker would refuse, before anything is written.
+    problems = check_task(task)
+    if problems:
+        raise UsageError(f"AMR task {args.name!r} not added: " + "; ".join(problems))
     _, store = _open(args)
     with store:
-        store.add_amr_task(AmrTask(args.name, args.schedule, args.task_call, args.execution_type, kwargs,
-                                   args.offset, not args.inactive))
+        mismatched = _mismatches(store, task, None)
+        if mismatched:
+            raise UsageError(f"AMR task {args.name!r} not replaced: " + "; ".join(mismatched))
+        store.add_amr_task(task)
     print(f"AMR task {args.name!r}: {args.schedule}, {args.execution_type}.{args.task_call}")
     return 0
 
@@ -198,6 +240,11 @@ def run_tasks_attach(args) -> int:
     _, store = _open(args)
     with store:
         meters = [m.name for m in store.list_meters()] if args.all_meters else args.meter
+        task = next((t for t in store.list_amr_tasks() if t.name == args.task), None)
+        if task is not None:
+            mismatched = _mismatches(store, task, (set(meters), args.group))
+            if mismatched:
+                raise UsageError(f"AMR task {args.task!r} not attached: " + "; ".join(mismatched))
         try:
             store.attach_task(args.task, group=args.group, meters=meters)
         except KeyError as exc:
@@ -205,6 +252,28 @@ def run_tasks_attach(args) -> int:
     where = f"group {args.group!r}" if args.group else "meters directly"
     print(f"AMR task {args.task!r} attached to {where}" + (f" ({len(meters)} meters)" if meters else ""))
     return 0
+
+
+def _mismatches(store, task, attaching) -> list[str]:
+    """Meters `task` would not run on: those it is attached to now (replacing it), or the meters
+    being attached (`attaching` = (meter names, group)) plus the group's members."""
+    from utilitarian.amr.target import parse_meter_url
+    from utilitarian.amr.task_checks import check_attachment
+
+    meters = {m.name: m for m in store.list_meters()}
+    if attaching is None:
+        names = {m for m, tasks in store.meter_tasks().items() if task.name in tasks}
+    else:
+        names, group = attaching
+        if group:
+            names |= {m for m, groups in store.meter_groups().items() if group in groups}
+    out = []
+    for name in sorted(names):
+        meter = meters.get(name)
+        if meter is not None and (problem := check_attachment(task, name, meter.execution_type,
+                                                              parse_meter_url(meter.url).protocol)):
+            out.append(problem)
+    return out
 
 
 # --- readings -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ URLs:
   modbus+tcp://HOST:PORT?device_id=1&type=eastron_sdm630
   modbus+rtu:///dev/ttyUSB0?baud=9600&device_id=1&type=eastron_sdm120
   modbus+rtu-over-tcp://HOST:PORT?device_id=3&type=abb_b23   serial gateway without Modbus TCP
+  corus+tcp://HOST:PORT   corus+serial:///dev/ttyUSB0[?baud=9600]   Itron Corus over I-FLAG
   dlms+tcp://HOST[:4059]?client=16&server=1        DLMS/COSEM, TCP wrapper (physical=N: HDLC via gateway)
   dlms+serial:///dev/ttyUSB0?physical=17           DLMS/COSEM, HDLC on a serial line (9600 8N1)
       security=none|lls|hls-gmac, keys=FILE or systemd credential name, key_id, invocation_counter=OBIS
@@ -27,10 +28,14 @@ URLs:
   common parameters: timeout=SECONDS (one read), session_timeout=SECONDS, tz=Europe/Stockholm
   62056-21 parameters: baud, max_baud, switch_delay=SECONDS, wakeup=1 (battery meters), retries
 
-calls (default: readout for 62056-21, read_values for Modbus; LIS-200 needs --call):
-  generic_iec6205621: readout, read_values {"addresses": [...]}, set_time {"allowed_drift_seconds": 10}
-  generic_lis200: read_single_value {"address": "2:300.0"}, read_archive_by_date {"start": ISO},
+calls (default: readout for 62056-21, read_values for Modbus, read_parameters of the indexes
+for Corus; LIS-200 needs --call; docs/meters.md lists every call and kwarg):
+  generic_iec6205621: readout, read_values {"addresses": [...]}, set_time {"allowed_drift_seconds": 10},
+                      read_load_profile {"start_date": ISO}, read_load_profile_by_offset_seconds
+  generic_lis200: read_single_value {"address": "2:300.0"}, read_archive_by_date {"start_date": ISO},
                   read_archive_by_offset_seconds {"offset_seconds": 86400}, set_time
+  generic_corus: read_parameters {"parameters": [...]}, read_database {"database": "hourly"},
+                 read_database_by_offset_seconds {"offset_seconds": 3600, "database": "hourly"}, set_time
   generic_modbus: read_values [{"series": [...]}]
   generic_dlms: read_registers {"registers": ["1-0:1.8.0"]} (default: 1-0:1.8.0 and 1-0:2.8.0),
                 read_load_profile {"offset_seconds": 86400}, read_clock, set_time

@@ -64,15 +64,15 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
             except BrokerError as exc:
                 result["queues_error"] = str(exc)
     try:
-        from utilitarian.amr.progress import progress_for_status
+        from utilitarian.amr.progress import status_rounds
     except ImportError:
-        progress_for_status = None
+        status_rounds = None
     owner_note = _foreign_sqlite(config)
     if owner_note:
         result["rounds_error"] = owner_note
-    elif progress_for_status is not None:
-        try:
-            result["rounds"] = progress_for_status(config)
+    elif status_rounds is not None:
+        try:  # "rounds": lines; "progress_numbers": per round total, done, failed, pending, started, eta
+            result.update(status_rounds(config))
         except Exception as exc:  # the store may not exist on a host that only runs workers
             result["rounds_error"] = str(exc)
     return result

@@ -168,7 +168,7 @@ class Arbiter:
         spec = ChildSpec(worker_name=self.plan.name, pool=action.pool, index=action.index, config=self.config,
                          registry=self.registry, settings=self.settings,
                          graceful_timeout=self.plan.graceful_timeout, loglevel=self.loglevel,
-                         boot_may_fail=action.boot_may_fail)
+                         boot_may_fail=action.boot_may_fail, probe_pending=bool(self.plan.exit_when_idle))
         r_fd, w_fd = os.pipe()
         # The child must not hold the master's descriptors: a client socket kept open by a child
         # would never see the master close it.

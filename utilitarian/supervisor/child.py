@@ -43,6 +43,7 @@ class ChildSpec:
     # False once a child of this master was ready: a refusal then is a transient broker state
     # (vhost restarting, access briefly revoked), retried instead of stopping the whole fleet.
     boot_may_fail: bool = True
+    probe_pending: bool = False  # ask the idle probes (the worker runs with --exit-when-idle)
 
 
 PR_SET_PDEATHSIG = 1
@@ -134,8 +135,8 @@ class Child:
         rules = ConnectionRules(boot_may_fail=spec.boot_may_fail, backoff_cap=spec.settings.retry_backoff_max)
         consumer = Consumer(spec.settings, list(pool.queues), pool.threads, on_delivery=lambda d: runner.submit(d),
                             name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index}", rules=rules, clock=clock)
-        consumer.prepare = ensure_declared
-        consumer.declare = declare_all
+        consumer.prepare = lambda conn, channel: ensure_declared(conn, channel, spec.settings.queue_type)
+        consumer.declare = lambda channel: declare_all(channel, queue_type=spec.settings.queue_type)
         stats = TaskStats()
         runner = TaskRunner(registry=spec.registry, app=app, consumer=consumer, threads=pool.threads, stats=stats,
                             max_deliveries=spec.config.worker.max_deliveries,
@@ -144,6 +145,9 @@ class Child:
                             follow_up_backoff_cap=spec.settings.retry_backoff_max)
         started = clock()
         last_beat = -HEARTBEAT_INTERVAL
+        from utilitarian.supervisor.idle_probe import PendingLaterProbe
+
+        later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
 
         def on_consuming() -> None:
             if not self.ready_sent:
@@ -160,7 +164,8 @@ class Child:
             writer.heartbeat(stats=stats.snapshot(), inflight=runner.in_flight(), consuming=consumer.consuming,
                              idle=round(runner.idle_for(), 3), why=consumer.why if not self.stop else "draining",
                              reconnects=rules.reconnects, cancels=rules.cancels,
-                             dead_letter_failures=runner.dead_letter_failures, pending_later=runner.held > 0)
+                             dead_letter_failures=runner.dead_letter_failures,
+                             pending_later=later.pending_later or runner.held > 0)
 
         def tick() -> None:
             nonlocal last_beat
@@ -215,6 +220,7 @@ class Child:
                 log.error("child failed: %s", exc, exc_info=True)
                 code = EX_SOFTWARE
         finally:
+            later.stop()
             beat()
             runner.shutdown()
             try:

@@ -12,6 +12,7 @@ import pytest
 from utilitarian.amr.model import (AmrTask, AmrTaskGroup, AmrTaskRun, DispatchRound, Job, MeterDevice,
                                    MeterDeviceConfig, MeterEntry, MeterReading, NetworkInterface, job_id, round_id)
 from utilitarian.amr.store import LATEST, SchemaOutdated, open_store
+from utilitarian.amr.store.migrations import MIGRATIONS
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 24, tzinfo=UTC)
@@ -33,7 +34,8 @@ def test_schema_is_checked_then_migrated_once(db_url):
     with open_store(db_url) as store:
         with pytest.raises(SchemaOutdated, match="run `utilitarian db migrate`"):
             store.check_schema()
-        assert [m.version for m in store.migrate()] == list(range(1, LATEST + 1))
+        # every migration once, in order (numbers may skip while branches hold theirs)
+        assert [m.version for m in store.migrate()] == [m.version for m in MIGRATIONS]
         assert store.migrate() == []
         assert store.check_schema() == LATEST
 

@@ -85,3 +85,72 @@ def test_every_amr_key_is_documented_in_the_example_config():
     missing = [f.name for cls in (AmrConfig, PublishSettings) for f in dataclasses.fields(cls)
                if f.name != "publish" and f"{f.name} =" not in text]
     assert missing == []
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    """POST /old answers with `code` and a Location; /new takes POSTs (and records any GET)."""
+
+    code = 302
+    seen: list[tuple[str, str, bytes]] = []
+
+    def _record(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        type(self).seen.append((self.command, self.path, body))
+        return body
+
+    def do_POST(self):  # noqa: N802
+        self._record()
+        if self.path.startswith("/old"):
+            self.send_response(type(self).code)
+            self.send_header("Location", "/new?token=secret")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):  # noqa: N802 - what urllib would send after a 301/302/303: must never happen
+        self._record()
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def redirecting():
+    _Redirecting.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Redirecting
+    server.shutdown()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303])
+def test_a_redirect_that_would_drop_the_body_is_a_failure_not_a_delivery(redirecting, code):
+    base, handler = redirecting
+    handler.code = code
+    readings = [MeterReading("m1", "voltage", T0, "230.1", "V")]
+    result = post_webhook(base + "/old?token=abc", readings, id_type="name", timeout=5)
+    # Then the batch is not counted as delivered, nothing was re-sent as a body-less GET,
+    # and the reason says where the redirect pointed (host only: no token)
+    assert (result.ok, result.retryable, result.status) == (False, False, code)
+    assert [(method, path.split("?")[0]) for method, path, _ in handler.seen] == [("POST", "/old")]
+    assert f"HTTP {code} redirect" in result.detail and "127.0.0.1" in result.detail
+    assert "secret" not in result.detail and "abc" not in result.detail
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_a_307_or_308_redirect_is_followed_with_the_same_post(redirecting, code):
+    base, handler = redirecting
+    handler.code = code
+    readings = [MeterReading("m1", "voltage", T0, "230.1", "V")]
+    result = post_webhook(base + "/old", readings, id_type="name", timeout=5)
+    assert result.ok and result.status == 200
+    [(m1, p1, b1), (m2, p2, b2)] = handler.seen
+    assert (m1, p1.split("?")[0], m2, p2.split("?")[0]) == ("POST", "/old", "POST", "/new")
+    assert b1 == b2 and json.loads(b2) == {"readings": [reading_message(readings[0], "name")]}

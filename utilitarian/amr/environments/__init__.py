@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import logging
 from datetime import datetime, timezone
 from types import MappingProxyType, ModuleType
@@ -48,10 +49,17 @@ class _ExecutionTypes(Mapping):
 
 
 EXECUTION_TYPES: Mapping[str, str] = _ExecutionTypes()
+# Other spellings of an execution type that the platform uses (its API spec says generic_corus_meter).
+EXECUTION_TYPE_ALIASES = {"generic_corus_meter": "generic_corus"}
+
+
+def canonical_execution_type(execution_type: str) -> str:
+    return EXECUTION_TYPE_ALIASES.get(execution_type, execution_type)
 
 
 def environment(execution_type: str) -> ModuleType:
     """The environment's module, checked; unknown or broken ones are BadTaskCall (not retried)."""
+    execution_type = canonical_execution_type(execution_type)
     if execution_type not in EXECUTION_TYPES:
         hint = difflib.get_close_matches(execution_type, EXECUTION_TYPES, n=1)
         raise BadTaskCall(execution_type, "*", "unknown meter_execution_type"
@@ -88,28 +96,72 @@ def _default_meter_types() -> Mapping[str, MeterType]:
     return MappingProxyType(load_registered_meter_types())
 
 
-def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task_kwargs: dict,
-                  *, meter_types: Mapping[str, MeterType] | None = None,
-                  now: datetime | None = None) -> PollResult:
-    """Run one task call against one meter. `meter_types` is the complete set of register maps
-    (built-ins merged with the site's); None means the built-ins. `now` is the poll time."""
-    calls = calls_of(execution_type)
-    call = calls.get(task_call)
+def resolve_call(execution_type: str, task_call: str, *, protocol: str | None = None) -> Call:
+    """The Call for (execution type, task_call), the environment's CALL_ALIASES applied;
+    BadTaskCall naming what is wrong. `protocol` (the meter's) checks the environment drives it."""
+    execution_type = canonical_execution_type(execution_type)
+    module = environment(execution_type)
+    calls, aliases = module.CALLS, getattr(module, "CALL_ALIASES", {})
+    call = calls.get(aliases.get(task_call, task_call))
     if call is None:
-        hint = difflib.get_close_matches(task_call, calls, n=1)
+        hint = difflib.get_close_matches(task_call, list(calls) + list(aliases), n=1)
         raise BadTaskCall(execution_type, task_call, "unknown task_call"
                           + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(calls)}"))
-    if target.protocol not in environment(execution_type).PROTOCOLS:
+    if protocol is not None and protocol not in module.PROTOCOLS:
+        raise BadTaskCall(execution_type, task_call, f"cannot drive a {protocol} meter")
+    return call
+
+
+def validate_task_call(execution_type: str, task_call: str, task_kwargs, *,
+                       protocol: str | None = None) -> dict:
+    """Check an AMR task (or an on-demand call) without any I/O: the bound kwargs, or BadTaskCall
+    naming the unknown execution type, task_call, missing or unknown kwarg. For `amr-tasks add`,
+    `meters import` and `config check`, so they refuse exactly what a worker would."""
+    call = resolve_call(execution_type, task_call, protocol=protocol)
+    return bind_kwargs(canonical_execution_type(execution_type), call, task_kwargs)
+
+
+def protocols_of(execution_type: str) -> tuple[str, ...]:
+    return environment(execution_type).PROTOCOLS
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(func) -> frozenset[str] | None:
+    """Keyword arguments a call function takes (None: any), so an environment written before a
+    new argument was added keeps working."""
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
+
+
+def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task_kwargs: dict,
+                  *, meter_types: Mapping[str, MeterType] | None = None,
+                  now: datetime | None = None, clock: datetime | None = None) -> PollResult:
+    """Run one task call against one meter. `meter_types` is the complete set of register maps
+    (built-ins merged with the site's); None means the built-ins. `now` stamps current values
+    (the round's slot for scheduled polls); `clock` is the true time (default: the system clock),
+    which set_time and "the last N seconds" reads go by."""
+    execution_type = canonical_execution_type(execution_type)
+    call = resolve_call(execution_type, task_call)
+    if target.protocol not in protocols_of(execution_type):
         raise BadTaskCall(execution_type, task_call,
                           f"cannot drive a {target.protocol} meter ({target})")
     kwargs = bind_kwargs(execution_type, call, task_kwargs)
+    for name, moment in (("now", now), ("clock", clock)):
+        if moment is not None and moment.tzinfo is None:
+            raise BadTaskCall(execution_type, task_call, f"{name} must be timezone-aware")
+    if clock is None:
+        clock = datetime.now(timezone.utc)
     if now is None:
-        now = datetime.now(timezone.utc)
-    elif now.tzinfo is None:
-        raise BadTaskCall(execution_type, task_call, "now must be timezone-aware")
+        now = clock
     types = meter_types if meter_types is not None else _default_meter_types()
+    extras = {"meter_types": types, "now": now, "clock": clock}
+    accepted = _accepted(call.func)
+    if accepted is not None:
+        extras = {k: v for k, v in extras.items() if k in accepted}
     try:
-        return call.func(target, kwargs, meter_types=types, now=now)
+        return call.func(target, kwargs, **extras)
     except MeterError:
         raise
     except Exception as exc:  # the contract is "only MeterError"; a bug still gets a traceback

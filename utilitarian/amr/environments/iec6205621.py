@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 from utilitarian.amr.environments.params import Call, Param
 from utilitarian.amr.errors import MeterProtocolError, MeterUnsupported
 from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
-from utilitarian.amr.protocols.iec_datasets import DataSet
+from utilitarian.amr.protocols.iec_datasets import DataSet, parse_data_lines
+from utilitarian.amr.protocols.iec_load_profile import (event_log_to_events, format_profile_time,
+                                                         parse_load_profile, profile_to_result)
 from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
@@ -101,7 +103,7 @@ def _like(sample: str, digits: str) -> str:
     return separator.join(digits[i:i + 2] for i in range(0, 6, 2)) if separator else digits
 
 
-def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+def set_time(target: MeterTarget, kwargs: dict, *, clock: datetime, **_ignored) -> PollResult:
     tz = ZoneInfo(target.timezone)
     started = time.monotonic()
     with Iec62056Session(target) as session:
@@ -109,12 +111,12 @@ def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) ->
         time_text = session.read(kwargs["time_address"])[0].value.raw
         date_text = session.read(kwargs["date_address"])[0].value.raw
         # Compare against the true time at the moment of the read, not at the start of the task.
-        true_now = now + timedelta(seconds=time.monotonic() - started)
+        true_now = clock + timedelta(seconds=time.monotonic() - started)
         meter_now = _parse_clock(time_text, date_text, tz)
         drift = (meter_now - true_now).total_seconds()
         if abs(drift) <= kwargs["allowed_drift_seconds"]:
             return PollResult()
-        corrected = (now + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
+        corrected = (clock + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
         session.write(kwargs["time_address"], _like(time_text, corrected.strftime("%H%M%S")))
         session.write(kwargs["date_address"], _like(date_text, corrected.strftime("%y%m%d")))
     direction = "ahead" if drift > 0 else "behind"
@@ -124,16 +126,83 @@ def set_time(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) ->
     return PollResult((), (SystemEvent.truncated("Time adjusted", content),))
 
 
+def _profile_range_text(moment: datetime, tz: ZoneInfo) -> str:
+    local = moment.astimezone(tz)
+    return format_profile_time(local.replace(tzinfo=None), "1" if local.dst() else "0")
+
+
+def _read_profile(session: Iec62056Session, kwargs: dict, tz: ZoneInfo, low: datetime,
+                  high: datetime | None) -> PollResult:
+    address = f"P.{kwargs['profile']:02d}"
+    params = f"{_profile_range_text(low, tz)};{_profile_range_text(high, tz) if high else ''}"
+    lines = [line for block in session.read_partial(address, params, command="R5")
+             for line in parse_data_lines(block)]
+    if lines and lines[0] and lines[0][0].values and lines[0][0].values[0].raw.upper().startswith("ERR"):
+        raise MeterUnsupported(f"{session.where}: meter has no load profile {address}")
+    result = profile_to_result(parse_load_profile(lines, address), tz, low=low, high=high)
+    if kwargs["event_log"]:
+        try:
+            log_lines = [line for block in session.read_partial("P.98", params, command="R5")
+                         for line in parse_data_lines(block)]
+        except MeterUnsupported:
+            log_lines = []
+        if log_lines and not (log_lines[0] and log_lines[0][0].value.raw.upper().startswith("ERR")):
+            result = result + PollResult((), event_log_to_events(log_lines, tz))
+    return result
+
+
+def read_load_profile(target: MeterTarget, kwargs: dict, **_ignored) -> PollResult:
+    tz = ZoneInfo(target.timezone)
+    low = kwargs["start_date"] if kwargs["start_date"].tzinfo else kwargs["start_date"].replace(tzinfo=tz)
+    high = kwargs["end_date"]
+    if high is not None and high.tzinfo is None:
+        high = high.replace(tzinfo=tz)
+    with Iec62056Session(target) as session:
+        session.enter_programming(target.password)
+        return _read_profile(session, kwargs, tz, low.astimezone(timezone.utc),
+                             high.astimezone(timezone.utc) if high else None)
+
+
+def read_load_profile_by_offset_seconds(target: MeterTarget, kwargs: dict, **_ignored) -> PollResult:
+    tz = ZoneInfo(target.timezone)
+    with Iec62056Session(target) as session:
+        session.enter_programming(target.password)
+        # Counted back from the meter's own clock, like the platform's archive reads.
+        meter_now = _parse_clock(session.read(kwargs["time_address"])[0].value.raw,
+                                 session.read(kwargs["date_address"])[0].value.raw, tz)
+        low = (meter_now - timedelta(seconds=kwargs["offset_seconds"])).astimezone(timezone.utc)
+        return _read_profile(session, kwargs, tz, low, None)
+
+
+_PROFILE_PARAMS = (
+    Param("profile", "int", default=1, minimum=1, choices=(1, 2), doc="1 for P.01, 2 for P.02"),
+    Param("event_log", "bool", default=False, doc="also read P.98 (where the meter has it) into events"),
+)
+
 CALLS = {
-    "readout": Call("readout", readout, (Param("addresses", "str_list"),),
+    "readout": Call("readout", readout, (Param("addresses", "str_list", doc="keep only these OBIS ids"),),
                     "mode C data readout; all numeric values, or only `addresses`"),
     "read_values": Call("read_values", read_values, (
-        Param("addresses", "str_list", required=True),
-        Param("params", "str", default=""),
+        Param("addresses", "str_list", required=True, doc="OBIS ids to read with R1"),
+        Param("params", "str", default="", doc="text inside the () of each R1"),
     ), "programming mode R1 read of each address (password from the meter's secret)"),
     "set_time": Call("set_time", set_time, (
-        Param("allowed_drift_seconds", "float", default=10.0, minimum=0.0),
-        Param("time_address", "str", default="0.9.1"),
-        Param("date_address", "str", default="0.9.2"),
+        Param("allowed_drift_seconds", "float", default=10.0, minimum=0.0,
+              doc="correct only a clock further off than this (10)"),
+        Param("time_address", "str", default="0.9.1", doc="clock time address"),
+        Param("date_address", "str", default="0.9.2", doc="clock date address"),
     ), "read the meter clock; if off by more than allowed_drift_seconds, write time and date"),
+    "read_load_profile": Call("read_load_profile", read_load_profile, (
+        Param("start_date", "datetime", required=True, doc="first interval (ISO 8601; naive = meter time)"),
+        Param("end_date", "datetime", doc="last interval (default: the latest)"),
+        *_PROFILE_PARAMS,
+    ), "load profile (R5 P.01) from start_date to end_date: one reading per channel and interval"),
+    "read_load_profile_by_offset_seconds": Call(
+        "read_load_profile_by_offset_seconds", read_load_profile_by_offset_seconds, (
+            Param("offset_seconds", "number", required=True, minimum=1,
+                  doc="intervals of the meter's last N seconds (by its own clock)"),
+            *_PROFILE_PARAMS,
+            Param("time_address", "str", default="0.9.1", doc="clock time address (0.9.1)"),
+            Param("date_address", "str", default="0.9.2", doc="clock date address (0.9.2)"),
+        ), "load profile of the last offset_seconds"),
 }

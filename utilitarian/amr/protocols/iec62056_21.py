@@ -206,21 +206,22 @@ class Iec62056Session:
         self._raise_error_answer(sets[0], f"R1 {address}")
         return tuple(DataSet(s.address or address, s.values) for s in sets)
 
-    def read_partial(self, address: str, params: str = "") -> list[bytes]:
-        """R3: a read answered in partial blocks (EOT), each acknowledged with ACK until ETX."""
-        frame = self._command("R3", f"{address}({params})".encode("ascii"), f"answer to R3 {address}")
+    def read_partial(self, address: str, params: str = "", command: str = "R3") -> list[bytes]:
+        """R3 (or R5, the load profile read): answered in partial blocks (EOT), each acknowledged
+        with ACK until ETX."""
+        frame = self._command(command, f"{address}({params})".encode("ascii"), f"answer to {command} {address}")
         blocks: list[bytes] = []
         while True:
             if frame.kind != "block" or frame.command:
-                raise MeterProtocolError(f"{self.where}: R3 {address} answered with {frame.kind}")
+                raise MeterProtocolError(f"{self.where}: {command} {address} answered with {frame.kind}")
             blocks.append(frame.payload)
             if frame.final:
                 return blocks
             if len(blocks) > 100_000:
-                raise MeterProtocolError(f"{self.where}: R3 {address} never ended")
+                raise MeterProtocolError(f"{self.where}: {command} {address} never ended")
             self._pause(self.reaction_time)
             self.channel.send(bytes([f.ACK]))
-            frame = self._receive_block(f"partial block {len(blocks) + 1} of R3 {address}")
+            frame = self._receive_block(f"partial block {len(blocks) + 1} of {command} {address}")
 
     def write(self, address: str, value: str) -> None:
         """W1: write one value; the meter answers ACK, or an error message. The value is not

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, tzinfo
 
 from utilitarian.amr.errors import (MeterAuthenticationError, MeterChecksumError, MeterError,
                                     MeterProtocolError, MeterUnsupported)
 from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
 from utilitarian.amr.protocols.iec_datasets import DataValue, parse_data_lines
+from utilitarian.amr.protocols.local_time import LocalStamp, place_ascending
 from utilitarian.amr.readings import Reading
 
 TIME_FORMAT = "%Y-%m-%d,%H:%M:%S"
@@ -75,13 +76,29 @@ def format_lis_time(moment: datetime, tz: tzinfo) -> str:
     return moment.astimezone(tz).strftime(TIME_FORMAT)
 
 
-def parse_lis_time(text: str, tz: tzinfo) -> datetime:
-    """A device-local "YYYY-MM-DD,hh:mm:ss" as an aware UTC datetime."""
+# Devices that keep summer time may append the season to a time value: S summer, W winter.
+_DST_FLAGS = {"S": True, "W": False}
+
+
+def parse_lis_local(text: str) -> LocalStamp:
+    """A device-local "YYYY-MM-DD,hh:mm:ss[,S|W]" with its DST flag, if the device gave one."""
+    body, dst = text.strip(), None
+    if len(body) > 2 and body[-2] == "," and body[-1].upper() in _DST_FLAGS:
+        body, dst = body[:-2], _DST_FLAGS[body[-1].upper()]
     try:
-        local = datetime.strptime(text.strip(), TIME_FORMAT)
+        return LocalStamp(datetime.strptime(body, TIME_FORMAT), dst)
     except ValueError:
         raise MeterProtocolError(f"not a LIS-200 time: {text[:30]!r}") from None
-    return local.replace(tzinfo=tz).astimezone(timezone.utc)
+
+
+def parse_lis_time(text: str, tz: tzinfo) -> datetime:
+    """A device-local time value as an aware UTC datetime (a time in the repeated autumn hour
+    without a DST flag is taken as its first occurrence: one value has no row order to go by)."""
+    (instant,) = place_ascending([parse_lis_local(text)], tz)
+    if instant is None:
+        raise MeterProtocolError(f"LIS-200 time {text[:30]!r} does not exist in the device's zone "
+                                 "(inside a spring-forward gap)")
+    return instant
 
 
 @dataclass(frozen=True)
@@ -105,14 +122,21 @@ def archive_readings(rows: list[tuple[DataValue, ...]], columns: ArchiveColumns,
     status or CRC) is kept under its address."""
     index = control_position - 1
     readings: list[Reading] = []
-    skipped = 0
+    stamps: list[LocalStamp | None] = []
     for row in rows:
-        if len(row) != len(columns.addresses) or index >= len(row):
-            skipped += 1
-            continue
-        try:
-            stamp = parse_lis_time(row[index].raw, tz)
-        except MeterProtocolError:
+        stamp = None
+        if len(row) == len(columns.addresses) and index < len(row):
+            try:
+                stamp = parse_lis_local(row[index].raw)
+            except MeterProtocolError:
+                pass
+        stamps.append(stamp)
+    # Archive rows come oldest first: the row order places the repeated autumn hour's times
+    # where the device gave no DST flag (two rows must never collide on one key).
+    instants = place_ascending(stamps, tz)
+    skipped = 0
+    for row, stamp in zip(rows, instants):
+        if stamp is None:
             skipped += 1
             continue
         for column, value in enumerate(row):

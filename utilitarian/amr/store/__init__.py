@@ -10,18 +10,21 @@ import logging
 from utilitarian.amr.store.backend import Backend, StoreError, open_backend
 from utilitarian.amr.store.group_commit import GroupCommitter
 from utilitarian.amr.store.migrations import LATEST, SchemaOutdated, check_version, current_version, migrate
+from utilitarian.amr.store.outbox import OutboxEntry, OutboxStore
+from utilitarian.amr.store.ownership import StoreOwnedElsewhere, claim
 from utilitarian.amr.store.readings import CommitResult, ReadingStore
 from utilitarian.amr.store.registry import RegistryStore
 from utilitarian.amr.store.runs import RoundCounts, RunStore
+from utilitarian.hostname import host_name
 from utilitarian.log import mask_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Store", "StoreError", "SchemaOutdated", "CommitResult", "RoundCounts", "open_store", "store_for",
-           "LATEST"]
+__all__ = ["Store", "StoreError", "SchemaOutdated", "StoreOwnedElsewhere", "CommitResult", "RoundCounts",
+           "OutboxEntry", "open_store", "store_for", "LATEST"]
 
 
-class Store(RegistryStore, ReadingStore, RunStore):
+class Store(RegistryStore, ReadingStore, RunStore, OutboxStore):
     def __init__(self, backend: Backend):
         self.backend = backend
         self._group = GroupCommitter(backend, timeout=backend.timeout)
@@ -49,7 +52,8 @@ class Store(RegistryStore, ReadingStore, RunStore):
 
     def table_counts(self) -> dict[str, int]:
         tables = ("meter_device", "network_interface", "amr_task", "amr_task_group", "meter_reading",
-                  "staged_meter_reading", "meter_system_event", "amr_round", "amr_task_run", "interface_block")
+                  "staged_meter_reading", "meter_system_event", "amr_round", "amr_task_run", "interface_block",
+                  "publish_outbox")
         with self.backend.transaction() as tx:
             return {t: int(tx.scalar(f"SELECT count(*) FROM {t}", default=0)) for t in tables}
 
@@ -65,10 +69,13 @@ class Store(RegistryStore, ReadingStore, RunStore):
 
 
 def open_store(url: str, *, pool_size: int = 8, timeout: float = 30.0, check: bool = False) -> Store:
+    """The store at `url`; with `check` (every process that works with it), the schema version is
+    verified and a SQLite store is claimed for this host, or refused if another host owns it."""
     store = Store(open_backend(url, pool_size=pool_size, timeout=timeout))
     if check:
         try:
             store.check_schema()
+            claim(store.backend, host_name())
         except BaseException:
             store.close()
             raise

@@ -106,9 +106,44 @@ V2 = (
     """ALTER TABLE amr_round ADD COLUMN continue_at {TS}""",
 )
 
+V3 = (
+    # Readings committed (or promoted) but not yet handed to the publish tasks: written in the same
+    # transaction as the readings, deleted after the publish tasks were confirmed by the broker, so a
+    # failed publish or a killed worker in between leaves them here for the retry (or the sweeper).
+    """CREATE TABLE publish_outbox (
+        id {ID}, owner TEXT NOT NULL, readings TEXT NOT NULL, created_at {TS} NOT NULL)""",
+    """CREATE INDEX publish_outbox_owner ON publish_outbox (owner)""",
+    """CREATE INDEX publish_outbox_created ON publish_outbox (created_at)""",
+)
+
+V4 = (
+    # The platform's identifiers: UUIDs beside names (the invoke body names a meter by its UUID),
+    # owner and references, CT/VT ratios, and the platform's own record of the meter (JSON).
+    """ALTER TABLE meter_device ADD COLUMN uuid TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN organization TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN external_system_reference TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN manufacturer_serial TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN ct_ratio TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN vt_ratio TEXT""",
+    """ALTER TABLE meter_device ADD COLUMN platform_record TEXT""",
+    """CREATE UNIQUE INDEX meter_device_uuid ON meter_device (uuid)""",
+    """ALTER TABLE amr_task ADD COLUMN uuid TEXT""",
+    """ALTER TABLE amr_task ADD COLUMN description TEXT""",
+    """CREATE UNIQUE INDEX amr_task_uuid ON amr_task (uuid)""",
+)
+
+V5 = (
+    # The host a SQLite store belongs to (one row); PostgreSQL stores leave it empty (ownership.py).
+    """CREATE TABLE store_host (
+        id INTEGER PRIMARY KEY CHECK (id = 1), host TEXT NOT NULL, claimed_at {TS} NOT NULL)""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meters, AMR tasks, readings, events, rounds, runs, interface blocks", V1),
     Migration(2, "rounds remember their scheduled dispatch continuation", V2),
+    Migration(3, "publish outbox: committed readings waiting for their publish tasks", V3),
+    Migration(4, "the platform's identifiers on meters and AMR tasks; CT/VT ratios", V4),
+    Migration(5, "a SQLite store records the host it belongs to", V5),
 )
 LATEST = MIGRATIONS[-1].version
 

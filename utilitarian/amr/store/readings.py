@@ -28,6 +28,7 @@ class CommitResult:
     staged: int = 0
     rejected: int = 0
     accepted: tuple[MeterReading, ...] = ()            # stored now with exactly this value
+    written: tuple[MeterReading, ...] = ()             # of those, inserted or changed by this commit
     events: tuple[MeterSystemEvent, ...] = field(default=(), repr=False)
 
 
@@ -51,14 +52,19 @@ class ReadingStore:
         with self.backend.transaction(write=True) as tx:
             return work(tx)
 
-    def commit_readings(self, readings: Sequence[MeterReading], *,
-                        now: dt.datetime | None = None) -> CommitResult:
-        """Store a batch in one transaction; the events it produced are stored with it."""
+    def commit_readings(self, readings: Sequence[MeterReading], *, now: dt.datetime | None = None,
+                        publish_as: str | None = None) -> CommitResult:
+        """Store a batch in one transaction; the events it produced are stored with it. With
+        `publish_as` (the committing task's id), the readings stored now also go to the publish
+        outbox in that transaction (see outbox.py)."""
         now = now or dt.datetime.now(UTC)
 
         def work(tx) -> CommitResult:
             result = self._commit(tx, readings, now)
             self._insert_events(tx, result.events, now)
+            if publish_as is not None:
+                # what this commit wrote: an unchanged reading was published when it was written
+                self._enqueue_publish(tx, publish_as, result.written, now)
             return result
 
         result = self._write(work)
@@ -91,7 +97,7 @@ class ReadingStore:
             else:
                 # the last of duplicates inside one batch wins, like a later commit would
                 by_meter.setdefault(r.meter, {})[(r.series, b.ts(r.timestamp))] = r
-        inserts, updates, accepted, events = [], [], [], []
+        inserts, updates, accepted, written, events = [], [], [], [], []
         unchanged = 0
         for meter, wanted in by_meter.items():
             mid = meters[meter][0]
@@ -121,8 +127,11 @@ class ReadingStore:
                         _clip(f"{r.series} at {iso_utc(r.timestamp)}: {old} replaced by {r.value}", CONTENT_MAX),
                         now))
                     accepted.append(r)
+                    written.append(r)
                     continue
                 accepted.append(r)
+                if old is None:
+                    written.append(r)
         # DO NOTHING: a concurrent commit of the same key on PostgreSQL wins, never a duplicate.
         tx.executemany("INSERT INTO meter_reading (meter_id, series, ts, value, unit, committed_at) "
                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id, series, ts) DO NOTHING", inserts)
@@ -142,7 +151,8 @@ class ReadingStore:
                 _clip(f"{len(rows)} readings of series not allowed by the meter's config: "
                       f"{', '.join(series)} (at {stamps[0]})", CONTENT_MAX), now))
         return CommitResult(len(inserts), len(updates), unchanged, len(staged) if staged_ok else 0,
-                            sum(len(v) for v in rejected.values()), tuple(accepted), tuple(events))
+                            sum(len(v) for v in rejected.values()), tuple(accepted), tuple(written),
+                            tuple(events))
 
     def save_events(self, events: Sequence[MeterSystemEvent], *, now: dt.datetime | None = None) -> int:
         """Store events; an event id seen before is skipped. Returns how many were new."""
@@ -175,21 +185,33 @@ class ReadingStore:
         return len(rows)
 
     def promote_staged(self, meters: Sequence[str] | None = None, *, batch_size: int = 5000,
-                       now: dt.datetime | None = None) -> CommitResult:
-        """Move staged readings of meters that now exist into the readings (one batch per call)."""
+                       now: dt.datetime | None = None, publish_as: str | None = None) -> CommitResult:
+        """Move up to `batch_size` staged readings of meters that now exist (all of them, or those
+        named in `meters`, however many) into the readings, in one transaction; with `publish_as`
+        they go to the publish outbox in that transaction too (the staged rows are gone after it,
+        so nothing else could tell a retry what is still to publish)."""
         now = now or dt.datetime.now(UTC)
         b = self.backend
+        select = ("SELECT s.meter_name, s.series, s.ts, s.value, s.unit FROM staged_meter_reading s "
+                  "JOIN meter_device m ON m.name = s.meter_name")
         with b.transaction(write=True) as tx:
-            where, params = "", []
+            rows: list[tuple] = []
             if meters:
-                names = sorted(set(meters))[:1000]
-                where, params = f" AND s.meter_name IN ({','.join('?' * len(names))})", names
-            rows = tx.all("SELECT s.meter_name, s.series, s.ts, s.value, s.unit FROM staged_meter_reading s "
-                          "JOIN meter_device m ON m.name = s.meter_name WHERE 1 = 1" + where +
-                          f" ORDER BY s.meter_name, s.ts LIMIT {int(batch_size)}", params)
+                # in chunks: a statement has a bounded number of parameters, an import does not
+                names = sorted(set(meters))
+                for start in range(0, len(names), 500):
+                    if len(rows) >= batch_size:
+                        break
+                    chunk = names[start:start + 500]
+                    rows += tx.all(select + f" WHERE s.meter_name IN ({','.join('?' * len(chunk))}) "
+                                   f"ORDER BY s.meter_name, s.ts LIMIT {int(batch_size) - len(rows)}", chunk)
+            else:
+                rows = tx.all(select + f" ORDER BY s.meter_name, s.ts LIMIT {int(batch_size)}")
             readings = [MeterReading(m, s, b.from_ts(ts), v, u) for m, s, ts, v, u in rows]
             result = self._commit(tx, readings, now, staged_ok=False)
             self._insert_events(tx, result.events, now)
+            if publish_as is not None:
+                self._enqueue_publish(tx, publish_as, result.written, now)
             tx.executemany("DELETE FROM staged_meter_reading WHERE meter_name = ? AND series = ? AND ts = ?",
                            [(m, s, ts) for m, s, ts, _, _ in rows])
         return result

@@ -9,11 +9,13 @@ import json
 from typing import Iterable, Sequence
 
 from utilitarian.amr.model import (AmrTask, AmrTaskGroup, ImportSummary, MeterDevice, MeterDeviceConfig,
-                                   MeterEntry, NetworkInterface)
+                                   MeterEntry, NetworkInterface, default_uuid)
 
 _METER_SELECT = """
 SELECT m.id, m.name, m.url, m.execution_type, t.name, t.meter_type, m.is_active, m.password,
-       c.id, c.name, c.timezone, i.id, i.host, i.port, i.can_block
+       c.id, c.name, c.timezone, i.id, i.host, i.port, i.can_block,
+       m.uuid, m.organization, m.external_system_reference, m.manufacturer_serial, m.ct_ratio,
+       m.vt_ratio, m.platform_record
 FROM meter_device m
 JOIN meter_device_type t ON t.id = m.type_id
 JOIN meter_device_config c ON c.id = m.config_id
@@ -21,12 +23,22 @@ LEFT JOIN network_interface i ON i.id = m.interface_id
 """
 
 _TASK_SELECT = """SELECT id, name, schedule, task_call, meter_execution_type, task_kwargs,
-       run_offset_seconds, is_active FROM amr_task"""
+       run_offset_seconds, is_active, uuid, description FROM amr_task"""
 
 # Every (meter, task) pair, direct or through a group; UNION removes a pair reachable both ways.
 _LINKS = """SELECT meter_id, task_id FROM meter_device_task
             UNION SELECT mg.meter_id, gt.task_id FROM meter_device_group mg
                   JOIN amr_task_group_task gt ON gt.group_id = mg.group_id"""
+
+
+def _uuid_text(text: str) -> str | None:
+    """Canonical lower-case UUID text, or None if `text` is not a UUID."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(str(text).strip()))
+    except ValueError:
+        return None
 
 
 def _chunks(items: Sequence, size: int = 500):
@@ -42,13 +54,15 @@ class RegistryStore:
     # --- reading the registry ------------------------------------------------------------------
     def _meter_from_row(self, row, series: tuple[str, ...]) -> MeterDevice:
         (mid, name, url, execution_type, type_name, meter_type, active, password,
-         _cid, cname, tz, iid, host, port, can_block) = row
+         _cid, cname, tz, iid, host, port, can_block, muuid, org, ref, serial, ct, vt, record) = row
         interface = None
         if iid is not None:
             interface = NetworkInterface(host, port or None, bool(can_block), iid)
         return MeterDevice(name=name, url=url, execution_type=execution_type, type_name=type_name,
                            config=MeterDeviceConfig(cname, tz, series), interface=interface,
-                           meter_type=meter_type, is_active=bool(active), id=mid, password=password)
+                           meter_type=meter_type, is_active=bool(active), id=mid, password=password,
+                           uuid=muuid, organization=org, external_system_reference=ref,
+                           manufacturer_serial=serial, ct_ratio=ct, vt_ratio=vt, platform_record=record)
 
     def _series_of_configs(self, tx, config_ids: Iterable[int]) -> dict[int, tuple[str, ...]]:
         out: dict[int, list[str]] = {}
@@ -70,9 +84,12 @@ class RegistryStore:
         return self._meter_from_row(row, series)
 
     def lookup_job(self, meter: str, amr_task: str | None) -> tuple[MeterDevice | None, AmrTask | None]:
-        """What a poll needs, in one short read: the meter (without its series list) and its task."""
+        """What a poll needs, in one short read: the meter (without its series list) and its task.
+        `meter` is its name or its UUID (the platform's invoke body names meters by UUID)."""
         with self.backend.transaction() as tx:
             row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
+            if row is None and (key := _uuid_text(meter)) is not None:
+                row = tx.one(_METER_SELECT + " WHERE m.uuid = ?", (key,))
             task = tx.one(_TASK_SELECT + " WHERE name = ?", (amr_task,)) if amr_task else None
         return (self._meter_from_row(row, ()) if row else None), (self._task_from_row(task) if task else None)
 
@@ -92,11 +109,21 @@ class RegistryStore:
             out.setdefault(meter, []).append(task)
         return out
 
+    def meter_groups(self) -> dict[str, list[str]]:
+        """Meter name -> names of the AMR task groups it is in."""
+        with self.backend.transaction() as tx:
+            rows = tx.all("SELECT m.name, g.name FROM meter_device_group mg JOIN meter_device m ON m.id = mg.meter_id "
+                          "JOIN amr_task_group g ON g.id = mg.group_id ORDER BY m.name, g.name")
+        out: dict[str, list[str]] = {}
+        for meter, group in rows:
+            out.setdefault(meter, []).append(group)
+        return out
+
     def _task_from_row(self, row) -> AmrTask:
-        tid, name, schedule, call, etype, kwargs, offset, active = row
+        tid, name, schedule, call, etype, kwargs, offset, active, tuuid, description = row
         return AmrTask(name=name, schedule=schedule, task_call=call, meter_execution_type=etype,
                        task_kwargs=json.loads(kwargs or "{}"), run_offset_seconds=float(offset),
-                       is_active=bool(active), id=tid)
+                       is_active=bool(active), id=tid, uuid=tuuid, description=description)
 
     def list_amr_tasks(self) -> list[AmrTask]:
         with self.backend.transaction() as tx:
@@ -142,12 +169,16 @@ class RegistryStore:
     def _upsert_tasks(self, tx, tasks: Sequence[AmrTask]) -> None:
         tx.executemany(
             "INSERT INTO amr_task (name, schedule, run_offset_seconds, meter_execution_type, task_call, "
-            "task_kwargs, is_active) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "task_kwargs, is_active, uuid, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET "
             "schedule = excluded.schedule, run_offset_seconds = excluded.run_offset_seconds, "
             "meter_execution_type = excluded.meter_execution_type, task_call = excluded.task_call, "
-            "task_kwargs = excluded.task_kwargs, is_active = excluded.is_active",
+            "task_kwargs = excluded.task_kwargs, is_active = excluded.is_active, uuid = excluded.uuid, "
+            "description = excluded.description",
             [(t.name, t.schedule, float(t.run_offset_seconds), t.meter_execution_type, t.task_call,
-              json.dumps(t.task_kwargs, sort_keys=True), bool(t.is_active)) for t in tasks])
+              json.dumps(t.task_kwargs, sort_keys=True), bool(t.is_active),
+              _uuid_text(t.uuid or "") or default_uuid("amr_task", t.name), t.description)
+             for t in tasks])
 
     def _ids(self, tx, table: str, names: Iterable[str]) -> dict[str, int]:
         names = sorted(set(names))
@@ -241,13 +272,22 @@ class RegistryStore:
             existing = set(self._ids(tx, "meter_device", [d.name for d in devices]))
             tx.executemany(
                 "INSERT INTO meter_device (name, url, execution_type, type_id, config_id, interface_id, "
-                "password, is_active, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "password, is_active, created_at, uuid, organization, external_system_reference, "
+                "manufacturer_serial, ct_ratio, vt_ratio, platform_record) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
                 "SET url = excluded.url, execution_type = excluded.execution_type, type_id = excluded.type_id, "
                 "config_id = excluded.config_id, interface_id = excluded.interface_id, "
-                "password = excluded.password, is_active = excluded.is_active",
+                "password = excluded.password, is_active = excluded.is_active, uuid = excluded.uuid, "
+                "organization = excluded.organization, "
+                "external_system_reference = excluded.external_system_reference, "
+                "manufacturer_serial = excluded.manufacturer_serial, ct_ratio = excluded.ct_ratio, "
+                "vt_ratio = excluded.vt_ratio, platform_record = excluded.platform_record",
                 [(d.name, d.url, d.execution_type, type_ids[d.type_name], config_ids[d.config.name],
                   iface_ids[(d.interface.host, d.interface.port or 0)] if d.interface else None,
-                  d.password, bool(d.is_active), b.ts(now)) for d in devices])
+                  d.password, bool(d.is_active), b.ts(now),
+                  _uuid_text(d.uuid or "") or default_uuid("meter", d.name), d.organization,
+                  d.external_system_reference, d.manufacturer_serial, d.ct_ratio, d.vt_ratio,
+                  d.platform_record) for d in devices])
             meter_ids = self._ids(tx, "meter_device", [d.name for d in devices])
             for e in entries:
                 mid = meter_ids[e.device.name]

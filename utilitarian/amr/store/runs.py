@@ -13,6 +13,10 @@ from typing import Sequence
 from utilitarian.amr.model import AmrTaskRun, DispatchRound, Job
 
 UTC = dt.timezone.utc
+# The database's clock in epoch seconds (SQLite: the host's clock, its only host; PostgreSQL: the
+# server's, shared by every worker host).
+_EPOCH_NOW = {"sqlite": "(julianday('now') - 2440587.5) * 86400.0",
+              "postgresql": "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"}
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,20 @@ class RunStore:
             if b.dialect == "postgresql":
                 # Serialises two dispatches of one round (a duplicate fire around beat fail-over).
                 tx.execute("SELECT id FROM amr_round WHERE id = ? FOR UPDATE", (rnd.id,))
-            known = {job_id: bool(pub) for job_id, pub in tx.all(
-                "SELECT job_id, published FROM amr_task_run WHERE round_id = ?", (rnd.id,))}
+            rows = tx.all("SELECT job_id, published, outcome FROM amr_task_run WHERE round_id = ?", (rnd.id,))
+            known = {job_id: bool(pub) for job_id, pub, _ in rows}
             tx.executemany("INSERT INTO amr_task_run (job_id, round_id, meter_name, amr_task, outcome, "
                            "created_at) VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (job_id) DO NOTHING",
                            [(j.id, rnd.id, j.meter, j.amr_task, b.ts(now)) for j in jobs if j.id not in known])
+            # A job recorded by an earlier dispatch of this round but no longer planned (its meter or
+            # task was removed or deactivated before its run offset came) would stay pending forever.
+            planned = {j.id for j in jobs}
+            dropped = [job_id for job_id, pub, outcome in rows
+                       if not pub and outcome == "pending" and job_id not in planned]
+            tx.executemany("UPDATE amr_task_run SET outcome = 'failed', published = ?, finished_at = ?, "
+                           "error = 'no longer scheduled: its meter or AMR task was removed or deactivated "
+                           "after the round was dispatched' WHERE job_id = ? AND outcome = 'pending'",
+                           [(True, b.ts(now), job_id) for job_id in dropped])
             total = int(tx.scalar("SELECT count(*) FROM amr_task_run WHERE round_id = ?", (rnd.id,), 0))
             tx.execute("UPDATE amr_round SET jobs = ? WHERE id = ?", (total, rnd.id))
         return [j for j in jobs if not known.get(j.id, False)]
@@ -66,16 +79,18 @@ class RunStore:
 
         self._write(work)  # shares a transaction with the commits running meanwhile
 
-    def claim_continuation(self, round_id: str, at: dt.datetime) -> bool:
-        """True for the one dispatch that should schedule the round's continuation at `at`."""
+    def continuation_scheduled(self, round_id: str, at: dt.datetime) -> bool:
+        """True when a dispatch already published (and recorded) the round's continuation at `at`."""
         b = self.backend
+        with b.transaction() as tx:
+            value = tx.scalar("SELECT continue_at FROM amr_round WHERE id = ?", (round_id,))
+        return value is not None and b.from_ts(value) == at.astimezone(UTC)
 
-        def work(tx) -> bool:
-            tx.execute("UPDATE amr_round SET continue_at = ? WHERE id = ? AND (continue_at IS NULL OR continue_at <> ?)",
-                       (b.ts(at), round_id, b.ts(at)))
-            return tx.rowcount == 1
-
-        return self._write(work)
+    def record_continuation(self, round_id: str, at: dt.datetime) -> None:
+        """Remember that the continuation at `at` was published (after its confirm, never before:
+        a claim recorded before a publish that then fails would stop every retry from sending it)."""
+        b = self.backend
+        self._write(lambda tx: tx.execute("UPDATE amr_round SET continue_at = ? WHERE id = ?", (b.ts(at), round_id)))
 
     def finish_dispatch(self, round_id: str, seconds: float) -> None:
         with self.backend.transaction(write=True) as tx:
@@ -119,6 +134,32 @@ class RunStore:
                                        recent))
         return out
 
+    def rounds_with_work_ahead(self, schedules: Sequence[str], *, now: dt.datetime, grace: float,
+                               window: float = 2 * 86400.0) -> list[str]:
+        """Rounds of `schedules` with unfinished jobs that can still arrive on their queues: a
+        continuation scheduled (for the future, or due less than `grace` ago), or dispatched or
+        finishing jobs within `grace`. A round silent for longer (a job lost to a bug) does not count."""
+        if not schedules:
+            return []
+        b = self.backend
+        recent = now - dt.timedelta(seconds=grace)
+        names = list(schedules)
+        with b.transaction() as tx:
+            rows = tx.all(
+                "SELECT r.id, r.continue_at, r.dispatched_at FROM amr_round r "
+                f"WHERE r.schedule IN ({','.join('?' * len(names))}) AND (r.dispatched_at > ? OR r.continue_at > ?) "
+                "AND EXISTS (SELECT 1 FROM amr_task_run t WHERE t.round_id = r.id AND t.outcome = 'pending')",
+                [*names, b.ts(now - dt.timedelta(seconds=window)), b.ts(recent)])
+            out = []
+            for rid, continue_at, dispatched_at in rows:
+                if (continue_at is not None and b.from_ts(continue_at) > recent) or b.from_ts(dispatched_at) > recent:
+                    out.append(rid)
+                    continue
+                last = tx.scalar("SELECT max(finished_at) FROM amr_task_run WHERE round_id = ?", (rid,))
+                if last is not None and b.from_ts(last) > recent:
+                    out.append(rid)
+        return out
+
     # --- runs ------------------------------------------------------------------------------------
     def record_runs(self, runs: Sequence[AmrTaskRun], *, now: dt.datetime | None = None) -> None:
         """Store final outcomes. A "failed" never overwrites a "done" (a job that ran twice after a
@@ -152,9 +193,23 @@ class RunStore:
         return [AmrTaskRun(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), b.from_ts(r[8])) for r in rows]
 
     # --- interface blocks --------------------------------------------------------------------------
-    def acquire_block(self, interface_id: int, holder: str, *, lease: float, now: float) -> bool:
+    # Leases are judged by one clock, the database's (`now=None`), never by the clock of whichever
+    # host asks: with PostgreSQL the holders run on several hosts, and one host's clock running
+    # ahead would take a live holder's block. `now` (epoch seconds) is for tests only.
+    def _block_now(self, tx, now: float | None) -> float:
+        if now is not None:
+            return float(now)
+        return float(tx.scalar(f"SELECT {_EPOCH_NOW[self.backend.dialect]}"))
+
+    def database_time(self) -> float:
+        """The database's clock, epoch seconds."""
+        with self.backend.transaction() as tx:
+            return self._block_now(tx, None)
+
+    def acquire_block(self, interface_id: int, holder: str, *, lease: float, now: float | None = None) -> bool:
         """Atomic: take the interface if free or its lease ran out. True when `holder` has it."""
         with self.backend.transaction(write=True) as tx:
+            now = self._block_now(tx, now)
             tx.execute("INSERT INTO interface_block (interface_id, holder, acquired_at, expires_at) "
                        "VALUES (?, ?, ?, ?) ON CONFLICT (interface_id) DO UPDATE SET holder = excluded.holder, "
                        "acquired_at = excluded.acquired_at, expires_at = excluded.expires_at "
@@ -162,15 +217,25 @@ class RunStore:
                        (interface_id, holder, now, now + lease, now))
             return tx.scalar("SELECT holder FROM interface_block WHERE interface_id = ?", (interface_id,)) == holder
 
+    def renew_block(self, interface_id: int, holder: str, *, lease: float, now: float | None = None) -> bool:
+        """Push the lease of a block `holder` still has; False when it has lost it."""
+        with self.backend.transaction(write=True) as tx:
+            now = self._block_now(tx, now)
+            tx.execute("UPDATE interface_block SET expires_at = ? WHERE interface_id = ? AND holder = ?",
+                       (now + lease, interface_id, holder))
+            return tx.rowcount == 1
+
     def take_over_block(self, interface_id: int, dead_holder: str, holder: str, *, lease: float,
-                        now: float) -> bool:
+                        now: float | None = None) -> bool:
         """Replace a holder known to be dead; fails if someone else replaced it first."""
         with self.backend.transaction(write=True) as tx:
+            now = self._block_now(tx, now)
             tx.execute("UPDATE interface_block SET holder = ?, acquired_at = ?, expires_at = ? "
                        "WHERE interface_id = ? AND holder = ?", (holder, now, now + lease, interface_id, dead_holder))
             return tx.rowcount == 1
 
     def block_holder(self, interface_id: int) -> tuple[str, float] | None:
+        """(holder, expires_at in the database's epoch seconds)."""
         with self.backend.transaction() as tx:
             row = tx.one("SELECT holder, expires_at FROM interface_block WHERE interface_id = ?", (interface_id,))
         return (row[0], float(row[1])) if row else None
@@ -180,9 +245,9 @@ class RunStore:
             tx.execute("DELETE FROM interface_block WHERE interface_id = ? AND holder = ?", (interface_id, holder))
             return tx.rowcount == 1
 
-    def release_stale_blocks(self, *, now: float) -> int:
+    def release_stale_blocks(self, *, now: float | None = None) -> int:
         with self.backend.transaction(write=True) as tx:
-            tx.execute("DELETE FROM interface_block WHERE expires_at < ?", (now,))
+            tx.execute("DELETE FROM interface_block WHERE expires_at < ?", (self._block_now(tx, now),))
             return max(0, tx.rowcount)
 
     # --- retention ---------------------------------------------------------------------------------
@@ -199,7 +264,11 @@ class RunStore:
         column = self._RETENTION[table]
         b = self.backend
         rowid = b.rowid
+        # Staged readings of a meter that exists by now are waiting for their promotion, not
+        # abandoned: retention keeps them (cleanup.apply_retention sends the promotion).
+        known = (" AND NOT EXISTS (SELECT 1 FROM meter_device m WHERE m.name = staged_meter_reading.meter_name)"
+                 if table == "staged_meter_reading" else "")
         with b.transaction(write=True) as tx:
             tx.execute(f"DELETE FROM {table} WHERE {rowid} IN (SELECT {rowid} FROM {table} "
-                       f"WHERE {column} < ? LIMIT {int(batch)})", (b.ts(before),))
+                       f"WHERE {column} < ?{known} LIMIT {int(batch)})", (b.ts(before),))
             return max(0, tx.rowcount)

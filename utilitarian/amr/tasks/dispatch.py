@@ -14,6 +14,7 @@ from utilitarian import queues
 from utilitarian.amr.model import ID_NAMESPACE, DispatchRound, Job, iso_utc, job_id, parse_utc, round_id
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import chunks, settings_of, store_of, utc_now
+from utilitarian.amr.tasks.faultpoints import faultpoint
 from utilitarian.errors import BrokerError
 from utilitarian.tasks import Reject, task
 
@@ -49,6 +50,7 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
     jobs = plan_jobs(store.jobs_for_schedule(schedule), slot_time)
     rnd = DispatchRound(round_id(schedule, slot_time), schedule, slot_time, len(jobs), now)
     todo = store.record_round(rnd, jobs, now=now)
+    faultpoint("dispatch.after_record")
     if len(todo) < len(jobs):
         log.info("round %s was dispatched before; publishing the %d of %d jobs it did not publish",
                  rnd.id, len(todo), len(jobs))
@@ -68,6 +70,7 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
                                                   "round_id": rnd.id},
                                  queue=queue, task_id=j.id, eta=j.eta if j.eta > now else None)
                         for j in batch])
+        faultpoint("dispatch.after_publish")
         store.mark_published([j.id for j in batch])
 
     # Batches overlap: one is encoded while the previous ones wait for their confirms. A failed
@@ -78,9 +81,15 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
     if errors:
         raise errors[0]
     next_eta = min(j.eta for j in later) if later else None
-    if next_eta is not None and store.claim_continuation(rnd.id, next_eta):
+    if next_eta is not None and not store.continuation_scheduled(rnd.id, next_eta):
+        # Published first, recorded after its confirm: a failed publish (or a kill in between)
+        # leaves nothing recorded, so the retry or redelivery of this dispatch publishes it again.
+        # Recording first would make that retry believe the continuation was sent (issue 11).
+        faultpoint("dispatch.before_continuation")
         ctx.send_task(ctx.name, kwargs={"schedule": schedule, "slot": slot_text}, queue=queues.AMR, eta=next_eta,
                       task_id=str(uuid.uuid5(ID_NAMESPACE, f"continue\x00{rnd.id}\x00{iso_utc(next_eta)}")))
+        faultpoint("dispatch.after_continuation")
+        store.record_continuation(rnd.id, next_eta)
     seconds = time.monotonic() - started
     store.finish_dispatch(rnd.id, seconds)
     log.info("round %s: %d jobs, %d published to %s in %.2fs%s", rnd.id, len(jobs), len(due),

@@ -18,6 +18,7 @@ from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
 from utilitarian.amr.publish import reading_to_wire
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
+from utilitarian.amr.tasks.faultpoints import faultpoint
 from utilitarian.amr.tasks.outbox import outbox_of
 from utilitarian.errors import BrokerError, ConfigError
 from utilitarian.tasks import Defer, Reject, SoftTimeLimitExceeded, task
@@ -35,7 +36,7 @@ class JobFailed(Exception):
 def _gave_up(ctx, exc: BaseException, args: tuple, kwargs: dict) -> None:
     """The worker dead-letters the job (store or broker errors past the last retry, a hard time
     limit): record the failed run and a "Poll failed" event, so its round can finish."""
-    meter = kwargs.get("meter") or (args[0] if args else "?")
+    meter = kwargs.get("meter") or kwargs.get("meter_device") or (args[0] if args else "?")
     label = kwargs.get("amr_task") or kwargs.get("task_call") or "?"
     text = f"{type(exc).__name__}: {exc}"
     _finish(ctx, meter, kwargs.get("amr_task"), kwargs.get("round_id"), "failed", text, time.monotonic(), events=[
@@ -44,18 +45,25 @@ def _gave_up(ctx, exc: BaseException, args: tuple, kwargs: dict) -> None:
 
 @task("amr.execute_meter_task", queue=queues.AMR_ON_DEMAND, bind=True, max_retries=MAX_RETRIES,
       retry_backoff=5.0, retry_backoff_max=300.0, retry_for=RETRY_FOR, on_failure=_gave_up)
-def execute_meter_task(ctx, meter: str, amr_task: str | None = None, slot: str | None = None,
+def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = None, slot: str | None = None,
                        round_id: str | None = None, task_call: str | None = None,
-                       task_kwargs: dict | None = None, execution_type: str | None = None) -> dict:
-    """Scheduled: `meter`, `amr_task`, `slot`, `round_id` (from dispatch). On demand (the platform's
-    amr-tasks/invoke, `utilitarian poll`): `meter`, `task_call`, optional `task_kwargs` and
-    `execution_type` (default: the meter's)."""
+                       task_kwargs: dict | None = None, execution_type: str | None = None,
+                       meter_device: str | None = None, meter_execution_type: str | None = None,
+                       run_offset_seconds: float | None = None) -> dict:
+    """Scheduled: `meter`, `amr_task`, `slot`, `round_id` (from dispatch). On demand: the platform's
+    amr-tasks/invoke body verbatim (`meter_device` UUID or name, `task_call`, `task_kwargs`,
+    `run_offset_seconds`, `meter_execution_type`), or `utilitarian poll`'s `meter`, `task_call`,
+    `task_kwargs`, `execution_type` (default: the meter's)."""
+    meter, execution_type = _invoke_body(meter, meter_device, execution_type, meter_execution_type)
+    if _delay_on_demand(ctx, meter, amr_task, task_call, task_kwargs, execution_type, run_offset_seconds):
+        return {"outcome": "deferred", "run_offset_seconds": run_offset_seconds}
     store = store_of(ctx.app)
     settings = settings_of(ctx.app)
     started = time.monotonic()
     label = amr_task or task_call or "?"
     try:
         device, call, kwargs, etype = _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type)
+        meter = device.name  # the invoke body may name it by UUID; readings carry the name
         target = _target(device)
         stamp = utc_now()
         if slot and amr_task and settings.stamp_scheduled_readings == "slot":
@@ -68,13 +76,13 @@ def execute_meter_task(ctx, meter: str, amr_task: str | None = None, slot: str |
             try:
                 with interface_lock(store, iface.id, iface.name, ctx.id, lease=settings.interface_block_lease,
                                     wait=settings.interface_wait):
-                    result = _poll(ctx.app, etype, call, target, kwargs, stamp)
+                    result = _poll(ctx.app, etype, call, target, kwargs, stamp, device)
             except InterfaceBusy as exc:
                 countdown = settings.interface_defer * random.uniform(0.75, 1.5)
                 log.debug("%s; job for %s deferred %.1fs", exc, meter, countdown)
                 raise Defer(str(exc), countdown=countdown) from None
         else:
-            result = _poll(ctx.app, etype, call, target, kwargs, stamp)
+            result = _poll(ctx.app, etype, call, target, kwargs, stamp, device)
     except JobFailed as exc:
         _finish(ctx, meter, amr_task, round_id, "failed", str(exc), started, events=[
             _event(ctx, meter, "Poll failed", f"{label}: {exc}")])
@@ -89,10 +97,12 @@ def execute_meter_task(ctx, meter: str, amr_task: str | None = None, slot: str |
         _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
+    faultpoint("execute.after_poll")
     readings = [reading_to_wire(MeterReading(meter, r.series, r.timestamp, r.value, r.unit))
                 for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
     _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
+    faultpoint("execute.after_results")
     return {"outcome": "done", "readings": len(readings), "events": len(events)}
 
 
@@ -139,11 +149,54 @@ def _target(device):
     return dataclasses.replace(target, **changes) if changes else target
 
 
-def _poll(app, execution_type, call, target, kwargs, stamp):
+def _poll(app, execution_type, call, target, kwargs, stamp, device):
     # Imported here: protocol drivers (pymodbus) must not load when the worker imports task modules.
     from utilitarian.amr.environments import run_task_call
+    from utilitarian.amr.readings import apply_transformer_ratios
 
-    return run_task_call(execution_type, call, target, kwargs, meter_types=meter_types_of(app), now=stamp)
+    # `now` stamps current values (the slot); set_time and "last N seconds" reads go by the true
+    # clock, else a job run late would set the meter to the slot's time.
+    result = run_task_call(execution_type, call, target, kwargs, meter_types=meter_types_of(app), now=stamp,
+                           clock=utc_now())
+    return apply_transformer_ratios(result, ct_ratio=device.ct_ratio, vt_ratio=device.vt_ratio)
+
+
+def _invoke_body(meter, meter_device, execution_type, meter_execution_type):
+    """The platform's invoke body names the meter `meter_device` and the environment
+    `meter_execution_type`; our own producers say `meter` and `execution_type`."""
+    if meter is not None and meter_device is not None and str(meter) != str(meter_device):
+        raise Reject(f"meter {meter!r} and meter_device {meter_device!r} disagree")
+    if execution_type and meter_execution_type and execution_type != meter_execution_type:
+        raise Reject(f"execution_type {execution_type!r} and meter_execution_type "
+                     f"{meter_execution_type!r} disagree")
+    meter = meter if meter is not None else meter_device
+    if not isinstance(meter, str) or not meter.strip():
+        raise Reject("execute_meter_task needs meter (or the invoke body's meter_device)")
+    return meter.strip(), execution_type or meter_execution_type
+
+
+def _delay_on_demand(ctx, meter, amr_task, task_call, task_kwargs, execution_type, offset) -> bool:
+    """An on-demand call with run_offset_seconds > 0 runs no earlier than that many seconds after
+    it arrived: it is sent again with that ETA (and offset 0) unless its message has an ETA already
+    (a producer that applied the offset itself). True when it was sent on."""
+    if offset is None or amr_task:
+        return False
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < float("inf"):
+        raise Reject(f"run_offset_seconds must be a number of seconds >= 0, not {offset!r}")
+    if offset == 0 or ctx.eta is not None or (ctx.headers or {}).get("eta"):
+        return False
+    import datetime as dt
+    import uuid
+
+    from utilitarian.amr.model import ID_NAMESPACE
+
+    eta = utc_now() + dt.timedelta(seconds=float(offset))
+    ctx.send_task(ctx.name, kwargs={"meter": meter, "task_call": task_call, "task_kwargs": task_kwargs,
+                                    "execution_type": execution_type, "run_offset_seconds": 0},
+                  queue=ctx.queue or queues.AMR_ON_DEMAND, eta=eta,
+                  task_id=str(uuid.uuid5(ID_NAMESPACE, f"on-demand-offset\x00{ctx.id}")))
+    log.info("on-demand %s for %s held back %gs (run_offset_seconds)", task_call, meter, offset)
+    return True
 
 
 def _event(ctx, meter: str, title: str, content: str, *, index: int = 0) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from utilitarian import queues
+from utilitarian.amr.tasks.faultpoints import faultpoint
 from utilitarian.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class CommitOutbox:
         self._batcher.submit((readings, events, run))
 
     def _publish(self, group: list) -> list:
+        faultpoint("execute.results_publish")  # on the flusher thread, for every job of the group
         self.app.send_tasks(batch_calls(group))
         return [None] * len(group)
 
