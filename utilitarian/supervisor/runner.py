@@ -30,6 +30,7 @@ from utilitarian.tasks import MAX_DEFERRALS, Defer, Registry, SoftTimeLimitExcee
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
+ETA_SLACK = rules.ETA_SLACK  # the rule lives in delivery.py; tests and tools read it here
 
 
 def _utcnow() -> dt.datetime:
