@@ -17,6 +17,11 @@ Printed: dispatch time, round wall time (dispatch to last poll finished) against
 and peak RSS of each worker's process tree. Figures only; nothing is asserted.
 
     .venv/bin/python bench/amr_round.py [--meters 10000] [--latency 0.05] [--skip-celery]
+    .venv/bin/python bench/amr_round.py --protocol iec --meters 2000 --gateways 2000 --skip-celery
+    .venv/bin/python bench/amr_round.py --meters 4000 --skip-celery --profile /tmp/prof   # cProfile
+
+Worker CPU is the process CPU time (user + system) of the whole worker tree over the round, so
+"CPU/poll" holds everything the worker spends per meter: dispatch, poll, commits and publishing.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ BENCH = pathlib.Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 SERIES = ["active_energy_import", "active_energy_export"]  # adjacent registers: one request per poll
+IEC_SERIES = ["1.8.0", "2.8.0"]  # kept from each mode C readout (the whole readout is read and parsed)
 UTC = dt.timezone.utc
 
 # --- the Celery side (imported by `celery -A amr_round worker`) ---------------------------------
@@ -124,9 +130,9 @@ def broker_pids() -> list[int]:
 def start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
     meters_file = work / "meters.toml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "utilitarian", "simulate", "modbus", "--meters", str(args.meters), "--gateways",
-         str(args.gateways), "--type", "eastron_sdm120", "--latency", str(args.latency),
-         "--meters-out", str(meters_file), "-l", "warning"],
+        [sys.executable, "-m", "utilitarian", "simulate", args.protocol, "--meters", str(args.meters), "--gateways",
+         str(args.gateways), *(["--type", "eastron_sdm120"] if args.protocol == "modbus" else []),
+         "--latency", str(args.latency), "--meters-out", str(meters_file), "-l", "warning"],
         env={**os.environ, "UTILITARIAN_CONFIG": os.devnull}, stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not meters_file.exists():
@@ -136,13 +142,20 @@ def start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib
     return proc, meters_file
 
 
-def install(db_url: str, meters_file: pathlib.Path) -> None:
+def series_of(protocol: str) -> list[str]:
+    return SERIES if protocol == "modbus" else IEC_SERIES
+
+
+def install(db_url: str, meters_file: pathlib.Path, protocol: str = "modbus") -> None:
     from utilitarian.amr.meter_types import load_builtin_meter_types
     from utilitarian.amr.model import AmrTask, AmrTaskGroup
     from utilitarian.amr.registry_import import Known, known_execution_types, load_meter_list
     from utilitarian.amr.store import open_store
 
-    task = AmrTask("read-daily", "daily", "read_values", "generic_modbus", {"series": SERIES})
+    if protocol == "modbus":
+        task = AmrTask("read-daily", "daily", "read_values", "generic_modbus", {"series": SERIES})
+    else:
+        task = AmrTask("read-daily", "daily", "readout", "generic_iec6205621", {"addresses": IEC_SERIES})
     meters = load_meter_list(str(meters_file), Known(meter_types=load_builtin_meter_types(),
                                                      execution_types=known_execution_types()))
     entries = [e.__class__(e.device, e.units, ("daily",), None) for e in meters.entries]
@@ -167,7 +180,8 @@ def wait_log(path: pathlib.Path, needle: str, count: int, timeout: float = 60.0)
                f"{count}x {needle!r} in {path.name}", 0.1)
 
 
-def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout: float) -> dict:
+def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout: float,
+                  series: list[str] = SERIES) -> dict:
     """Wait for n outcomes and n x len(SERIES) readings; times are seconds after t0 (wall clock)."""
     from utilitarian.amr.store import open_store
 
@@ -176,7 +190,7 @@ def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout:
             with store.backend.transaction() as tx:
                 return tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome <> 'pending'", default=0) >= n
         wait_until(outcomes, timeout, "every poll to finish", 0.2)
-        wait_until(lambda: store.count_readings() >= n * len(SERIES), timeout, "every reading", 0.2)
+        wait_until(lambda: store.count_readings() >= n * len(series), timeout, "every reading", 0.2)
         b = store.backend
         with b.transaction() as tx:
             last_poll = b.from_ts(tx.scalar("SELECT max(finished_at) FROM amr_task_run"))
@@ -184,7 +198,7 @@ def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout:
             last_c = b.from_ts(tx.scalar("SELECT max(committed_at) FROM meter_reading"))
             failed = tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome = 'failed'", default=0)
         rnd = store.get_round(round_id) if round_id else None
-    readings = n * len(SERIES)
+    readings = n * len(series)
     return {"round": last_poll.timestamp() - t0, "stored": last_c.timestamp() - t0,
             "commit_rate": readings / max(1e-3, (last_c - first_c).total_seconds()), "failed": failed,
             "dispatch": rnd.dispatch_seconds if rnd else None}
@@ -201,7 +215,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
 
     work = tmpdir()
     db_url = f"sqlite:///{work / 'amr.sqlite3'}"
-    install(db_url, meters_file)
+    install(db_url, meters_file, args.protocol)
     with vhost("bench-amr") as v:
         config_path = work / "utilitarian.toml"
         config_path.write_text(f'[broker]\nurl = "{url_for(v)}"\n[database]\nurl = "{db_url}"\n'
@@ -210,9 +224,13 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
         config = load_config(str(config_path))
         declare_topology(settings_from_config(config))
         log = work / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "utilitarian", "worker", "--config", str(config_path),
+        command = ([sys.executable, str(BENCH / "profile_worker.py")] if args.profile
+                   else [sys.executable, "-m", "utilitarian"])
+        env = {**os.environ, "BENCH_PROFILE_DIR": args.profile or ""}
+        worker = subprocess.Popen([*command, "worker", "--config", str(config_path),
                                    "-c", str(args.processes), "--threads", str(args.threads), "-l", "info"],
-                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=env)
         rss = RssSampler(worker.pid)
         try:
             wait_log(log, "consuming (boot", args.processes)
@@ -224,7 +242,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
             app.close()
             round_id = f"daily@{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-            result = measure_store(db_url, args.meters, t0, round_id, timeout=600)
+            result = measure_store(db_url, args.meters, t0, round_id, timeout=600, series=series_of(args.protocol))
             result["sim_cpu"] = cpu_seconds([args.sim_pid]) - before[0]
             result["broker_cpu"] = cpu_seconds(broker_pids()) - before[1]
         finally:
@@ -326,14 +344,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=100)
     parser.add_argument("--celery-concurrency", type=int, default=8)
     parser.add_argument("--skip-celery", action="store_true")
+    parser.add_argument("--protocol", choices=("modbus", "iec"), default="modbus")
+    parser.add_argument("--answers", type=int, default=None,
+                        help="answers per poll for the ideal (default: 1 for Modbus, 2 for an IEC readout)")
+    parser.add_argument("--profile", metavar="DIR", help="run the worker's children under cProfile "
+                        "(bench/profile_worker.py); summarise with profile_worker.py --summary DIR")
     args = parser.parse_args()
     from common import stop, tmpdir
 
     sim, meters_file = start_simulator(args, tmpdir())
     args.sim_pid = sim.pid
+    if args.protocol == "iec":
+        args.skip_celery = True  # the Celery side of this script polls Modbus only
+    answers = args.answers or (1 if args.protocol == "modbus" else 2)
     slots = args.processes * args.threads
-    ideal = args.meters * args.latency / slots
-    print(f"# daily round: {args.meters:,} Modbus meters, {args.latency * 1000:.0f} ms per answer, "
+    ideal = args.meters * args.latency * answers / slots
+    print(f"# daily round: {args.meters:,} {'Modbus' if args.protocol == 'modbus' else 'IEC 62056-21'} meters, {args.latency * 1000:.0f} ms per answer, "
           f"{args.gateways} gateways; {os.cpu_count()} CPUs")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, REPO), 'bench/amr_round.py', *sys.argv[1:]])}")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -343,18 +369,28 @@ def main() -> None:
         rows.append((f"utilitarian -c {args.processes} --threads {args.threads}", ours, ideal))
         if not args.skip_celery:
             celery = run_celery(args, meters_file)
-            c_ideal = args.meters * args.latency / args.celery_concurrency
+            c_ideal = args.meters * args.latency * answers / args.celery_concurrency
             rows.append((f"celery -P prefork -c {args.celery_concurrency}", celery, c_ideal))
     finally:
         stop(sim)
+    print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'system':<34} {'dispatch':>9} {'round':>8} {'ideal':>7} {'x ideal':>8} {'stored':>8} "
-          f"{'commits/s':>10} {'failed':>7} {'peak RSS':>9} {'CPU worker':>10} {'sim':>5} {'broker':>6}")
+          f"{'commits/s':>10} {'failed':>7} {'peak RSS':>9} {'CPU worker':>10} {'CPU/poll':>9} {'sim':>5} {'broker':>6}")
     for name, r, ideal_s in rows:
         print(f"{name:<34} {r['dispatch']:>8.2f}s {r['round']:>7.1f}s {ideal_s:>6.1f}s {r['round'] / ideal_s:>7.1f}x "
-              f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB {r['cpu']:>9.1f}s {r['sim_cpu']:>4.1f}s {r['broker_cpu']:>5.1f}s")
+              f"{r['stored']:>7.1f}s {r['commit_rate']:>10,.0f} {r['failed']:>7} {r['rss']:>7.0f} MiB "
+              f"{r['cpu']:>9.1f}s {r['cpu'] / args.meters * 1e3:>6.3f} ms {r['sim_cpu']:>4.1f}s {r['broker_cpu']:>5.1f}s")
     if rows:
+        ours = rows[0][1]
+        budget = 2 * ideal + ours["dispatch"]
         print(f"# utilitarian dispatch of {args.meters:,} jobs with nothing else running: "
-              f"{rows[0][1]['dispatch_alone']:.2f}s")
+              f"{ours['dispatch_alone']:.2f}s")
+        print(f"# goal: round <= 2 x ideal + dispatch = {budget:.1f}s: round {ours['round']:.1f}s = "
+              f"{ours['round'] / budget:.2f} of it ({(ours['round'] - ours['dispatch']) / ideal:.2f}x ideal after "
+              f"dispatch); worker CPU per poll {ours['cpu'] / args.meters * 1e3:.3f} ms (goal <= 0.45 ms); "
+              f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB)")
+        if len(rows) > 1:
+            print(f"# round vs celery: {rows[1][1]['round'] / ours['round']:.1f}x faster")
 
 
 if __name__ == "__main__":

@@ -69,15 +69,23 @@ def counter_size(path: pathlib.Path) -> int:
         return 0
 
 
-def wait_counter(path: pathlib.Path, n: int, timeout: float = 600.0, first: list | None = None) -> float:
-    """Monotonic time at which the counter reached n; `first` gets the time of the first byte."""
+def wait_counter(path: pathlib.Path, n: int, timeout: float = 600.0, first: list | None = None,
+                 cpu_of: int | None = None, cpu: list | None = None) -> float:
+    """Monotonic time at which the counter reached n; `first` gets the time of the first byte. With
+    `cpu_of` (a pid), `cpu` gets (tasks, CPU seconds) of that process tree from the first byte to
+    the n-th: the worker's CPU per task, start-up excluded."""
     deadline = time.monotonic() + timeout
+    began = None
     while True:
         size = counter_size(path)
         now = time.monotonic()
         if first is not None and not first and size > 0:
             first.append(now)
+        if cpu_of is not None and began is None and size > 0:
+            began = (size, tree_cpu(cpu_of))
         if size >= n:
+            if cpu_of is not None and cpu is not None and began is not None:
+                cpu.append((n - began[0], tree_cpu(cpu_of) - began[1]))
             return now
         if now > deadline:
             raise RuntimeError(f"counter stuck at {size} of {n}")
@@ -115,6 +123,36 @@ def tree_memory(pid: int) -> tuple[float, float]:
         except psutil.Error:
             continue
     return pss / 2**20, rss / 2**20
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def fill_with_celery(url: str, name: str, n: int, args=(), queue: str = "utilitarian.tasks.default") -> None:
+    """The queue filled by Celery's own producer (send_task, as the platform's API publishes)."""
+    from celery import Celery
+
+    app = Celery("bench-fill", broker=url)
+    app.conf.task_serializer = "json"
+    with app.producer_or_acquire() as producer:
+        for _ in range(n):
+            app.send_task(name, list(args), queue=queue, producer=producer)
 
 
 def median(values) -> float:

@@ -1,7 +1,9 @@
 """Worker benchmarks, side by side with Celery 5 in the same run (medians of --runs):
 
-  noop    20,000 tasks appending one byte each, 2 processes (Celery -P prefork -c 2; a raw pika
-          consumer as the floor of what Python + pika can do)
+  noop    20,000 tasks appending one byte each, filled by Celery's producer; utilitarian at its
+          defaults with -c 2 (Celery -P prefork -c 2; a raw pika consumer, prefetch 100 and
+          `multiple` acks, as the floor of what Python + pika can do); CPU per task of each
+          process tree, from its first task to its last
   io      2,000 tasks sleeping 0.1 s: 100 slots (Celery -P threads -c 100) and 8 slots
           (Celery -P prefork -c 8), against the ideal N x 0.1 / slots
   memory  idle PSS/RSS of the whole process tree, and start-up to ready
@@ -17,8 +19,8 @@ import subprocess
 import sys
 import time
 
-from common import (BENCH, REPO, env_for, fill, median, stop, tmpdir, tree_memory, url_for, vhost,
-                    wait_counter, write_config)
+from common import (BENCH, REPO, env_for, fill, fill_with_celery, median, stop, tmpdir, tree_memory, url_for,
+                    vhost, wait_counter, write_config)
 
 PY = sys.executable
 CELERY = [PY, "-m", "celery", "-A", "celery_bench_app", "worker", "-Q", "utilitarian.tasks.default",
@@ -38,23 +40,30 @@ def run_ours(config: pathlib.Path, counter: pathlib.Path, args: list[str], log: 
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def timed(system: str, n: int, task: str, task_args: list, start) -> tuple[float, float]:
+def timed(system: str, n: int, task: str, task_args: list, start, producer: str = "ours") -> tuple:
     """Queue filled first, then the worker starts: (seconds from process start to the last task,
-    steady seconds from the first to the last task)."""
+    steady seconds from the first to the last task, CPU seconds per task of the worker's process
+    tree from its first task to its last)."""
     with vhost("bench-w") as v:
         url = url_for(v)
         work = tmpdir()
         config = write_config(work, url)
-        fill(config, task, n, task_args)
+        if producer == "celery":
+            fill(config, task, 0)  # the topology only
+            fill_with_celery(url, task, n, task_args)
+        else:
+            fill(config, task, n, task_args)
         counter = work / "counter"
         began = time.monotonic()
         proc = start(url, config, counter, work)
         try:
             first: list = []
-            done = wait_counter(counter, n, first=first)
+            cpu: list = []
+            done = wait_counter(counter, n, first=first, cpu_of=proc.pid, cpu=cpu)
         finally:
             stop(proc)
-        return done - began, done - first[0]
+        tasks, seconds = cpu[0] if cpu else (n, float("nan"))
+        return done - began, done - first[0], seconds / max(1, tasks)
 
 
 def live(system: str, n: int, task: str, task_args: list, worker_args: list[str]) -> float:
@@ -113,22 +122,28 @@ def live_rows(runs: int, n: int, task: str, task_args: list, celery_pool: list[s
     return c, o
 
 
-def noop(runs: int, n: int, threads: int) -> None:
-    rows = {"celery prefork -c 2": [], f"utilitarian -c 2 --threads {threads}": [], "raw pika consumer": []}
-    for _ in range(runs):
+def noop(runs: int, n: int, threads: int | None, producer: str, live: bool) -> None:
+    flags = ["-c", "2"] + (["--threads", str(threads)] if threads else [])
+    ours = "utilitarian " + " ".join(flags) + ("" if threads else " (defaults)")
+    rows = {"celery prefork -c 2": [], ours: [], "raw pika consumer": []}
+    print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for _ in range(runs):  # the three side by side in each run, so load changes hit them alike
         rows["celery prefork -c 2"].append(timed("celery", n, "bench.noop", [], lambda url, cfg, ctr, w: run_celery(
-            url, ctr, n, ["-P", "prefork", "-c", "2"], w / "celery.log")))
-        rows[f"utilitarian -c 2 --threads {threads}"].append(timed("ours", n, "bench.noop", [], lambda url, cfg, ctr, w: run_ours(
-            cfg, ctr, ["-c", "2", "--threads", str(threads)], w / "worker.log")))
+            url, ctr, n, ["-P", "prefork", "-c", "2"], w / "celery.log"), producer))
+        rows[ours].append(timed("ours", n, "bench.noop", [], lambda url, cfg, ctr, w: run_ours(
+            cfg, ctr, flags, w / "worker.log"), producer))
         rows["raw pika consumer"].append(timed("raw", n, "bench.noop", [], lambda url, cfg, ctr, w: subprocess.Popen(
-            [PY, str(BENCH / "raw_pika_consumer.py"), url, "utilitarian.tasks.default", str(ctr), str(n)])))
-    report(f"no-op: {n:,} tasks", n, rows)
-    c = median([n / e for e, _ in rows["celery prefork -c 2"]])
-    o = median([n / e for e, _ in rows[f"utilitarian -c 2 --threads {threads}"]])
-    r = median([n / e for e, _ in rows["raw pika consumer"]])
-    print(f"  utilitarian / celery = {o / c:.1f}x (target >= 3x); utilitarian / raw pika = {o / r:.0%} (moonshot >= 70%)")
-    live_rows(runs, n, "bench.noop", [], ["-P", "prefork", "-c", "2"], ["-c", "2", "--threads", str(threads)],
-              f"no-op: {n:,} tasks")
+            [PY, str(BENCH / "raw_pika_consumer.py"), url, "utilitarian.tasks.default", str(ctr), str(n)]), producer))
+    report(f"no-op: {n:,} tasks (filled by {producer}'s producer)", n, rows)
+    c = median([n / r[0] for r in rows["celery prefork -c 2"]])
+    o = median([n / r[0] for r in rows[ours]])
+    r = median([n / r[0] for r in rows["raw pika consumer"]])
+    cpu = median([r[2] for r in rows[ours]])
+    print(f"  utilitarian / celery = {o / c:.1f}x (goal >= 4x); utilitarian / raw pika = {o / r:.0%} (goal >= 75%); "
+          f"utilitarian CPU per task {cpu * 1e6:.0f} us (goal <= 60 us)")
+    print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if live:
+        live_rows(runs, n, "bench.noop", [], ["-P", "prefork", "-c", "2"], flags, f"no-op: {n:,} tasks")
 
 
 def io_bound(runs: int, n: int, sleep: float) -> None:
@@ -144,9 +159,9 @@ def io_bound(runs: int, n: int, sleep: float) -> None:
                 cfg, ctr, ours_args, w / "worker.log")))
         ideal = n * sleep / slots
         report(f"I/O-bound: {n:,} tasks x {sleep}s on {slots} slots (ideal {ideal:.2f}s)", n, rows)
-        steady = median([s for _, s in rows[name_o]])
-        e2e_c = median([e for e, _ in rows[name_c]])
-        e2e_o = median([e for e, _ in rows[name_o]])
+        steady = median([r[1] for r in rows[name_o]])
+        e2e_c = median([r[0] for r in rows[name_c]])
+        e2e_o = median([r[0] for r in rows[name_o]])
         print(f"  utilitarian steady {steady:.2f}s = {steady / ideal:.2f}x ideal (target <= 1.2x); "
               f"end to end {e2e_c / e2e_o:.2f}x faster than celery")
         live_rows(runs, n, "bench.sleep", [sleep], celery_pool, ours_args, f"I/O-bound on {slots} slots")
@@ -200,20 +215,26 @@ def memory(runs: int) -> None:
 def report(title: str, n: int, rows: dict) -> None:
     print(f"{title}, median of {len(next(iter(rows.values())))} runs:")
     for name, values in rows.items():
-        e2e = median([e for e, _ in values])
-        steady = median([s for _, s in values])
-        print(f"  {name:<36} end to end {e2e:6.2f}s = {n / e2e:8,.0f}/s   steady {steady:6.2f}s = {n / steady:8,.0f}/s")
+        e2e = median([r[0] for r in values])
+        steady = median([r[1] for r in values])
+        cpu = median([r[2] for r in values])
+        print(f"  {name:<36} end to end {e2e:6.2f}s = {n / e2e:8,.0f}/s   steady {steady:6.2f}s = {n / steady:8,.0f}/s"
+              f"   CPU/task {cpu * 1e6:5.0f} us")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", default=["noop", "io", "memory"])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=64, help="threads per child for the no-op run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per child for the no-op run (default: the worker's defaults)")
+    parser.add_argument("--producer", choices=("celery", "ours"), default="celery",
+                        help="who fills the queue for the no-op run")
+    parser.add_argument("--no-live", action="store_true", help="skip the producer-to-last-task no-op rows")
     args = parser.parse_args()
     os.chdir(BENCH)
     if "noop" in args.which:
-        noop(args.runs, 20_000, args.threads)
+        noop(args.runs, 20_000, args.threads, args.producer, not args.no_live)
     if "io" in args.which:
         io_bound(args.runs, 2_000, 0.1)
     if "memory" in args.which:

@@ -106,6 +106,8 @@ class PoolConfig:
     queues: list[str] = setting(check=_check_queue_list, doc="queues this pool consumes")
     processes: int = setting(1, min=1, max=256)
     threads: int | None = setting(None, min=1, max=1000, doc="default: [worker] queue_threads / threads")
+    prefetch_multiplier: float | None = setting(None, min=1.0, max=100.0,
+                                                doc="default: [worker] prefetch_multiplier")
     max_tasks_per_child: int | None = setting(None, min=0)
     max_memory_per_child: float | None = setting(None, min=0.0, doc="MiB of RSS before a child is recycled")
     hard_time_limit: float | None = setting(None, min=0.1)
@@ -124,6 +126,7 @@ class ProfileConfig:
 # never returns must not hold its delivery until the broker closes the channel, which redelivers
 # every message of that child (docs/operations.md, "Time limits").
 DEFAULT_HARD_TIME_LIMIT = 1500.0
+DEFAULT_PREFETCH_MULTIPLIER = 4.0
 RABBITMQ_CONSUMER_TIMEOUT = 1800.0
 
 
@@ -133,6 +136,10 @@ class WorkerConfig:
     processes: int | None = setting(None, min=1, max=256, doc="default: number of CPUs")
     threads: int = setting(8, min=1, max=1000)
     queue_threads: dict[str, int] = setting(default_factory=dict, doc="default threads per queue")
+    # Unacked messages a child may hold = threads x this. Above 1, fast tasks find the next message
+    # already delivered instead of waiting a round trip per ack (docs/operations.md, "Prefetch").
+    prefetch_multiplier: float = setting(DEFAULT_PREFETCH_MULTIPLIER, min=1.0, max=100.0,
+                                         doc="messages a child holds = threads x this (1 = one per thread)")
     graceful_timeout: float = setting(30.0, min=0.0, max=86400.0)
     heartbeat_timeout: float = setting(30.0, min=1.0, max=3600.0, doc="a child silent this long is killed")
     max_tasks_per_child: int = setting(0, min=0, doc="0 = unlimited")

@@ -21,6 +21,8 @@ def register(sub, parent) -> None:
                    help="queues not to consume")
     p.add_argument("-c", "--concurrency", type=int, metavar="PROCESSES", help="children per pool (default: CPUs)")
     p.add_argument("--threads", type=int, metavar="T", help="task threads per child (default: per queue, config)")
+    p.add_argument("--prefetch-multiplier", type=float, metavar="M",
+                   help="unacked messages per child = threads x M (default: [worker] prefetch_multiplier, 4)")
     p.add_argument("--profile", metavar="NAME", help="pools from [workers.NAME] (the systemd instance name)")
     p.add_argument("--max-tasks-per-child", type=int, metavar="N")
     p.add_argument("--max-memory-per-child", type=float, metavar="MiB")
@@ -48,10 +50,13 @@ def options_from(args: argparse.Namespace):
                         ("--exit-when-idle", args.exit_when_idle)):
         if value is not None and value < 0:
             raise UsageError(f"{flag} must not be negative")
+    if args.prefetch_multiplier is not None and not 1.0 <= args.prefetch_multiplier <= 100.0:
+        raise UsageError("--prefetch-multiplier must be between 1 and 100")
     queues = tuple(q for group in args.queues for q in group) if args.queues else None
     return WorkerOptions(
         queues=queues, exclude=tuple(q for group in args.exclude_queues for q in group),
-        processes=args.concurrency, threads=args.threads, profile=args.profile,
+        processes=args.concurrency, threads=args.threads, prefetch_multiplier=args.prefetch_multiplier,
+        profile=args.profile,
         max_tasks_per_child=args.max_tasks_per_child, max_memory_per_child=args.max_memory_per_child,
         hard_time_limit=args.hard_time_limit, graceful_timeout=args.graceful_timeout,
         exit_when_idle=args.exit_when_idle, includes=tuple(args.include), name=args.name)

@@ -133,7 +133,7 @@ class Child:
         app = App(spec.config, registry=spec.registry, settings=spec.settings,
                   name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index} publisher")
         rules = ConnectionRules(boot_may_fail=spec.boot_may_fail, backoff_cap=spec.settings.retry_backoff_max)
-        consumer = Consumer(spec.settings, list(pool.queues), pool.threads, on_delivery=lambda d: runner.submit(d),
+        consumer = Consumer(spec.settings, list(pool.queues), pool.prefetch, on_delivery=lambda d: runner.submit(d),
                             name=f"utilitarian {spec.worker_name} {pool.name}-{spec.index}", rules=rules, clock=clock)
         consumer.prepare = lambda conn, channel: ensure_declared(conn, channel, spec.settings.queue_type)
         consumer.declare = lambda channel: declare_all(channel, queue_type=spec.settings.queue_type)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ class PoolSpec:
     max_tasks_per_child: int = 0  # 0 = unlimited
     max_memory_per_child: float = 0.0  # MiB, 0 = unlimited
     hard_time_limit: float | None = DEFAULT_HARD_TIME_LIMIT  # tasks without a limit of their own
+    prefetch_multiplier: float = 1.0  # unacked messages a child holds = threads x this
+
+    @property
+    def prefetch(self) -> int:
+        """The channel's prefetch: at least one message per thread, rounded up."""
+        return max(self.threads, math.ceil(self.threads * self.prefetch_multiplier))
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class WorkerOptions:
     exclude: tuple[str, ...] = ()
     processes: int | None = None
     threads: int | None = None
+    prefetch_multiplier: float | None = None
     profile: str | None = None
     max_tasks_per_child: int | None = None
     max_memory_per_child: float | None = None
@@ -101,7 +109,9 @@ def build_plan(config, opts: WorkerOptions) -> WorkerPlan:
                 max_tasks_per_child=_first(opts.max_tasks_per_child, pool.max_tasks_per_child, w.max_tasks_per_child),
                 max_memory_per_child=_first(opts.max_memory_per_child, pool.max_memory_per_child,
                                             w.max_memory_per_child),
-                hard_time_limit=_first(opts.hard_time_limit, pool.hard_time_limit, w.hard_time_limit)))
+                hard_time_limit=_first(opts.hard_time_limit, pool.hard_time_limit, w.hard_time_limit),
+                prefetch_multiplier=_first(opts.prefetch_multiplier, pool.prefetch_multiplier,
+                                           w.prefetch_multiplier)))
         graceful = _first(opts.graceful_timeout, profile.graceful_timeout, w.graceful_timeout)
         idle = _first(opts.exit_when_idle, profile.exit_when_idle)
         imports = tuple(w.imports) + tuple(profile.imports) + tuple(opts.includes)
@@ -115,7 +125,8 @@ def build_plan(config, opts: WorkerOptions) -> WorkerPlan:
             threads=opts.threads or config.threads_for(list(names)),
             max_tasks_per_child=_first(opts.max_tasks_per_child, w.max_tasks_per_child),
             max_memory_per_child=_first(opts.max_memory_per_child, w.max_memory_per_child),
-            hard_time_limit=_first(opts.hard_time_limit, w.hard_time_limit))] if names else []
+            hard_time_limit=_first(opts.hard_time_limit, w.hard_time_limit),
+            prefetch_multiplier=_first(opts.prefetch_multiplier, w.prefetch_multiplier))] if names else []
         graceful = _first(opts.graceful_timeout, w.graceful_timeout)
         idle = opts.exit_when_idle
         imports = tuple(w.imports) + tuple(opts.includes)

@@ -73,6 +73,26 @@ def test_a_profile_gives_pools_and_the_command_line_still_wins():
         (2, 1, (queues.AMR_DAILY,)), (2, 1, (queues.COMMITS,))]
 
 
+def test_prefetch_is_threads_times_the_multiplier_from_flag_pool_or_worker_default():
+    # Given the default multiplier (4), a [worker] one, a pool's own and the command line's
+    assert build_plan(config(), WorkerOptions(queues=("default",))).pools[0].prefetch == 6 * 4
+    assert build_plan(config(prefetch_multiplier=1.5), WorkerOptions(queues=("default",))).pools[0].prefetch == 9
+    profiles = {"daily": {"pools": [{"queues": ["amr.scheduled.daily"], "threads": 100, "prefetch_multiplier": 1.0},
+                                    {"queues": ["commits"], "threads": 3}]}}
+    cfg = parse_config({"worker": {**WORKER, "prefetch_multiplier": 2.0}, "workers": profiles}, file="u.toml")
+    # Then the pool's own wins over [worker], the flag over both, and a child never holds fewer
+    # messages than it has threads (rounded up)
+    assert [p.prefetch for p in build_plan(cfg, WorkerOptions(profile="daily")).pools] == [100, 6]
+    assert [p.prefetch for p in build_plan(cfg, WorkerOptions(profile="daily", prefetch_multiplier=1.5)).pools] == \
+        [150, 5]
+
+
+def test_a_prefetch_multiplier_below_one_is_refused_with_its_key():
+    with pytest.raises(ConfigError) as err:
+        config(prefetch_multiplier=0.5)
+    assert "worker.prefetch_multiplier" in str(err.value)
+
+
 REFUSED = [
     (dict(profile="daily", queues=("default",)), UsageError, "-Q and --profile exclude each other"),
     (dict(profile="weekly"), ConfigError, "workers.weekly"),
