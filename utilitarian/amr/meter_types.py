@@ -6,6 +6,7 @@ A site's `[meter_types.<name>]` tables are checked with `parse_meter_types`, whi
 
 from __future__ import annotations
 
+import functools
 import difflib
 import sys
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class MeterType:
     max_registers_per_read: int = MAX_REGISTERS_PER_READ
     max_gap: int = 0
 
-    @property
+    @functools.cached_property  # asked for every series of every poll; the type never changes
     def series(self) -> tuple[str, ...]:
         return tuple(r.series for r in self.registers)
 

@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from utilitarian.broker import pika_floats
+from utilitarian.broker import pika_floats, table_decode
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
 from utilitarian.broker.recovery import ConnectionRules, Exit
 
 log = logging.getLogger(__name__)
 pika_floats.install()  # header doubles (Celery's `timelimit`) must not arrive truncated to integers
+table_decode.install()  # pika's decoding of header tables, 2-3x faster (it was a quarter of a no-op task's CPU)
 
 __all__ = ["ACK", "DROP", "REQUEUE", "Consumer", "Delivery"]
 

@@ -57,9 +57,26 @@ def canonical_execution_type(execution_type: str) -> str:
     return EXECUTION_TYPE_ALIASES.get(execution_type, execution_type)
 
 
+# execution type -> (the declared entry points it was found among, its checked module). Every poll
+# asks twice; finding and checking it again each time was ~5% of a poll's CPU (docs/benchmarks-amr.md).
+# Keyed by the entry points' tuple, so `plugins.clear_caches()` (a package installed at run time)
+# makes every type be looked up again.
+_checked: dict[str, tuple[object, ModuleType]] = {}
+
+
 def environment(execution_type: str) -> ModuleType:
     """The environment's module, checked; unknown or broken ones are BadTaskCall (not retried)."""
     execution_type = canonical_execution_type(execution_type)
+    declared = plugins.declared(plugins.ENVIRONMENTS_GROUP)
+    hit = _checked.get(execution_type)
+    if hit is not None and hit[0] is declared:
+        return hit[1]
+    module = _find_environment(execution_type)
+    _checked[execution_type] = (declared, module)
+    return module
+
+
+def _find_environment(execution_type: str) -> ModuleType:
     if execution_type not in EXECUTION_TYPES:
         hint = difflib.get_close_matches(execution_type, EXECUTION_TYPES, n=1)
         raise BadTaskCall(execution_type, "*", "unknown meter_execution_type"

@@ -1,0 +1,105 @@
+"""The consumer's header-table decoder returns what pika's does, for every AMQP field type, with
+floats and doubles kept as floats (pika_floats.py); tables are built byte by byte here so that
+types pika never encodes (f, b, B, U, u, s, D, x, T) are covered too."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+
+import pika.data
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from utilitarian.broker import pika_floats, table_decode
+
+ORIGINAL_TABLE = pika.data.decode_table
+
+
+@contextlib.contextmanager
+def pikas_own():
+    """pika's decoder as the consumer had it before (pika_floats installed, pika's table code)."""
+    saved = pika.data.decode_table, pika.data.decode_value
+    pika.data.decode_table = ORIGINAL_TABLE
+    pika_floats.install()
+    try:
+        yield ORIGINAL_TABLE
+    finally:
+        pika.data.decode_table, pika.data.decode_value = saved
+
+
+def short(text: bytes) -> bytes:
+    return struct.pack("B", len(text)) + text
+
+
+def long_str(raw: bytes) -> bytes:
+    return struct.pack(">I", len(raw)) + raw
+
+
+texts = st.binary(max_size=12) | st.text(max_size=12).map(lambda t: t.encode()[:200])
+floats = st.floats(allow_nan=False, width=64)
+scalar = st.one_of(
+    texts.map(lambda b: b"S" + long_str(b)),
+    st.just(b"V"),
+    st.booleans().map(lambda v: b"t" + struct.pack("B", v)),
+    st.integers(-2**63, 2**63 - 1).flatmap(lambda v: st.sampled_from([b"l", b"L"]).map(lambda k: k + struct.pack(">q", v))),
+    st.integers(-2**31, 2**31 - 1).map(lambda v: b"I" + struct.pack(">i", v)),
+    st.integers(0, 2**32 - 1).map(lambda v: b"i" + struct.pack(">I", v)),
+    floats.map(lambda v: b"d" + struct.pack(">d", v)),
+    st.floats(allow_nan=False, width=32).map(lambda v: b"f" + struct.pack(">f", v)),
+    st.integers(-128, 127).map(lambda v: b"b" + struct.pack(">b", v)),
+    st.integers(0, 255).map(lambda v: b"B" + struct.pack(">B", v)),
+    st.integers(-2**15, 2**15 - 1).flatmap(lambda v: st.sampled_from([b"U", b"s"]).map(lambda k: k + struct.pack(">h", v))),
+    st.integers(0, 2**16 - 1).map(lambda v: b"u" + struct.pack(">H", v)),
+    st.tuples(st.integers(0, 9), st.integers(-2**31, 2**31 - 1)).map(lambda d: b"D" + struct.pack(">Bi", *d)),
+    st.binary(max_size=10).map(lambda b: b"x" + long_str(b)),
+    st.integers(0, 2**33).map(lambda v: b"T" + struct.pack(">Q", v)),
+)
+
+
+def table_of(fields) -> bytes:
+    body = b"".join(short(k) + v for k, v in fields)
+    return struct.pack(">I", len(body)) + body
+
+
+values = st.recursive(scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=4).map(lambda items: b"A" + long_str(b"".join(items))),
+    st.lists(st.tuples(texts, inner), max_size=4).map(lambda fields: b"F" + table_of(fields))), max_leaves=12)
+tables = st.lists(st.tuples(texts, values), max_size=12).map(table_of)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=400, deadline=None)
+@given(tables, st.binary(max_size=3))
+def test_tables_decode_as_pika_decodes_them(raw, before):
+    encoded = before + raw + b"tail"
+    with pikas_own() as reference:
+        expected = reference(encoded, len(before))
+    got = table_decode.decode_table(encoded, len(before))
+    assert got[1] == expected[1] == len(before) + len(raw)
+    assert same(got[0], expected[0])
+
+
+def test_celery_headers_decode_with_their_fractional_time_limits():
+    from utilitarian.broker.wire import encode_table
+
+    headers = {"lang": "py", "task": "bench.noop", "id": "6f1c", "timelimit": [300.5, 0.3], "eta": None,
+               "retries": 0, "argsrepr": "()", "ignore_result": False}
+    table, end = table_decode.decode_table(encode_table(headers), 0)
+    assert table == headers and end == len(encode_table(headers))
+
+
+def test_an_unknown_field_type_is_refused_like_pika_refuses_it():
+    raw = table_of([(b"k", b"Z")])
+    with pytest.raises(pika.exceptions.InvalidFieldTypeException):
+        table_decode.decode_table(raw, 0)
