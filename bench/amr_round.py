@@ -127,7 +127,20 @@ def broker_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("beam")]
 
 
-def start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
+def start_simulator(args, work: pathlib.Path, attempts: int = 3) -> tuple[subprocess.Popen, pathlib.Path]:
+    """The simulator gives itself 10 s to open its ports; on a machine loaded by other test runs it
+    may need more than one try."""
+    for attempt in range(attempts):
+        try:
+            return _start_simulator(args, work / f"sim-{attempt}")
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+    raise RuntimeError("not reached")
+
+
+def _start_simulator(args, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
+    work.mkdir(parents=True, exist_ok=True)
     meters_file = work / "meters.toml"
     proc = subprocess.Popen(
         [sys.executable, "-m", "utilitarian", "simulate", args.protocol, "--meters", str(args.meters), "--gateways",
@@ -226,6 +239,9 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
         log = work / "worker.log"
         command = ([sys.executable, str(BENCH / "profile_worker.py")] if args.profile
                    else [sys.executable, "-m", "utilitarian"])
+        if args.perf_stat:  # software counters of the whole worker tree (context switches)
+            command = ["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations", "-o", args.perf_stat,
+                       "--", *command]
         env = {**os.environ, "BENCH_PROFILE_DIR": args.profile or ""}
         worker = subprocess.Popen([*command, "worker", "--config", str(config_path),
                                    "-c", str(args.processes), "--threads", str(args.threads), "-l", "info"],
@@ -347,6 +363,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("modbus", "iec"), default="modbus")
     parser.add_argument("--answers", type=int, default=None,
                         help="answers per poll for the ideal (default: 1 for Modbus, 2 for an IEC readout)")
+    parser.add_argument("--perf-stat", metavar="FILE", help="run the worker under `perf stat` (software "
+                        "counters: task clock, context switches) and write its report here")
     parser.add_argument("--profile", metavar="DIR", help="run the worker's children under cProfile "
                         "(bench/profile_worker.py); summarise with profile_worker.py --summary DIR")
     args = parser.parse_args()

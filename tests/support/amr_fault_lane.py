@@ -29,11 +29,11 @@ FAST = ("amr.dispatch_schedule", "amr.execute_meter_task", "commits.save_meter_r
         "external.publish_meter_readings", "external.post_meter_readings")
 
 
-def lane_config(webhook: str) -> str:
+def lane_config(webhook: str, commit_in_worker: bool = True) -> str:
     tasks = "".join(f'[tasks."{name}"]\nretry_backoff = 0.2\nretry_backoff_max = 1.0\nretry_jitter = false\n\n'
                     for name in FAST)
     return (f"[worker]\ncrash_loop_limit = 1000\nrestart_backoff_max = 0.5\n\n{tasks}"
-            "[amr]\ninterface_wait = 0.5\ninterface_defer = 0.3\n\n"
+            f"[amr]\ninterface_wait = 0.5\ninterface_defer = 0.3\ncommit_in_worker = {str(commit_in_worker).lower()}\n\n"
             f'[amr.publish]\nexchange = "{EXCHANGE}"\nwebhook_url = "{webhook}"\nwebhook_backoff = 0.2\n')
 
 
@@ -55,10 +55,11 @@ class CaseResult:
 
 class Lane:
     def __init__(self, name: str, backend: str, rabbit, fleet: FaultFleet, sink: WebhookSink,
-                 tmp: pathlib.Path):
+                 tmp: pathlib.Path, *, commit_in_worker: bool = True):
         from utilitarian.broker.connection import settings_from_url
 
         self.name, self.backend, self.rabbit, self.fleet, self.sink = name, backend, rabbit, fleet, sink
+        self.commit_in_worker = commit_in_worker
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.exchange_seen: set = set()
@@ -76,7 +77,7 @@ class Lane:
                 db_url = f"sqlite:///{tmp / 'state' / 'amr.sqlite3'}"
             settings = settings_from_url(self.broker_url, confirm_timeout=15.0, connection_timeout=5.0)
             self.kit = AmrKit(tmp, self.broker_url, settings, db_url)
-            self.kit.configure(lane_config(sink.url(name)))
+            self.kit.configure(lane_config(sink.url(name), commit_in_worker))
             fleet.install(self.kit)
             self.faults = tmp / "faults"
             self.faults.mkdir()

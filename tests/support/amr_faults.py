@@ -44,8 +44,11 @@ BOUNDARIES: dict[str, str] = {
     "dispatch.before_continuation": "due jobs published; the delayed continuation not yet",
     "dispatch.after_continuation": "continuation confirmed; not yet recorded",
     "execute.after_poll": "meter read; results not handed to the commit outbox",
-    "execute.results_publish": "outbox flusher about to publish a group of jobs' commit messages",
-    "execute.after_results": "commit messages confirmed; job not acked",
+    "execute.results_publish": "outbox flusher about to publish a group of jobs' commit messages (commit queues)",
+    "execute.results_store": "outbox flusher about to commit a group of jobs' results itself",
+    "execute.results_after_store": "group's readings, events, outcomes and outbox rows committed; publish tasks not sent",
+    "execute.results_after_publish": "group's publish tasks confirmed; its outbox rows not deleted",
+    "execute.after_results": "results committed (or commit messages confirmed); job not acked",
     "commit.readings_after_store": "readings and their outbox rows committed; publish tasks not sent",
     "commit.readings_after_publish": "publish tasks confirmed; outbox rows not deleted",
     "commit.events_after_store": "system events committed; not acked",
@@ -57,6 +60,12 @@ BOUNDARIES: dict[str, str] = {
     "publish.webhook_before": "about to POST readings to the webhook",
     "publish.webhook_after": "webhook answered 2xx; not acked",
 }
+# Where the polls' results go decides which boundaries a round crosses ([amr] commit_in_worker):
+# these only in a worker that sends them to the commit queues, those only in one that commits them.
+QUEUE_COMMIT_ONLY = frozenset({"execute.results_publish", "commit.readings_after_store", "commit.readings_after_publish",
+                               "commit.events_after_store", "commit.runs_after_store"})
+DIRECT_COMMIT_ONLY = frozenset({"execute.results_store", "execute.results_after_store",
+                                "execute.results_after_publish"})
 FAULT_CALL = re.compile(r"""faultpoint\(\s*["']([^"']+)["']\s*\)""")
 
 
@@ -198,4 +207,14 @@ def render_table(results: list) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BOUNDARIES", "KINDS", "FaultFleet", "WebhookSink", "render_table", "source_fault_points"]
+def assign_cases(cases: list, lane_direct: list[bool]) -> list[list]:
+    """Each (point, kind) to one lane that crosses its boundary, the least loaded first."""
+    out: list[list] = [[] for _ in lane_direct]
+    for point, kind in cases:
+        fits = [i for i, direct in enumerate(lane_direct)
+                if not (direct and point in QUEUE_COMMIT_ONLY) and not (not direct and point in DIRECT_COMMIT_ONLY)]
+        out[min(fits, key=lambda i: (len(out[i]), i))].append((point, kind))
+    return out
+
+
+__all__ = ["BOUNDARIES", "DIRECT_COMMIT_ONLY", "QUEUE_COMMIT_ONLY", "assign_cases", "KINDS", "FaultFleet", "WebhookSink", "render_table", "source_fault_points"]

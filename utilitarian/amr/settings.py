@@ -73,6 +73,8 @@ class AmrConfig:
         "slot", choices=STAMP_CHOICES,
         doc="timestamp of readings from scheduled polls: the round's slot (re-runs rewrite the same "
             "keys) or the poll time")
+    commit_in_worker: bool = setting(True, doc="polls commit their results to the store in the polling "
+                                              "process (false: through the commit queues)")
     store_pool_size: int = setting(8, min=1, max=200, doc="database connections per process")
     store_timeout: float = setting(30.0, min=0.1, max=3600.0,
                                    doc="wait for a connection or a lock before failing")

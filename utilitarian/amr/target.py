@@ -62,10 +62,25 @@ def url_protocols() -> dict[str, UrlProtocol]:
     return found
 
 
+_schemes: tuple[object, dict] | None = None  # (the protocols it was built from, the index)
+
+
 def schemes() -> dict[str, tuple[UrlProtocol, str]]:
-    """URL scheme -> (protocol, transport); a scheme claimed twice is a ConfigError."""
+    """URL scheme -> (protocol, transport); a scheme claimed twice is a ConfigError. Built once
+    per set of registered protocols (every poll parses its meter's URL)."""
+    global _schemes
+    protocols = url_protocols()
+    cached = _schemes
+    if cached is not None and cached[0] is protocols:
+        return cached[1]
+    index = _index_schemes(protocols)
+    _schemes = (protocols, index)
+    return index
+
+
+def _index_schemes(protocols: dict[str, UrlProtocol]) -> dict[str, tuple[UrlProtocol, str]]:
     index: dict[str, tuple[UrlProtocol, str]] = {}
-    for spec in url_protocols().values():
+    for spec in protocols.values():
         for scheme, transport in spec.schemes.items():
             if scheme in index:
                 raise ConfigError(f"URL scheme {scheme!r} is declared by protocols "

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     import pika.adapters.blocking_connection  # noqa: F401
     import utilitarian.broker.consumer  # noqa: F401
     import utilitarian.supervisor.runner  # noqa: F401
+    from utilitarian import plugins
+
+    plugins.warm()
     loglevel = getattr(args, "loglevel", None) or config.logging.level
     log = logging.getLogger("utilitarian.worker")
 

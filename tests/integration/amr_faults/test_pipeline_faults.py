@@ -25,9 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from support.amr_fault_lane import Lane
-from support.amr_faults import BOUNDARIES, KINDS, FaultFleet, WebhookSink, render_table, source_fault_points
+from support.amr_faults import (BOUNDARIES, DIRECT_COMMIT_ONLY, KINDS, QUEUE_COMMIT_ONLY, FaultFleet, WebhookSink,
+                                assign_cases, render_table, source_fault_points)
 
 LANES_PER_BACKEND = 4
+# The first half of each backend's lanes commit polls' results in the worker ([amr]
+# commit_in_worker, the default), the rest through the commit queues: each boundary runs where the
+# pipeline crosses it (support/amr_faults.py, QUEUE_COMMIT_ONLY and DIRECT_COMMIT_ONLY).
+LANE_DIRECT = [n < LANES_PER_BACKEND // 2 for n in range(LANES_PER_BACKEND)]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -39,6 +44,16 @@ def test_every_fault_point_in_the_source_has_its_cases():
         f"cases without a fault point: {sorted(set(BOUNDARIES) - set(found))}")
     assert all(len(files) == 1 for files in found.values()), {k: v for k, v in found.items() if len(v) > 1}
     assert KINDS == ("publish", "store", "kill")
+    assert QUEUE_COMMIT_ONLY | DIRECT_COMMIT_ONLY <= set(BOUNDARIES)
+
+
+def test_every_case_goes_to_a_lane_whose_pipeline_crosses_its_boundary():
+    cases = [(point, kind) for point in BOUNDARIES for kind in KINDS]
+    shares = assign_cases(cases, LANE_DIRECT)
+    assert sorted(c for share in shares for c in share) == sorted(cases)
+    for direct, share in zip(LANE_DIRECT, shares):
+        assert not {p for p, _ in share} & (QUEUE_COMMIT_ONLY if direct else DIRECT_COMMIT_ONLY)
+    assert max(map(len, shares)) - min(map(len, shares)) <= len(KINDS)
 
 
 def _postgres_available() -> bool:
@@ -84,10 +99,11 @@ def test_every_boundary_under_every_fault_keeps_the_invariant(rabbit, tmp_path, 
 
     def run_lane(spec) -> list:
         # Given a lane of its own (vhost, store, worker), opened while the other lanes open
-        lane = Lane(spec[0], spec[1], rabbit, fleet, sink, tmp_path / spec[0])
+        index = int(spec[0][2:])
+        lane = Lane(spec[0], spec[1], rabbit, fleet, sink, tmp_path / spec[0], commit_in_worker=LANE_DIRECT[index])
         with lock:
             lanes.append(lane)
-        mine = [c for i, c in enumerate(cases) if i % LANES_PER_BACKEND == int(lane.name[2:])]
+        mine = assign_cases(cases, LANE_DIRECT)[index]
         # When the pipeline runs once without a fault, then once per boundary x fault of its share
         out = [lane.run_case(None, None)]
         out += [lane.run_case(point, kind) for point, kind in mine]

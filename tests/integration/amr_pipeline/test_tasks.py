@@ -23,6 +23,7 @@ from utilitarian.tasks import Reject
 UTC = dt.timezone.utc
 SLOT = "2026-11-24T00:00:00Z"
 READ = AmrTask("read-daily", "daily", "read_values", "generic_modbus")
+QUEUE_COMMITS = "[amr]\ncommit_in_worker = false\n"  # polls' results go through the commit queues
 
 
 @pytest.fixture
@@ -91,6 +92,7 @@ def test_dispatch_fans_out_once_with_deterministic_ids(amr, monkeypatch):
 
 
 def test_polls_are_committed_once_and_failures_become_events(amr, sim):
+    amr.configure(QUEUE_COMMITS)
     amr.import_meters(entries(sim), tasks=[READ], group="all")
     dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
     jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
@@ -124,9 +126,44 @@ def test_polls_are_committed_once_and_failures_become_events(amr, sim):
     assert {r.timestamp for r, _ in amr.store.tail_readings(limit=100)} == {dt.datetime(2026, 11, 24, tzinfo=UTC)}
 
 
+def test_polls_commit_their_results_in_the_polling_process_once_and_publish_them(amr, sim):
+    # Given publishing to an exchange and the default [amr] commit_in_worker
+    amr.configure('[amr.publish]\nexchange = "platform.readings"\n')
+    amr.import_meters(entries(sim), tasks=[READ], group="all")
+    conn = pika.BlockingConnection(pika.URLParameters(amr.broker_url))
+    ch = conn.channel()
+    ch.exchange_declare("platform.readings", exchange_type="topic", durable=True)
+    ch.queue_declare("platform-direct", durable=False)
+    ch.queue_bind("platform-direct", "platform.readings", routing_key="new_meter_value.#")
+    conn.close()
+    dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
+    jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
+    # When every job runs (the slow meter on its last attempt), and the first one runs again as
+    # after a kill between its commit and its ack
+    for message in jobs + jobs[:1]:
+        try:
+            amr.run(message)
+        except MeterTimeout:
+            execute_meter_task(amr.ctx(message.task, task_id=message.id, retries=3), **message.kwargs)
+    # Then the results are in the store when the calls return, no commit message was sent, and
+    # the publish tasks are: each reading once in the store, at least once on the exchange
+    for queue in (queues.COMMITS_READINGS, queues.COMMITS_EVENTS, queues.COMMITS):
+        assert amr.drain(queue, timeout=1, expect=None) == []
+    series = len(sim.meter_types["eastron_sdm120"].series)
+    assert amr.store.count_readings() == 3 * series and amr.store.outbox_size() == 0
+    assert {(e.meter, e.title) for e in amr.store.list_events()} == {("slow", "Poll failed"), ("broken", "Poll failed")}
+    [p] = round_progress(amr.store)
+    assert (p.jobs, p.done, p.failed, p.pending) == (5, 3, 2, 0)
+    for message in amr.drain(queues.EXTERNAL_PUBLISH, timeout=3, expect=None):
+        amr.run(message, queues.EXTERNAL_PUBLISH)
+    got = raw_messages(amr.broker_url, "platform-direct", expect=3 * series)
+    assert len({key for key, _, _ in got}) == 3 * series
+
+
 def test_a_job_the_worker_gives_up_on_still_finishes_its_round(amr, sim):
     # Given a round of 5 jobs, one of which the worker dead-letters (a store error past its last
     # retry, say): the task's on_failure hook records the failed run and a "Poll failed" event
+    amr.configure(QUEUE_COMMITS)
     amr.import_meters(entries(sim), tasks=[READ], group="all")
     dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
     jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
@@ -195,6 +232,7 @@ def test_retention_and_stale_blocks_are_cleaned(amr):
 
 def test_on_demand_poll_and_promotion_through_the_cli(amr, sim):
     # Given readings that arrived for a meter the registry does not know yet
+    amr.configure(QUEUE_COMMITS)
     amr.store.commit_readings([MeterReading("sim-modbus-0001", "voltage", dt.datetime(2026, 1, 1, tzinfo=UTC), "1")])
     meters = amr.tmp / "meters.toml"
     from support.amr_harness import render_meter_list

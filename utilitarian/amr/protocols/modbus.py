@@ -15,7 +15,8 @@ from utilitarian.amr.errors import (MeterError, MeterProtocolError, MeterTimeout
                                     MeterUnsupported)
 from utilitarian.amr.meter_types import MeterType
 from utilitarian.amr.protocols.modbus_codec import ReadBlock, decode_block, plan_reads
-from utilitarian.amr.protocols.modbus_pool import ConnectionPool, Endpoint, ModbusConnection, process_pool
+from utilitarian.amr.protocols import mbap
+from utilitarian.amr.protocols.modbus_pool import ConnectionPool, Endpoint, new_connection, process_pool
 from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
 
@@ -61,7 +62,7 @@ class ModbusSession:
         self.deadline = clock() + target.session_timeout
         self.device_id = target.device_id if target.device_id is not None else 1
         self.pool = pool if target.transport != "serial" else None
-        self._conn: ModbusConnection | None = None
+        self._conn = None  # modbus_pool.ModbusConnection or mbap.MbapConnection
         # The connection came from the pool and has not answered in this session yet: losing it
         # on the first request most likely means the gateway closed it while it was idle.
         self._maybe_stale = False
@@ -84,7 +85,7 @@ class ModbusSession:
         self._connect()
 
     def _connect(self) -> None:
-        conn = ModbusConnection(self.target)
+        conn = new_connection(self.target)
         try:
             connected = conn.connect()
         except Exception as exc:  # pyserial raises its own types for a missing device
@@ -132,43 +133,31 @@ class ModbusSession:
             except _ConnectionLost as again:
                 raise MeterUnreachable(f"{where}: {again}") from None
         self._maybe_stale = False
-        if response.isError():
-            raise exception_error(getattr(response, "exception_code", 0), where)
-        registers = list(getattr(response, "registers", []) or [])
+        registers = response
         if len(registers) < block.count:
             raise MeterProtocolError(f"{where}: answer holds {len(registers)} registers")
         return registers[:block.count]
 
-    def _request(self, block: ReadBlock, where: str):
-        """The pymodbus call, its failures translated; a lost connection is `_ConnectionLost` so
-        that read_block can tell a stale pooled connection from a meter that hung up."""
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-        conn = self._conn
-        read = (conn.client.read_holding_registers if block.function == 3
-                else conn.client.read_input_registers)
+    def _request(self, block: ReadBlock, where: str) -> list[int]:
+        """One read on the connection, its failures translated; a lost connection is
+        `_ConnectionLost` so that read_block can tell a stale pooled connection from a meter that
+        hung up. After any failure but an exception answer the connection is closed."""
         try:
-            return read(block.address, count=block.count, device_id=self.device_id)
-        except ModbusIOException:
-            garbled = conn.received
+            return self._conn.read(block.function, block.address, block.count, self.device_id)
+        except mbap.ExceptionAnswer as answer:
+            raise exception_error(answer.code, where) from None
+        except mbap.NoAnswer:
             self.close()
-            if garbled:
-                raise MeterProtocolError(f"{where}: answer was not a valid Modbus frame") from None
             raise MeterTimeout(f"{where}: no answer within {self.target.timeout:g}s") from None
-        except ConnectionException:
+        except mbap.Garbled:
             self.close()
-            raise _ConnectionLost("connection lost") from None
-        except ModbusException as exc:
+            raise MeterProtocolError(f"{where}: answer was not a valid Modbus frame") from None
+        except mbap.ConnectionLost as exc:
+            self.close()
+            raise _ConnectionLost(str(exc)) from None
+        except mbap.MalformedAnswer as exc:
             self.close()
             raise MeterProtocolError(f"{where}: {exc}") from None
-        except OSError as exc:
-            self.close()
-            raise _ConnectionLost(str(exc.strerror or exc)) from None
-        except Exception as exc:
-            # pymodbus decoding bytes we do not control: whatever it trips over is the meter's
-            # malformed answer as far as the caller is concerned.
-            log.debug("pymodbus failed on an answer from %s", where, exc_info=True)
-            self.close()
-            raise MeterProtocolError(f"{where}: malformed answer ({type(exc).__name__})") from None
 
 
 class _ConnectionLost(Exception):

@@ -1,4 +1,5 @@
-"""Open Modbus connections (`ModbusConnection`) and the per-process pool that keeps TCP ones open
+"""Open Modbus connections (`new_connection`: our own MBAP reads for Modbus TCP, pymodbus's sync
+clients for RTU over TCP and serial lines) and the per-process pool that keeps TCP ones open
 between polls (`ConnectionPool`, `process_pool()`), keyed by gateway endpoint.
 
 The pool only stores and hands out connections; when one may be reused is decided by the session
@@ -54,9 +55,19 @@ class Endpoint:
         return cls(target.transport, target.host or "", target.port or 0, target.timeout, target.retries)
 
 
+def new_connection(target: MeterTarget):
+    """A connection (not connected yet) for the target's transport."""
+    if target.transport == "tcp":
+        from utilitarian.amr.protocols.mbap import MbapConnection
+
+        return MbapConnection(target, Endpoint.of(target))
+    return ModbusConnection(target)
+
+
 class ModbusConnection:
-    """One pymodbus sync client plus what a session needs to know about its byte stream.
-    pymodbus clients are not thread-safe: one session uses a connection at a time."""
+    """One pymodbus sync client plus what a session needs to know about its byte stream; `read`
+    raises the exceptions of mbap.py, like MbapConnection. pymodbus clients are not thread-safe:
+    one session uses a connection at a time."""
 
     def __init__(self, target: MeterTarget):
         self.endpoint = Endpoint.of(target) if target.transport != "serial" else None
@@ -77,10 +88,39 @@ class ModbusConnection:
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def sock(self):
+        return getattr(self.client, "socket", None)
+
+    def read(self, function: int, address: int, count: int, device_id: int) -> list[int]:
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        from utilitarian.amr.protocols import mbap
+
+        read = self.client.read_holding_registers if function == 3 else self.client.read_input_registers
+        try:
+            response = read(address, count=count, device_id=device_id)
+        except ModbusIOException:
+            raise (mbap.Garbled() if self.received else mbap.NoAnswer()) from None
+        except ConnectionException:
+            raise mbap.ConnectionLost("connection lost") from None
+        except ModbusException as exc:
+            raise mbap.MalformedAnswer(str(exc)) from None
+        except OSError as exc:
+            raise mbap.ConnectionLost(str(exc.strerror or exc)) from None
+        except Exception as exc:
+            # pymodbus decoding bytes we do not control: whatever it trips over is the meter's
+            # malformed answer as far as the caller is concerned.
+            log.debug("pymodbus failed on an answer", exc_info=True)
+            raise mbap.MalformedAnswer(f"malformed answer ({type(exc).__name__})") from None
+        if response.isError():
+            raise mbap.ExceptionAnswer(getattr(response, "exception_code", 0))
+        return list(getattr(response, "registers", []) or [])
+
     def looks_alive(self) -> bool:
         """False when the gateway closed the connection while it was idle, or sent bytes nobody
         asked for (a late answer): either way it must not carry the next request."""
-        sock = getattr(self.client, "socket", None)
+        sock = self.sock
         if sock is None:
             return False
         try:
@@ -265,7 +305,7 @@ class ConnectionPool:
         self.closed = True
         for idle in list(self._idle.values()):
             for conn in list(idle):
-                sock = getattr(conn.client, "socket", None)
+                sock = conn.sock
                 if sock is not None:
                     sock.close()
 

@@ -14,6 +14,7 @@ from utilitarian.amr.store.outbox import OutboxEntry, OutboxStore
 from utilitarian.amr.store.ownership import StoreOwnedElsewhere, claim
 from utilitarian.amr.store.readings import CommitResult, ReadingStore
 from utilitarian.amr.store.registry import RegistryStore
+from utilitarian.amr.store.results import ResultStore
 from utilitarian.amr.store.runs import RoundCounts, RunStore
 from utilitarian.hostname import host_name
 from utilitarian.log import mask_url
@@ -24,7 +25,7 @@ __all__ = ["Store", "StoreError", "SchemaOutdated", "StoreOwnedElsewhere", "Comm
            "OutboxEntry", "open_store", "store_for", "LATEST"]
 
 
-class Store(RegistryStore, ReadingStore, RunStore, OutboxStore):
+class Store(RegistryStore, ReadingStore, RunStore, OutboxStore, ResultStore):
     def __init__(self, backend: Backend):
         self.backend = backend
         self._group = GroupCommitter(backend, timeout=backend.timeout)

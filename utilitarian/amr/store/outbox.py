@@ -44,6 +44,31 @@ class OutboxStore:
         tx.executemany("INSERT INTO publish_outbox (owner, readings, created_at) VALUES (?, ?, ?)", rows)
         return len(rows)
 
+    def _enqueue_publish_many(self, tx, owned: Sequence[tuple[str, Sequence[MeterReading]]],
+                              now: dt.datetime) -> int:
+        """`_enqueue_publish` for many owners in one statement (a group of polls, one owner each)."""
+        from utilitarian.amr.publish import reading_to_wire
+
+        created = self.backend.ts(now)
+        rows = [(owner, json.dumps([reading_to_wire(r) for r in readings[i:i + ROWS_PER_ENTRY]],
+                                   separators=(",", ":")), created)
+                for owner, readings in owned for i in range(0, len(readings), ROWS_PER_ENTRY)]
+        if rows:
+            tx.executemany("INSERT INTO publish_outbox (owner, readings, created_at) VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def outbox_of_owners(self, owners: Sequence[str]) -> list[OutboxEntry]:
+        """`outbox_of` for many owners at once."""
+        owners = list(dict.fromkeys(owners))
+        entries: list[OutboxEntry] = []
+        with self.backend.transaction() as tx:
+            for start in range(0, len(owners), 500):
+                chunk = owners[start:start + 500]
+                rows = tx.all("SELECT id, owner, readings FROM publish_outbox WHERE owner IN "
+                              f"({','.join('?' * len(chunk))}) ORDER BY id", chunk)
+                entries += [OutboxEntry(int(i), o, json.loads(r)) for i, o, r in rows]
+        return entries
+
     def outbox_of(self, owner: str) -> list[OutboxEntry]:
         """What `owner` committed and has not published yet (left by a failed earlier attempt too)."""
         with self.backend.transaction() as tx:

@@ -165,15 +165,18 @@ class RunStore:
         """Store final outcomes. A "failed" never overwrites a "done" (a job that ran twice after a
         crash and failed the second time still read its meter)."""
         now = now or dt.datetime.now(UTC)
+        self._write(lambda tx: self._insert_runs(tx, runs, now))
+
+    def _insert_runs(self, tx, runs: Sequence[AmrTaskRun], now: dt.datetime) -> None:
         b = self.backend
         rows = [(r.job_id, r.round_id, r.meter, r.amr_task, r.outcome, r.error, r.duration, r.attempts, True,
                  b.ts(now), b.ts(r.finished_at or now)) for r in runs]
-        self._write(lambda tx: tx.executemany(
+        tx.executemany(
                 "INSERT INTO amr_task_run (job_id, round_id, meter_name, amr_task, outcome, error, duration, "
                 "attempts, published, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO UPDATE SET outcome = excluded.outcome, error = excluded.error, "
                 "duration = excluded.duration, attempts = excluded.attempts, finished_at = excluded.finished_at "
-                "WHERE amr_task_run.outcome <> 'done' OR excluded.outcome = 'done'", rows))
+                "WHERE amr_task_run.outcome <> 'done' OR excluded.outcome = 'done'", rows)
 
     def get_run(self, job_id: str) -> AmrTaskRun | None:
         b = self.backend

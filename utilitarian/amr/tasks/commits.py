@@ -86,7 +86,7 @@ def save_meter_readings(ctx, readings: list, job_id: str | None = None) -> dict:
             "staged": result.staged, "rejected": result.rejected, "published": published}
 
 
-def _event_from_wire(d: dict) -> MeterSystemEvent:
+def event_from_wire(d: dict) -> MeterSystemEvent:
     ts = d.get("timestamp")
     return MeterSystemEvent(str(d["id"]), str(d["meter"]), str(d["title"]), str(d.get("content") or ""),
                             parse_utc(ts) if ts else None)
@@ -96,13 +96,13 @@ def _event_from_wire(d: dict) -> MeterSystemEvent:
       retry_backoff=1.0, retry_backoff_max=60.0, retry_for=(StoreError, BrokerError))
 def save_meter_system_events(ctx, events: list) -> dict:
     """Store `{id, meter, title, content, timestamp}` events; an id seen before is skipped."""
-    batch = _decode(events, "events", _event_from_wire)
+    batch = _decode(events, "events", event_from_wire)
     saved = store_of(ctx.app).save_events(batch, now=utc_now())
     faultpoint("commit.events_after_store")
     return {"saved": saved}
 
 
-def _run_from_wire(d: dict) -> AmrTaskRun:
+def run_from_wire(d: dict) -> AmrTaskRun:
     if d["outcome"] not in ("done", "failed"):
         raise ValueError(f"outcome {d['outcome']!r}")
     finished = d.get("finished_at")
@@ -115,7 +115,7 @@ def _run_from_wire(d: dict) -> AmrTaskRun:
       retry_backoff_max=60.0, retry_for=(StoreError, BrokerError))
 def record_task_run(ctx, run: dict | None = None, runs: list | None = None) -> dict:
     """Store the final outcome of one job (`run`) or several (`runs`); progress counts these."""
-    items = _decode(([run] if run else []) + list(runs or []), "runs", _run_from_wire)
+    items = _decode(([run] if run else []) + list(runs or []), "runs", run_from_wire)
     store_of(ctx.app).record_runs(items, now=utc_now())
     faultpoint("commit.runs_after_store")
     return {"recorded": len(items)}

@@ -1,5 +1,5 @@
 """`amr.execute_meter_task` on the scheduled queues and amr.on_demand: poll one meter through its
-execution environment, then hand readings, events and the run's outcome to the commit queues
+execution environment, then hand readings, events and the run's outcome to the commit outbox
 (batched with the other polls of this process, see outbox.py). Timeouts are retried with backoff;
 the last failure becomes a "Poll failed" event.
 """
@@ -15,7 +15,6 @@ from utilitarian import queues
 from utilitarian.amr.blocking import InterfaceBusy, interface_lock
 from utilitarian.amr.errors import MeterError, MeterTimeout
 from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
-from utilitarian.amr.publish import reading_to_wire
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
 from utilitarian.amr.tasks.faultpoints import faultpoint
@@ -98,8 +97,7 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
     faultpoint("execute.after_poll")
-    readings = [reading_to_wire(MeterReading(meter, r.series, r.timestamp, r.value, r.unit))
-                for r in result.readings]
+    readings = [MeterReading(meter, r.series, r.timestamp, r.value, r.unit) for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
     _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
     faultpoint("execute.after_results")
@@ -209,8 +207,9 @@ def _event(ctx, meter: str, title: str, content: str, *, index: int = 0) -> dict
 
 
 def _finish(ctx, meter, amr_task, round_id, outcome, error, started, *, readings=(), events=()) -> None:
-    """Hand everything the job produced to the commit queues (batched with other jobs of this
-    process); returns once the broker confirmed it, so the job is acked only after that."""
+    """Hand everything the job produced to the commit outbox (batched with other jobs of this
+    process); returns once it is committed (or the commit queues' broker confirmed it), so the job
+    is acked only after that."""
     duration = round(time.monotonic() - started, 4)
     run = {"job_id": ctx.id, "meter": meter, "amr_task": amr_task, "round_id": round_id, "outcome": outcome,
            "error": (error or "")[:500] or None, "duration": duration, "attempts": ctx.retries + 1,

@@ -1,8 +1,14 @@
-"""The commit outbox: what the poll threads of one process hand to the commit queues, gathered into
-batch messages. One flusher thread publishes whatever has queued up since its last publish (no
-waiting to fill a batch: an idle system sends one job's results at once, a busy one sends hundreds
-per message), so the broker, the commit workers and the database see a few large commits instead of
-one per poll. Each poll returns only after its own results are confirmed by the broker.
+"""The commit outbox: what the poll threads of one process hand over for committing, gathered into
+groups. One flusher thread takes whatever has queued up since its last turn (no waiting to fill a
+group: an idle system commits one job's results at once, a busy one hundreds together) and either
+
+  commits it to the store itself, in one transaction (`[amr] commit_in_worker`, the default): the
+      readings, events and outcomes of the group, plus the publish outbox rows of what it wrote,
+      one outbox owner per job; then it sends the publish tasks and deletes those rows; or
+  publishes it as batch messages to the commit queues, for a commit pool to store.
+
+Each poll returns only after its own results are committed (or confirmed by the broker), so its
+job is acked only after that; a failure fails every job of the group, which its retry policy retries.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 
 from utilitarian import queues
 from utilitarian.amr.tasks.faultpoints import faultpoint
-from utilitarian.batching import Batcher
+from utilitarian.batching import Batcher, Failed
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +29,75 @@ MAX_JOBS_PER_FLUSH = 500
 
 
 class CommitOutbox:
-    def __init__(self, app, *, timeout: float = 60.0):
+    def __init__(self, app, *, timeout: float = 60.0, direct: bool | None = None):
+        from utilitarian.amr.tasks.common import settings_of
         from utilitarian.errors import PublishError
 
         self.app = app
-        self._batcher = Batcher(self._publish, name="commit-outbox", max_group=MAX_JOBS_PER_FLUSH, timeout=timeout,
-                                on_timeout=lambda: PublishError(f"commit batch not confirmed within {timeout:g}s"))
+        self.direct = settings_of(app).commit_in_worker if direct is None else direct
+        self._batcher = Batcher(self._flush, name="commit-outbox", max_group=MAX_JOBS_PER_FLUSH, timeout=timeout,
+                                on_timeout=lambda: PublishError(f"commit batch not done within {timeout:g}s"))
 
     def send(self, *, readings: list, events: list, run: dict) -> None:
-        """Publish one job's results (in a batch with others); raises what the publish raised,
-        so every job of a failed batch is retried by its policy."""
+        """Commit one job's results (in a group with others): `readings` as MeterReading, `events`
+        and `run` in wire form. Raises what the group's commit or publish raised."""
         self._batcher.submit((readings, events, run))
 
-    def _publish(self, group: list) -> list:
-        faultpoint("execute.results_publish")  # on the flusher thread, for every job of the group
-        self.app.send_tasks(batch_calls(group))
-        return [None] * len(group)
+    def _flush(self, group: list) -> list:
+        if not self.direct:
+            faultpoint("execute.results_publish")  # on the flusher thread, for every job of the group
+            self.app.send_tasks(batch_calls(group))
+            return [None] * len(group)
+        faultpoint("execute.results_store")
+        outcomes = self._store(group)
+        faultpoint("execute.results_after_store")
+        self._publish_outbox([item[2]["job_id"] for item in group])
+        return outcomes
+
+    def _store(self, group: list) -> list:
+        """One transaction for the group; if it fails, each job alone, so a job whose results
+        the store refuses fails only itself."""
+        try:
+            self._commit(group)
+            return [None] * len(group)
+        except Exception as exc:
+            if len(group) == 1:
+                raise
+            log.debug("committing %d jobs' results together failed (%s); committing them one by one",
+                      len(group), exc)
+        outcomes: list = []
+        for item in group:
+            try:
+                self._commit([item])
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(Failed(exc))
+        return outcomes
+
+    def _commit(self, group: list) -> None:
+        from utilitarian.amr.tasks.commits import event_from_wire, publishing, run_from_wire
+        from utilitarian.amr.tasks.common import store_of, utc_now
+
+        store_of(self.app).commit_results(
+            [(run["job_id"], readings) for readings, _, run in group],
+            [event_from_wire(e) for _, events, _ in group for e in events],
+            [run_from_wire(run) for _, _, run in group], now=utc_now(), publish=publishing(self.app))
+
+    def _publish_outbox(self, owners: list[str]) -> None:
+        """Publish what these jobs committed, this time or in an earlier attempt that did not get
+        as far (the outbox rows survive a kill); the rows go once the broker confirmed."""
+        from utilitarian.amr.tasks.commits import publish_calls, publishing
+        from utilitarian.amr.tasks.common import store_of
+
+        if not publishing(self.app):
+            return
+        store = store_of(self.app)
+        entries = store.outbox_of_owners(owners)
+        if not entries:
+            return
+        self.app.send_tasks(publish_calls(self.app, [r for e in entries for r in e.readings]))
+        faultpoint("execute.results_after_publish")
+        store.delete_outbox([e.id for e in entries])
 
     def close(self) -> None:
         self._batcher.close()
@@ -46,9 +105,10 @@ class CommitOutbox:
 
 def batch_calls(group) -> list:
     """The commit messages for a group of (readings, events, run)."""
+    from utilitarian.amr.publish import reading_to_wire
     from utilitarian.app import TaskCall
 
-    readings = [r for item in group for r in item[0]]
+    readings = [reading_to_wire(r) for item in group for r in item[0]]
     events = [e for item in group for e in item[1]]
     runs = [item[2] for item in group]
     calls = [TaskCall(SAVE_READINGS, kwargs={"readings": readings[i:i + MAX_READINGS_PER_MESSAGE]},

@@ -1,0 +1,159 @@
+"""Modbus TCP (MBAP framing) register reads on a plain socket, for the poll's common case: function 3
+or 4 to a TCP gateway. pymodbus's sync client spends most of a poll's protocol CPU in its transaction
+machinery (request objects, framer, decoder registry, select loop); one read here is a pack, a send,
+a recv and an unpack (docs/benchmarks-amr.md). RTU framing and serial lines stay on pymodbus.
+
+Written from the Modbus Application Protocol V1.1b3 and the Messaging on TCP/IP Implementation
+Guide V1.0b (MBAP header: transaction id, protocol id 0, length of unit id + PDU, unit id) and tested
+against pymodbus's own server (tests/integration/amr/test_amr_modbus.py, test_modbus_pool.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from utilitarian.amr.target import MeterTarget
+
+_REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
+_HEADER = struct.Struct(">HHHB")       # tid, protocol, length, unit
+MAX_LENGTH = 254                       # unit id + the largest PDU (253 bytes)
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)  # recv flags for the liveness peek
+
+
+class NoAnswer(Exception):
+    """Nothing came back within the timeout."""
+
+
+class Garbled(Exception):
+    """Bytes came back, but not a Modbus TCP frame answering the request."""
+
+
+class ConnectionLost(Exception):
+    """The gateway closed or reset the connection."""
+
+
+class MalformedAnswer(Exception):
+    """A well-framed answer whose PDU does not fit the request."""
+
+
+class ExceptionAnswer(Exception):
+    """The device answered with a Modbus exception code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"exception code {code}")
+        self.code = code
+
+
+def read_request(tid: int, unit: int, function: int, address: int, count: int) -> bytes:
+    return _REQUEST.pack(tid, 0, 6, unit, function, address, count)
+
+
+def split_frame(buffer: bytes) -> tuple[int, int, bytes, bytes] | None:
+    """(tid, unit, pdu, rest) of the first frame in `buffer`, None while it is incomplete; raises
+    Garbled when the header cannot be a Modbus TCP header."""
+    if len(buffer) < 7:
+        return None
+    tid, protocol, length, unit = _HEADER.unpack_from(buffer)
+    if protocol != 0 or not 2 <= length <= MAX_LENGTH:
+        raise Garbled(f"protocol id {protocol}, length {length}")
+    end = 6 + length
+    if len(buffer) < end:
+        return None
+    return tid, unit, buffer[7:end], buffer[end:]
+
+
+def parse_read_response(pdu: bytes, function: int, count: int) -> list[int]:
+    """The registers of a read answer; ExceptionAnswer or MalformedAnswer otherwise."""
+    if pdu[0] == function | 0x80 and len(pdu) == 2:
+        raise ExceptionAnswer(pdu[1])
+    if pdu[0] != function or len(pdu) < 2 or pdu[1] != 2 * count or len(pdu) != 2 + pdu[1]:
+        raise MalformedAnswer(f"function {pdu[0]}, {len(pdu)} bytes for {count} registers")
+    return list(struct.unpack_from(f">{count}H", pdu, 2))
+
+
+class MbapConnection:
+    """One TCP connection to a Modbus TCP gateway; the interface of modbus_pool.ModbusConnection.
+    Not thread-safe: one session uses it at a time."""
+
+    def __init__(self, target: MeterTarget, endpoint):
+        self.endpoint = endpoint
+        self.host, self.port = target.host or "", target.port or 502
+        self.timeout = target.timeout
+        self.retries = target.retries
+        self.sock: socket.socket | None = None
+        self.received = False   # bytes seen since the last request (tells garbage from silence)
+        self.last_used = 0.0    # pool clock when it was last returned
+        self._tid = 0
+
+    def connect(self) -> bool:
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def looks_alive(self) -> bool:
+        """False when the gateway closed the connection while it was idle, or sent bytes nobody
+        asked for (a late answer): either way it must not carry the next request."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.settimeout(0.0)  # a socket with a timeout would wait for data before peeking
+            self.sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def read(self, function: int, address: int, count: int, device_id: int) -> list[int]:
+        """Registers, or one of this module's exceptions; after a timeout the request is sent
+        again `retries` times (a late answer to an earlier try is recognised by its id)."""
+        for attempt in range(self.retries + 1):
+            self._tid = self._tid % 0xFFFF + 1
+            try:
+                self.sock.sendall(read_request(self._tid, device_id, function, address, count))
+            except OSError as exc:
+                raise ConnectionLost(f"connection lost ({exc.strerror or exc})") from None
+            self.received = False
+            try:
+                return self._answer(self._tid, device_id, function, count)
+            except NoAnswer:
+                if attempt == self.retries:
+                    raise
+        raise NoAnswer()  # not reached
+
+    def _answer(self, tid: int, unit: int, function: int, count: int) -> list[int]:
+        deadline = time.monotonic() + self.timeout
+        buffer = b""
+        while True:
+            frame = split_frame(buffer)
+            if frame is not None:
+                got_tid, got_unit, pdu, buffer = frame
+                if got_tid != tid:
+                    continue  # a late answer to an earlier try: skip it
+                if got_unit != unit:
+                    raise Garbled(f"answer from unit {got_unit}")
+                return parse_read_response(pdu, function, count)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Garbled("incomplete frame") if self.received else NoAnswer()
+            try:
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(512)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                raise ConnectionLost(f"connection lost ({exc.strerror or exc})") from None
+            if not chunk:
+                raise ConnectionLost("connection lost")
+            self.received = True
+            buffer += chunk
