@@ -131,8 +131,11 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, cls=_Encoder, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+_DECODER = json.JSONDecoder(object_hook=_object_hook)  # json.loads builds one per call otherwise
+
+
 def loads(data: bytes | str) -> Any:
-    return json.loads(data, object_hook=_object_hook)
+    return _DECODER.decode(data if isinstance(data, str) else data.decode("utf-8"))
 
 
 # --- the message ----------------------------------------------------------------------------
@@ -294,8 +297,8 @@ def decode(body: bytes, *, content_type: str | None, content_encoding: str | Non
     encoding = (content_encoding or "utf-8").lower().replace("_", "-")
     if encoding not in ("utf-8", "utf8"):
         raise ContentEncodingRefused(f"content encoding {content_encoding!r} is refused: utf-8 only")
-    if headers is not None and not isinstance(headers, Mapping):
-        raise BadHeader("headers are not a table")
+    if headers is not None and type(headers) is not dict and not isinstance(headers, Mapping):
+        raise BadHeader("headers are not a table")  # (a dict, as pika delivers them, skips the ABC check)
     headers = dict(headers or {})
     if headers.get("compression"):
         raise ContentEncodingRefused(f"compressed bodies ({headers['compression']!r}) are refused")

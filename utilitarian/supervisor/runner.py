@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,6 +25,7 @@ from utilitarian.protocol import ProtocolError, TaskMessage, decode
 from utilitarian.supervisor import delivery as rules
 from utilitarian.supervisor.settler import Settler
 from utilitarian.supervisor.stats import REFUSED_TASK, TaskStats
+from utilitarian.supervisor.threads import TaskThreads
 from utilitarian.tasks import MAX_DEFERRALS, Defer, Registry, SoftTimeLimitExceeded, TaskContext, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class TaskRunner:
         self.wall_clock = wall_clock
         self.rules = rules.DeliveryRules(follow_up_backoff_cap=follow_up_backoff_cap)
         self.settler = settler or Settler(self.check_time_limits, clock=clock, name="settler")
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="task")
+        self.executor = TaskThreads(self._handle, threads, name="task")
         self._lock = threading.Lock()
         self.submitted = 0
         self.finished = 0
@@ -97,7 +97,7 @@ class TaskRunner:
             self.submitted += 1
             reached = self.task_limit and self.submitted == self.task_limit
         self.last_activity = self.clock()
-        self.executor.submit(self._handle, delivery)
+        self.executor.submit(delivery)
         if reached and self.on_task_limit:
             # On the pump thread, at the delivery that reaches the limit: consumption stops now,
             # so only deliveries already on their way (fewer than the prefetch) run on top.
@@ -182,7 +182,9 @@ class TaskRunner:
             self._publish_then_ack(delivery, redeliver.count_delivery(delivery.queue, delivery.body, props, deliveries),
                                    "a counted copy")
             return
-        now = self.wall_clock()
+        # The wall clock only matters for an ETA or an expiry (most messages carry neither).
+        headers = props.headers if isinstance(props.headers, dict) else {}
+        now = self.wall_clock() if headers.get("eta") or headers.get("expires") or not headers else None
         try:
             message = decode(delivery.body, content_type=props.content_type,
                              content_encoding=props.content_encoding, headers=props.headers, now=now,
@@ -192,10 +194,10 @@ class TaskRunner:
             log.warning("refusing a message from %s (%s): %s; dead-lettering it", delivery.queue, exc.reason, exc)
             if self._publish_then_ack(delivery, redeliver.dead_letter(
                     delivery.queue, delivery.body, props, reason=exc.reason, error=str(exc), attempts=deliveries,
-                    now=now), "a dead letter"):
+                    now=now or self.wall_clock()), "a dead letter"):
                 self.stats.record(delivery.queue, REFUSED_TASK, "refused")
             return
-        wait = rules.wait_for_eta(message.eta, now)
+        wait = rules.wait_for_eta(message.eta, now) if message.eta is not None else 0.0
         if wait:
             # Never hold a delivery to wait (consumer_timeout would close the channel):
             # hand it to the delay levels and ack.
@@ -325,4 +327,4 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self.settler.stop()
-        self.executor.shutdown(wait=False, cancel_futures=False)
+        self.executor.shutdown()

@@ -40,6 +40,35 @@ def test_schema_is_checked_then_migrated_once(db_url):
         assert store.check_schema() == LATEST
 
 
+def test_a_job_is_looked_up_by_meter_name_or_uuid_with_its_task(store):
+    add_meters(store, "m1")
+    meter, task = store.lookup_job("m1", "read")
+    assert (meter.name, meter.interface.port, task.name, task.task_call) == ("m1", 5020, "read", "read_values")
+    assert store.lookup_job("m1", "gone")[0].name == "m1" and store.lookup_job("m1", "gone")[1] is None
+    assert store.lookup_job(meter.uuid, "read")[0].name == "m1" and store.lookup_job(meter.uuid, "read")[1].name == "read"
+    assert store.lookup_job("m1", None)[1] is None and store.lookup_job("nobody", "read")[0] is None
+
+
+def test_group_results_commit_once_with_one_outbox_owner_per_job(store):
+    # Given two jobs' readings, events and outcomes committed together (a poll process's group)
+    add_meters(store, "m1", "m2")
+    from utilitarian.amr.model import MeterSystemEvent
+
+    r1 = [MeterReading("m1", "voltage", T0, "230.1", "V")]
+    r2 = [MeterReading("m2", "voltage", T0, "229.0", "V"), MeterReading("m2", "energy", T0, "1.5", "kWh")]
+    runs = [AmrTaskRun("j1", "m1", "read", "done", None), AmrTaskRun("j2", "m2", "read", "done", None)]
+    events = [MeterSystemEvent("e1", "m2", "Clock drift", "3 s", T0)]
+    store.commit_results([("j1", r1), ("j2", r2)], events, runs, now=T0, publish=True)
+    # Then everything is stored, and each job owns the outbox rows of its own readings
+    assert store.count_readings() == 3 and [e.title for e in store.list_events(meter="m2")] == ["Clock drift"]
+    assert (store.get_run("j1").outcome, store.get_run("j2").outcome) == ("done", "done")
+    owned = {e.owner: sorted(r["series"] for r in e.readings) for e in store.outbox_of_owners(["j1", "j2"])}
+    assert owned == {"j1": ["voltage"], "j2": ["energy", "voltage"]}
+    # and the same group again (a redelivery) writes nothing new: no second outbox row
+    store.commit_results([("j1", r1), ("j2", r2)], events, runs, now=T0, publish=True)
+    assert store.count_readings() == 3 and store.outbox_size() == 2 and len(store.list_events(meter="m2")) == 1
+
+
 def test_commit_is_idempotent_and_a_changed_value_leaves_an_event(store):
     add_meters(store, "m1")
     batch = [MeterReading("m1", "voltage", T0, "230.1", "V"), MeterReading("m1", "energy", T0, "12.50", "kWh")]

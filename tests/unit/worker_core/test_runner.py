@@ -137,7 +137,7 @@ def test_300_tasks_ending_around_their_soft_limit_each_settle_once_and_no_thread
         assert soft == len(publisher.published) and soft > 0  # some hit their limit, nothing else failed
         assert runner.stats.total("done") + runner.stats.total("failed") == 300
         # every pool thread survived (an exception in the pool's loop kills its thread)
-        threads = list(runner.executor._threads)
+        threads = list(runner.executor.threads)
         assert len(threads) == 4 and all(t.is_alive() for t in threads)
     finally:
         runner.shutdown()

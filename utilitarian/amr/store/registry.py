@@ -25,6 +25,11 @@ LEFT JOIN network_interface i ON i.id = m.interface_id
 _TASK_SELECT = """SELECT id, name, schedule, task_call, meter_execution_type, task_kwargs,
        run_offset_seconds, is_active, uuid, description FROM amr_task"""
 
+_METER_COLUMNS = 22
+_METER_AND_TASK_SELECT = (_METER_SELECT.replace("\nFROM meter_device m", """, a.id, a.name, a.schedule, a.task_call,
+       a.meter_execution_type, a.task_kwargs, a.run_offset_seconds, a.is_active, a.uuid, a.description
+FROM meter_device m""") + "LEFT JOIN amr_task a ON a.name = ?\nWHERE m.name = ?")
+
 # Every (meter, task) pair, direct or through a group; UNION removes a pair reachable both ways.
 _LINKS = """SELECT meter_id, task_id FROM meter_device_task
             UNION SELECT mg.meter_id, gt.task_id FROM meter_device_group mg
@@ -87,6 +92,13 @@ class RegistryStore:
         """What a poll needs, in one short read: the meter (without its series list) and its task.
         `meter` is its name or its UUID (the platform's invoke body names meters by UUID)."""
         with self.backend.transaction() as tx:
+            if amr_task:
+                # The common case, a scheduled job by meter name, in one statement (every poll asks).
+                row = tx.one(_METER_AND_TASK_SELECT, (amr_task, meter))
+                if row is not None:
+                    meter_row, task = row[:_METER_COLUMNS], row[_METER_COLUMNS:]
+                    return (self._meter_from_row(meter_row, ()),
+                            self._task_from_row(task) if task[0] is not None else None)
             row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
             if row is None and (key := _uuid_text(meter)) is not None:
                 row = tx.one(_METER_SELECT + " WHERE m.uuid = ?", (key,))
