@@ -84,6 +84,7 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0.0
+        self.peak_parts: list[float] = []  # RSS (MiB) of each process at the peak, the root first
         self.cpu: dict[int, float] = {}  # pid -> CPU seconds seen last (children exit before the end)
         self.stop = threading.Event()
 
@@ -97,14 +98,18 @@ class RssSampler(threading.Thread):
             except psutil.Error:
                 continue
             total = 0
+            parts = []
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    total += rss
+                    parts.append(rss / 2**20)
                     times = p.cpu_times()
                     self.cpu[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total / 2**20)
+            if total / 2**20 > self.peak:
+                self.peak, self.peak_parts = total / 2**20, parts
 
 
 def cpu_seconds(pids) -> float:
@@ -239,9 +244,6 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
         log = work / "worker.log"
         command = ([sys.executable, str(BENCH / "profile_worker.py")] if args.profile
                    else [sys.executable, "-m", "utilitarian"])
-        if args.perf_stat:  # software counters of the whole worker tree (context switches)
-            command = ["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations", "-o", args.perf_stat,
-                       "--", *command]
         env = {**os.environ, "BENCH_PROFILE_DIR": args.profile or ""}
         worker = subprocess.Popen([*command, "worker", "--config", str(config_path),
                                    "-c", str(args.processes), "--threads", str(args.threads), "-l", "info"],
@@ -267,6 +269,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
 
             stop(worker)
     result["rss"] = rss.peak
+    result["rss_parts"] = rss.peak_parts
     result["cpu"] = sum(rss.cpu.values())
     result["dispatch_alone"] = dispatch_alone(work, db_url)
     return result
@@ -363,8 +366,6 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("modbus", "iec"), default="modbus")
     parser.add_argument("--answers", type=int, default=None,
                         help="answers per poll for the ideal (default: 1 for Modbus, 2 for an IEC readout)")
-    parser.add_argument("--perf-stat", metavar="FILE", help="run the worker under `perf stat` (software "
-                        "counters: task clock, context switches) and write its report here")
     parser.add_argument("--profile", metavar="DIR", help="run the worker's children under cProfile "
                         "(bench/profile_worker.py); summarise with profile_worker.py --summary DIR")
     args = parser.parse_args()
@@ -406,7 +407,8 @@ def main() -> None:
         print(f"# goal: round <= 2 x ideal + dispatch = {budget:.1f}s: round {ours['round']:.1f}s = "
               f"{ours['round'] / budget:.2f} of it ({(ours['round'] - ours['dispatch']) / ideal:.2f}x ideal after "
               f"dispatch); worker CPU per poll {ours['cpu'] / args.meters * 1e3:.3f} ms (goal <= 0.45 ms); "
-              f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB)")
+              f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB: "
+              f"{' + '.join(f'{x:.0f}' for x in ours.get('rss_parts', []))})")
         if len(rows) > 1:
             print(f"# round vs celery: {rows[1][1]['round'] / ours['round']:.1f}x faster")
 

