@@ -20,8 +20,9 @@ and peak RSS of each worker's process tree. Figures only; nothing is asserted.
     .venv/bin/python bench/amr_round.py --protocol iec --meters 2000 --gateways 2000 --skip-celery
     .venv/bin/python bench/amr_round.py --meters 4000 --skip-celery --profile /tmp/prof   # cProfile
 
-Worker CPU is the process CPU time (user + system) of the whole worker tree over the round, so
-"CPU/poll" holds everything the worker spends per meter: dispatch, poll, commits and publishing.
+Worker CPU is the process CPU time (user + system) of the whole worker tree, so "CPU/poll" holds
+everything the worker spends per meter: dispatch, poll, commits and publishing; the table's column
+counts from the worker's start (as issue 16 measured it), the goal line also from the dispatch on.
 """
 
 from __future__ import annotations
@@ -255,7 +256,10 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             rss.start()
             app = App(config, name="bench dispatch")
             slot = dt.datetime.now(UTC).replace(microsecond=0)
+            from common import tree_cpu
+
             before = (cpu_seconds([args.sim_pid]), cpu_seconds(broker_pids()))
+            worker_before = tree_cpu(worker.pid)  # start-up (imports, connecting) excluded
             t0 = time.time()
             app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
             app.close()
@@ -263,6 +267,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             result = measure_store(db_url, args.meters, t0, round_id, timeout=600, series=series_of(args.protocol))
             result["sim_cpu"] = cpu_seconds([args.sim_pid]) - before[0]
             result["broker_cpu"] = cpu_seconds(broker_pids()) - before[1]
+            result["round_cpu"] = tree_cpu(worker.pid) - worker_before
         finally:
             rss.stop.set()
             from common import stop
@@ -406,7 +411,9 @@ def main() -> None:
               f"{ours['dispatch_alone']:.2f}s")
         print(f"# goal: round <= 2 x ideal + dispatch = {budget:.1f}s: round {ours['round']:.1f}s = "
               f"{ours['round'] / budget:.2f} of it ({(ours['round'] - ours['dispatch']) / ideal:.2f}x ideal after "
-              f"dispatch); worker CPU per poll {ours['cpu'] / args.meters * 1e3:.3f} ms (goal <= 0.45 ms); "
+              f"dispatch); worker CPU per poll {ours['cpu'] / args.meters * 1e3:.3f} ms with start-up, "
+              f"{ours['round_cpu'] / args.meters * 1e3:.3f} ms from dispatch to the last reading stored "
+              f"(goal <= 0.45 ms); "
               f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB: "
               f"{' + '.join(f'{x:.0f}' for x in ours.get('rss_parts', []))})")
         if len(rows) > 1:
