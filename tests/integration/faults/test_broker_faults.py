@@ -49,8 +49,10 @@ def test_access_refused_on_reconnect(kit):
              what="both children to be refused")
     assert worker.alive(), f"the worker stopped with exit {worker.wait(1)}"  # it consumed: not a boot failure
     try:
-        why = wait_for(lambda: [c["why"] for c in kit.status()["children"] if not c["consuming"] and c["why"]],
-                       timeout=30, what="status to say why")
+        # (status comes with the children's heartbeats, up to a second after the log line: the
+        # first "why" seen may still be the dropped connection's)
+        why = wait_for(lambda: [c["why"] for c in kit.status()["children"] if not c["consuming"] and c["why"]
+                                and "access refused" in c["why"]], timeout=30, what="status to say why")
         assert any("access refused" in w for w in why), why
     finally:
         grant(kit.rabbit, kit.vhost)
