@@ -46,7 +46,8 @@ BOUNDARIES: dict[str, str] = {
     "execute.after_poll": "meter read; results not handed to the commit outbox",
     "execute.results_publish": "outbox flusher about to publish a group of jobs' commit messages (commit queues)",
     "execute.results_store": "outbox flusher about to commit a group of jobs' results itself",
-    "execute.results_after_store": "group's readings, events, outcomes and outbox rows committed; publish tasks not sent",
+    "execute.results_after_store": "group's readings, events, outcomes and outbox rows committed; "
+                                   "publish tasks not sent",
     "execute.results_after_publish": "group's publish tasks confirmed; its outbox rows not deleted",
     "execute.after_results": "results committed (or commit messages confirmed); job not acked",
     "commit.readings_after_store": "readings and their outbox rows committed; publish tasks not sent",
@@ -62,8 +63,8 @@ BOUNDARIES: dict[str, str] = {
 }
 # Where the polls' results go decides which boundaries a round crosses ([amr] commit_in_worker):
 # these only in a worker that sends them to the commit queues, those only in one that commits them.
-QUEUE_COMMIT_ONLY = frozenset({"execute.results_publish", "commit.readings_after_store", "commit.readings_after_publish",
-                               "commit.events_after_store", "commit.runs_after_store"})
+QUEUE_COMMIT_ONLY = frozenset({"execute.results_publish", "commit.readings_after_store",
+                               "commit.readings_after_publish", "commit.events_after_store", "commit.runs_after_store"})
 DIRECT_COMMIT_ONLY = frozenset({"execute.results_store", "execute.results_after_store",
                                 "execute.results_after_publish"})
 FAULT_CALL = re.compile(r"""faultpoint\(\s*["']([^"']+)["']\s*\)""")
@@ -217,4 +218,5 @@ def assign_cases(cases: list, lane_direct: list[bool]) -> list[list]:
     return out
 
 
-__all__ = ["BOUNDARIES", "DIRECT_COMMIT_ONLY", "QUEUE_COMMIT_ONLY", "assign_cases", "KINDS", "FaultFleet", "WebhookSink", "render_table", "source_fault_points"]
+__all__ = ["BOUNDARIES", "DIRECT_COMMIT_ONLY", "QUEUE_COMMIT_ONLY", "assign_cases", "KINDS", "FaultFleet", "WebhookSink",
+           "render_table", "source_fault_points"]

@@ -44,6 +44,16 @@ def entries(sim, *, can_block=False):
     return rows
 
 
+def bind_readings_queue(amr, queue: str) -> None:
+    """A queue bound to the `platform.readings` exchange the tests publish readings to."""
+    conn = pika.BlockingConnection(pika.URLParameters(amr.broker_url))
+    ch = conn.channel()
+    ch.exchange_declare("platform.readings", exchange_type="topic", durable=True)
+    ch.queue_declare(queue, durable=False)
+    ch.queue_bind(queue, "platform.readings", routing_key="new_meter_value.#")
+    conn.close()
+
+
 def run_all(amr, queue, expect):
     messages = amr.drain(queue, expect=expect, timeout=15)
     assert len(messages) == expect, f"{queue}: {len(messages)} of {expect} messages"
@@ -130,12 +140,7 @@ def test_polls_commit_their_results_in_the_polling_process_once_and_publish_them
     # Given publishing to an exchange and the default [amr] commit_in_worker
     amr.configure('[amr.publish]\nexchange = "platform.readings"\n')
     amr.import_meters(entries(sim), tasks=[READ], group="all")
-    conn = pika.BlockingConnection(pika.URLParameters(amr.broker_url))
-    ch = conn.channel()
-    ch.exchange_declare("platform.readings", exchange_type="topic", durable=True)
-    ch.queue_declare("platform-direct", durable=False)
-    ch.queue_bind("platform-direct", "platform.readings", routing_key="new_meter_value.#")
-    conn.close()
+    bind_readings_queue(amr, "platform-direct")
     dispatch_schedule(amr.ctx("amr.dispatch_schedule"), "daily", SLOT)
     jobs = amr.drain(queues.AMR_DAILY, expect=5, timeout=15)
     # When every job runs (the slow meter on its last attempt), and the first one runs again as
@@ -190,12 +195,7 @@ def test_committed_readings_are_published_to_the_exchange(amr):
     amr.import_meters([{"name": "m1", "execution_type": "generic_modbus", "meter_type": "eastron_sdm120",
                         "url": "modbus+tcp://127.0.0.1:1502?device_id=1",
                         "series": ["active_energy_import", "voltage"]}])
-    conn = pika.BlockingConnection(pika.URLParameters(amr.broker_url))
-    ch = conn.channel()
-    ch.exchange_declare("platform.readings", exchange_type="topic", durable=True)
-    ch.queue_declare("platform-test", durable=False)
-    ch.queue_bind("platform-test", "platform.readings", routing_key="new_meter_value.#")
-    conn.close()
+    bind_readings_queue(amr, "platform-test")
     wire = [{"meter": "m1", "series": "active_energy_import", "timestamp": SLOT, "value": "12.5", "unit": "kWh"},
             {"meter": "m1", "series": "voltage", "timestamp": SLOT, "value": "230", "unit": "V"},
             {"meter": "nobody", "series": "voltage", "timestamp": SLOT, "value": "1", "unit": "V"}]

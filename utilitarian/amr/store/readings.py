@@ -43,6 +43,13 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def log_commit(result: CommitResult) -> CommitResult:
+    if result.changed or result.rejected:
+        log.info("commit: %d readings changed value, %d rejected (system events recorded)",
+                 result.changed, result.rejected)
+    return result
+
+
 class ReadingStore:
     """Mixin of Store."""
 
@@ -67,11 +74,7 @@ class ReadingStore:
                 self._enqueue_publish(tx, publish_as, result.written, now)
             return result
 
-        result = self._write(work)
-        if result.changed or result.rejected:
-            log.info("commit: %d readings changed value, %d rejected (system events recorded)",
-                     result.changed, result.rejected)
-        return result
+        return log_commit(self._write(work))
 
     def _commit(self, tx, readings: Sequence[MeterReading], now: dt.datetime,
                 *, staged_ok: bool = True) -> CommitResult:

@@ -8,13 +8,10 @@ what the commit queues' three tasks do for messages, done by the polling process
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Sequence
 
 from utilitarian.amr.model import AmrTaskRun, MeterReading, MeterSystemEvent
-from utilitarian.amr.store.readings import CommitResult
-
-log = logging.getLogger(__name__)
+from utilitarian.amr.store.readings import CommitResult, log_commit
 
 
 class ResultStore:
@@ -42,8 +39,4 @@ class ResultStore:
                 self._enqueue_publish_many(tx, list(owned.items()), now)
             return result
 
-        result = self._write(work)
-        if result.changed or result.rejected:
-            log.info("commit: %d readings changed value, %d rejected (system events recorded)",
-                     result.changed, result.rejected)
-        return result
+        return log_commit(self._write(work))
