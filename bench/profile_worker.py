@@ -1,8 +1,8 @@
 """Run `utilitarian worker ...` with cProfile in every thread of every child, for the benchmarks'
 "where the CPU goes" tables. Each child writes `<dir>/child-<pid>.pstats` (every thread's profile
 merged) when its run ends; `summarise(dir)` prints the merged table. The timer is each thread's
-CPU time (`time.thread_time`): blocked time is not counted, waking up is; profiling costs several times the CPU a child
-spends, so read the shares, not the absolute times.
+CPU time (`time.thread_time`): blocked time is not counted, waking up is; profiling costs several
+times the CPU a child spends, so read the shares, not the absolute times.
 
     BENCH_PROFILE_DIR=/tmp/prof python bench/profile_worker.py worker -c 2 --threads 100 ...
     python bench/profile_worker.py --summary /tmp/prof [--per N] [--top 40]
