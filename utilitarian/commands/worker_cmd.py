@@ -95,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from utilitarian import plugins
 
     plugins.warm()
+    import gc
+
+    # Everything imported so far lives as long as the process: out of the collector's sight, a
+    # child's full collections stop walking it and no longer write to (un-share) those pages.
+    gc.collect()
+    gc.freeze()
     loglevel = getattr(args, "loglevel", None) or config.logging.level
     log = logging.getLogger("utilitarian.worker")
 
