@@ -68,7 +68,7 @@ if os.environ.get("AMR_BENCH_CELERY"):
 
         started = _time.monotonic()
         store = _store_here()
-        device, task = store.get_meter(meter), store.get_amr_task(amr_task)
+        device, task = store.lookup_job(meter, amr_task)
         target = parse_meter_url(device.url, secret=device.password)
         result = run_task_call(task.meter_execution_type, task.task_call, target, task.task_kwargs,
                                now=parse_utc(slot))
