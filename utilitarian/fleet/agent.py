@@ -156,7 +156,9 @@ class ControlAgent:
 def agent_main(settings, member: Member, control_path: str, loglevel: str, log_format: str,
                close_fds: list[int]) -> None:
     """Entry point in the forked process; never returns."""
-    code = 70
+    from utilitarian.errors import EX_SOFTWARE
+
+    code = EX_SOFTWARE
     try:
         for fd in close_fds:
             try:
