@@ -122,6 +122,7 @@ class Child:
         from utilitarian.supervisor.heartbeat import StatusWriter
         from utilitarian.supervisor.runner import TaskRunner
         from utilitarian.supervisor.stats import TaskStats
+        from utilitarian import telemetry
 
         spec = self.spec
         pool = spec.pool
@@ -165,7 +166,8 @@ class Child:
                              idle=round(runner.idle_for(), 3), why=consumer.why if not self.stop else "draining",
                              reconnects=rules.reconnects, cancels=rules.cancels,
                              dead_letter_failures=runner.dead_letter_failures,
-                             pending_later=later.pending_later or runner.held > 0)
+                             pending_later=later.pending_later or runner.held > 0,
+                             telemetry=telemetry.REGISTRY.snapshot() if telemetry.REGISTRY.families else None)
 
         def tick() -> None:
             nonlocal last_beat
