@@ -7,6 +7,8 @@ Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.tasks         NAME = "pkg.tasks_module"     a module of @task functions every worker imports
   utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
                             is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
+  utilitarian.metrics_collectors NAME = "pkg.module:func" `func(app, queues)`: set utilitarian.telemetry
+                            gauges from a slow source (a store) every 15 s, on a thread of its own
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
   utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
   utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
 IDLE_PROBES_GROUP = "utilitarian.idle_probes"
+METRICS_COLLECTORS_GROUP = "utilitarian.metrics_collectors"
 ENVIRONMENTS_GROUP = "utilitarian.environments"
 METER_TYPES_GROUP = "utilitarian.meter_types"
 READ_SCHEMES_GROUP = "utilitarian.read_schemes"
@@ -119,10 +122,15 @@ def clear_caches() -> None:
 
 def idle_probes() -> list[tuple[str, Callable[..., bool]]]:
     """(name, probe) of the `utilitarian.idle_probes` group."""
-    probes = []
-    for plugin in declared(IDLE_PROBES_GROUP):
-        probe = load(plugin, IDLE_PROBES_GROUP)
-        if not callable(probe):
-            raise ConfigError(f"plugin {IDLE_PROBES_GROUP}:{plugin.name} ({plugin.value}) is not callable")
-        probes.append((plugin.name, probe))
-    return probes
+    return callables(IDLE_PROBES_GROUP)
+
+
+def callables(group: str) -> list[tuple[str, Callable]]:
+    """(name, function) of every plugin of `group`; one that is not callable is a ConfigError."""
+    found = []
+    for plugin in declared(group):
+        func = load(plugin, group)
+        if not callable(func):
+            raise ConfigError(f"plugin {group}:{plugin.name} ({plugin.value}) is not callable")
+        found.append((plugin.name, func))
+    return found

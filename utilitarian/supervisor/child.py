@@ -149,6 +149,9 @@ class Child:
         from utilitarian.supervisor.idle_probe import PendingLaterProbe
 
         later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
+        from utilitarian.supervisor.collectors import MetricsCollectors
+
+        collectors = MetricsCollectors.for_child(app, pool.queues).start()
 
         def on_consuming() -> None:
             if not self.ready_sent:
@@ -223,6 +226,7 @@ class Child:
                 code = EX_SOFTWARE
         finally:
             later.stop()
+            collectors.stop()
             beat()
             runner.shutdown()
             try:
