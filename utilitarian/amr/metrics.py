@@ -22,6 +22,7 @@ EVENTS = telemetry.counter("amr_events_total", "Meter system events produced, by
                            "failed poll; meter: read from the meter).", ("kind",))
 BLOCK_WAITS = telemetry.gauge("amr_interface_blocks_waiting", "Jobs waiting now for a blocking network "
                               "interface another job holds.")
+BLOCK_WAITS.set(value=0)  # shown as 0, not absent, before the first wait (alerts and dashboards need it)
 DISPATCHED = telemetry.counter("amr_rounds_dispatched_total", "Rounds dispatched, by schedule.", ("schedule",))
 ROUND_JOBS = telemetry.gauge("amr_round_jobs", "Jobs of the latest round of a schedule, by state (total, done, "
                              "failed, pending).", ("schedule", "state"), merge="max")
