@@ -222,9 +222,7 @@ def agent_main(settings, member: Member, control_path: str, loglevel: str, log_f
     except BaseException:  # last resort: the sidecar restarts us with backoff
         logging.getLogger(__name__).exception("control agent failed")
     finally:
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:
-                pass
+        from utilitarian.log import flush_all
+
+        flush_all()
         os._exit(code)
