@@ -119,6 +119,20 @@ def test_status_all_lists_every_worker_and_beat_and_a_stopped_one_as_silent(host
     wait_for(lambda: fleet(config)["alpha@host3"]["state"] == "answering", timeout=30, what="answering again")
 
 
+def test_a_killed_control_agent_is_restarted_by_its_master(hosts):
+    import psutil
+
+    config, workers, beat = hosts
+    master = psutil.Process(workers["beta@host2"].pid)
+    agent = next(c for c in master.children() if c.name() == "util-control")
+    agent.kill()
+    # The worker's tasks never depended on it; the master forks a new one (backoff: 1 s first)
+    wait_for(lambda: any(c.name() == "util-control" and c.pid != agent.pid for c in master.children()),
+             timeout=30, what="a new control agent")
+    wait_for(lambda: fleet(config)["beta@host2"]["state"] == "answering", timeout=30, what="answering again")
+    assert fleet(config)["beta@host2"]["consuming"] == "yes"
+
+
 def test_control_grow_shrink_drain_resume_change_only_what_they_name(hosts, broker_settings):
     config, workers, beat = hosts
     # grow one host's pool: only that host changes

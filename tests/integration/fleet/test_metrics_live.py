@@ -115,27 +115,38 @@ def test_a_scrape_during_a_broker_outage_answers_and_shows_it(node, tmp_path):
     declare_topology(settings_from_url(url))
     config = write_config(tmp_path / "utilitarian.toml", url)
     port = free_block(1)
+    bport = free_block(1)
     worker = Proc(["worker", "--config", str(config), "-Q", "default", "-c", "1", "--metrics-port", str(port)],
                   log=tmp_path / "worker.log")
+    beat = Proc(["beat", "--config", str(config), "--metrics-port", str(bport)], log=tmp_path / "beat.log")
     try:
         def state():
             t = scraped(port)
             return t and (value(t, "utilitarian_broker_connected"), value(t, "utilitarian_child_consuming"))
 
+        def beat_state():
+            t = scraped(bport)
+            return t and (value(t, "utilitarian_beat_connected"), value(t, "utilitarian_beat_leader"))
+
         wait_for(lambda: state() == (1.0, 1.0), timeout=60, interval=0.5, what="connected and consuming")
+        wait_for(lambda: beat_state() == (1.0, 1.0), timeout=60, interval=0.5, what="the beat leading")
         # When the broker stops
         node.stop_app()
-        # Then the page still answers, showing no connection and no consuming child
+        # Then both pages still answer, showing no connection and no consuming child, no leader
         wait_for(lambda: state() == (0.0, 0.0), timeout=60, interval=0.5, what="the outage in the metrics")
+        wait_for(lambda: beat_state() == (0.0, 0.0), timeout=60, interval=0.5, what="the outage in beat metrics")
+        assert value(scrape(bport), "utilitarian_beat_lock_losses_total") == 1
         text = scrape(port)
         assert value(text, "utilitarian_pool_consuming_children") == 0
         assert "utilitarian_queue_messages" not in samples(text)  # stale depths are not shown
         node.start_app()
         wait_for(lambda: state() == (1.0, 1.0), timeout=90, interval=0.5, what="consuming again")
         assert (value(scrape(port), "utilitarian_reconnects_total") or 0) >= 1
-        assert worker.alive()
+        wait_for(lambda: beat_state() == (1.0, 1.0), timeout=90, interval=0.5, what="the beat leading again")
+        assert worker.alive() and beat.alive()
     finally:
         worker.kill_tree()
+        beat.kill_tree()
 
 
 def names_used() -> set[str]:
