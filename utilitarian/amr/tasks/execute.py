@@ -106,9 +106,9 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
         _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
-    faultpoint("execute.after_poll")
     metrics.POLLS.inc(metrics.protocol_of(etype), "done")
     metrics.POLL_SECONDS.observe(metrics.protocol_of(etype), value=time.monotonic() - started)
+    faultpoint("execute.after_poll")
     readings = [reading_to_wire(MeterReading(meter, r.series, r.timestamp, r.value, r.unit))
                 for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
