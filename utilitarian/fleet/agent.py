@@ -29,6 +29,7 @@ class ControlAgent:
         self.master_pid = master_pid
         self.clock = clock
         self.stop = False
+        self.orphaned = False  # the master died: no goodbye, the worker is not stopping on purpose
         self.connection = None
         self.channel = None
         self.next_announce = 0.0
@@ -37,6 +38,9 @@ class ControlAgent:
 
     def handle_term(self, signum, frame) -> None:
         self.stop = True
+
+    def handle_master_gone(self, signum, frame) -> None:
+        self.stop = self.orphaned = True
 
     def run(self) -> int:
         from utilitarian.broker.connection import Backoff
@@ -144,7 +148,9 @@ class ControlAgent:
         self.next_announce = self.clock() + ANNOUNCE_INTERVAL
 
     def say_goodbye(self) -> None:
-        if self.channel is None or not self.channel.is_open:
+        """Only when the master stops us: a master that died (and is restarted by systemd, or not)
+        stays on the roster and is listed as silent until it answers again."""
+        if self.orphaned or os.getppid() != self.master_pid or self.channel is None or not self.channel.is_open:
             return
         try:
             self.announce("down")
@@ -212,7 +218,7 @@ def agent_main(settings, member: Member, control_path: str, loglevel: str, log_f
 
         agent = ControlAgent(settings, member, control_path, master_pid=os.getppid())
         signal.signal(signal.SIGTERM, agent.handle_term)
-        signal.signal(MASTER_GONE_SIGNAL, agent.handle_term)
+        signal.signal(MASTER_GONE_SIGNAL, agent.handle_master_gone)
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -179,3 +179,16 @@ def test_bad_input_and_no_permission_change_nothing(hosts, rabbit, vhost, tmp_pa
     finally:
         rabbit.ctl("delete_user", user)
     assert {m: r.get("pools") for m, r in fleet(config).items()} == before
+
+
+def test_a_stopped_worker_leaves_the_list_a_killed_one_stays_silent(hosts):
+    config, workers, beat = hosts
+    # When one master is stopped on purpose and another one dies
+    workers["beta@host2"].signal(signal.SIGTERM)
+    assert workers["beta@host2"].wait(60) == 0
+    os.kill(workers["alpha@host3"].pid, signal.SIGKILL)  # its children and agent follow it
+    # Then the stopped one said goodbye; the dead one is listed as silent, not left out
+    members = fleet(config, timeout=1.5)
+    assert "beta@host2" not in members
+    assert members["alpha@host3"]["state"] == "silent"
+    assert members["alpha@host1"]["state"] == "answering"
