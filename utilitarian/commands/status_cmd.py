@@ -143,8 +143,11 @@ def run(args) -> int:
                   f"{w.get('reconnects', 0)} reconnects, {w.get('consumer_cancels', 0)} consumer cancels, "
                   f"{w.get('dead_letter_failures', 0)} failed dead letters/retries (requeued after a backoff)")
         for pool in w["pools"]:
-            short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"])
+            short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"]) or "-"
             print(f"  pool {pool['name']}: {pool['processes']} x {pool['threads']} threads on {short}")
+        if w.get("drained"):
+            print(f"  drained (utilitarian control resume QUEUE): "
+                  f"{', '.join(q.removeprefix('utilitarian.tasks.') for q in w['drained'])}")
         print(f"    {'pid':>7} {'pool':<10} {'state':<9} {'rss':>6} {'done':>8} {'failed':>7} {'retried':>7} "
               f"{'inflight':>8} {'uptime':>7} {'reconn':>6} {'cancels':>7}  consuming")
         for c in w["children"]:
