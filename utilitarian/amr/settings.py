@@ -21,10 +21,13 @@ def _check_http_url(url: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        return f"not a URL ({exc})"
+        port = parts.port
+    except ValueError:  # the exception's text may quote the URL, token and all
+        return "not a URL (a bad port or a bracket without its pair)"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
+    if port == 0:
+        return "port must be between 1 and 65535"
     return None
 
 

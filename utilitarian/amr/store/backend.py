@@ -191,14 +191,22 @@ class SqliteBackend(Backend):
     def connect(self):
         import sqlite3
 
-        if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
-        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-        conn.execute("PRAGMA foreign_keys=ON")
+        # Translated here: the pool opens connections outside transaction()'s handler, and a raw
+        # sqlite3/OS error there was "not retryable", so the job was dead-lettered.
+        conn = None
+        try:
+            if self.path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return conn
 
     def ts(self, moment: dt.datetime | None) -> Any:
@@ -240,10 +248,10 @@ class SqliteBackend(Backend):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
-                conn.execute("COMMIT")
             finally:
                 if fd is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -254,6 +262,23 @@ class SqliteBackend(Backend):
         import sqlite3
 
         return (sqlite3.OperationalError,)
+
+    def is_broken(self, conn) -> bool:
+        return conn.in_transaction  # its ROLLBACK failed: never hand it out again
+
+
+def _rollback(conn) -> None:
+    """Roll back what the error left open. After an I/O error or a full disk SQLite has already
+    rolled back by itself, and an unconditional ROLLBACK raised "cannot rollback - no transaction
+    is active", hiding the real cause; a failing ROLLBACK is logged, the cause still raised."""
+    import sqlite3
+
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("SQLite ROLLBACK failed (%s); the connection will be closed", exc)
 
     def close(self) -> None:
         super().close()
