@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from utilitarian.config_schema import setting
+from utilitarian.errors import ConfigError
 from utilitarian.plugins import ConfigSection
 
 STAMP_CHOICES = ("slot", "poll")
@@ -82,5 +83,17 @@ class AmrConfig:
     publish: PublishSettings = field(default_factory=PublishSettings)
 
 
+def check_config(config) -> list[ConfigError]:
+    """At `config check` and every process start (utilitarian.validation): a database URL the
+    store cannot open. Found at run time it was "not retryable": every job of a round dead-lettered."""
+    from utilitarian.amr.store.backend import database_location
+
+    try:
+        database_location(config.database_url())
+    except ConfigError as exc:
+        return [ConfigError(exc.reason, file=config.source, key="database.url")]
+    return []
+
+
 # Registered as the `[amr]` table through the `utilitarian.config` entry-point group.
-CONFIG_SECTION = ConfigSection(AmrConfig)
+CONFIG_SECTION = ConfigSection(AmrConfig, check_config=check_config)

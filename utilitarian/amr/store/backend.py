@@ -352,9 +352,11 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
-def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Backend:
-    """sqlite:///abs/path, sqlite:///:memory: (tests) or postgresql://..."""
-    scheme = url.split(":", 1)[0].lower()
+def database_location(url: str) -> tuple[str, str]:
+    """("sqlite", path) or ("postgresql", url); ConfigError for anything else. Pure: startup
+    validation (utilitarian.validation, through [amr]'s check) and open_backend share it, so a URL
+    `config check` accepts is one every process can open."""
+    scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
     if scheme == "sqlite":
         path = unquote(urlsplit(url).path)
         if url.startswith("sqlite:////"):
@@ -362,10 +364,27 @@ def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Back
         if not path or path == "/":
             raise ConfigError("sqlite URL needs a path: sqlite:///var/lib/utilitarian/db.sqlite3",
                               key="database.url")
-        if path == "/:memory:":
-            path = ":memory:"  # one connection only: every connection would be its own empty database
-        return SqliteBackend(url, path, pool_size=pool_size, timeout=timeout)
+        return "sqlite", ":memory:" if path == "/:memory:" else path
     if scheme in ("postgresql", "postgres"):
-        return PostgresBackend(url, pool_size=pool_size, timeout=timeout)
-    raise ConfigError(f"unsupported database URL scheme {scheme!r}; use sqlite:/// or postgresql://",
+        try:
+            urlsplit(url).port
+        except ValueError:
+            raise ConfigError("postgresql URL has a bad port", key="database.url") from None
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("database.url is postgresql:// but psycopg is not installed "
+                              "(pip install 'utilitarian[postgres]')", key="database.url")
+        return "postgresql", url
+    shown = f"scheme {scheme!r}" if scheme else "URL without a scheme"
+    raise ConfigError(f"unsupported database {shown}; use sqlite:///path or postgresql://",
                       key="database.url")
+
+
+def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Backend:
+    """sqlite:///abs/path, sqlite:///:memory: (tests; one connection only: every connection would
+    be its own empty database) or postgresql://..."""
+    dialect, where = database_location(url)
+    if dialect == "sqlite":
+        return SqliteBackend(url, where, pool_size=pool_size, timeout=timeout)
+    return PostgresBackend(url, pool_size=pool_size, timeout=timeout)
