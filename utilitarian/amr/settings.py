@@ -80,6 +80,10 @@ class AmrConfig:
     store_pool_size: int = setting(8, min=1, max=200, doc="database connections per process")
     store_timeout: float = setting(30.0, min=0.1, max=3600.0,
                                    doc="wait for a connection or a lock before failing")
+    store_unready_retry: float = setting(
+        60.0, min=0.1, max=3600.0,
+        doc="a store not ready (schema behind or ahead while `db migrate` runs, SQLite store of another "
+            "host): jobs are deferred this long each time, up to 1000 times (~17 h), never dead-lettered for it")
     publish: PublishSettings = field(default_factory=PublishSettings)
 
 
