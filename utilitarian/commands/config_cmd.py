@@ -26,7 +26,9 @@ def run_check(args) -> int:
         config = load_config(getattr(args, "config", None))
         validate(config)  # what worker and beat check at start, nothing more, nothing less
     except ConfigError as exc:
-        for line in str(exc).splitlines():
+        from utilitarian.log import mask_text
+
+        for line in mask_text(str(exc)).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     problems = _amr_task_problems(config)
