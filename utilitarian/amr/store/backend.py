@@ -367,9 +367,11 @@ def database_location(url: str) -> tuple[str, str]:
         return "sqlite", ":memory:" if path == "/:memory:" else path
     if scheme in ("postgresql", "postgres"):
         try:
-            urlsplit(url).port
+            port = urlsplit(url).port
         except ValueError:
-            raise ConfigError("postgresql URL has a bad port", key="database.url") from None
+            port = 0
+        if port == 0:  # the text is not quoted: it may hold the password
+            raise ConfigError("postgresql URL port must be a number between 1 and 65535", key="database.url")
         import importlib.util
 
         if importlib.util.find_spec("psycopg") is None:
