@@ -148,5 +148,5 @@ class _JsonFormatter(logging.Formatter):
         if task:
             doc["task"] = task.strip(" []")
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)  # masked by MaskingFilter
         return json.dumps(doc, ensure_ascii=False)

@@ -13,7 +13,7 @@ import pytest
 
 from utilitarian.cli import main
 from utilitarian.errors import ConfigError
-from utilitarian.log import MaskingFilter, mask_text, mask_url
+from utilitarian.log import MaskingFilter, _JsonFormatter, mask_text, mask_url
 
 PASSWORD = "p@ss:w/rd"
 ENCODED = "p%40ss%3Aw%2Frd"
@@ -88,8 +88,9 @@ def test_log_lines_and_their_tracebacks_are_masked():
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "publish to %s failed", (
             f"https://hooks.example/r?token={TOKEN}",), sys.exc_info())
     MaskingFilter().filter(record)
-    line = logging.Formatter().format(record)
-    assert leaks(line) == [] and "token=****" in line and "meter:****@h/v" in line
+    for formatter in (logging.Formatter(), _JsonFormatter()):  # [logging] format = "text" / "json"
+        line = formatter.format(record)
+        assert leaks(line) == [] and "token=****" in line and "meter:****@h/v" in line
 
 
 def test_cli_error_line_masks_a_quoted_url(capsys, monkeypatch):
