@@ -266,6 +266,12 @@ class SqliteBackend(Backend):
     def is_broken(self, conn) -> bool:
         return conn.in_transaction  # its ROLLBACK failed: never hand it out again
 
+    def close(self) -> None:
+        super().close()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
 
 def _rollback(conn) -> None:
     """Roll back what the error left open. After an I/O error or a full disk SQLite has already
@@ -279,12 +285,6 @@ def _rollback(conn) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         log.warning("SQLite ROLLBACK failed (%s); the connection will be closed", exc)
-
-    def close(self) -> None:
-        super().close()
-        if self._lock_fd is not None and self._lock_pid == os.getpid():
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
 
 def _flock(fd: int) -> None:
