@@ -53,3 +53,20 @@ def test_meters_import_with_port_zero_is_an_error_naming_the_row(site, capsys):
         err = capsys.readouterr().err
         assert f"{path}:1: meter 'm1': url: port must be a number between 1 and 65535" in err
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("database", ["unmigrated", "unopenable"])
+def test_meters_import_dry_run_needs_no_usable_store(site, capsys, database):
+    # The Build list: `meters import --dry-run` validates without a migrated store; a store that
+    # cannot even be opened (a path that is a directory: a StoreError now, a raw sqlite3 error before)
+    # must not stop it either.
+    if database == "unopenable":
+        (site / "store-dir").mkdir()
+        config = site / "utilitarian.toml"
+        config.write_text(config.read_text().replace("amr.sqlite3", "store-dir"))
+    path = site / "meters.toml"
+    path.write_text('[[meters]]\nname = "m1"\nurl = "modbus+tcp://127.0.0.1:1502?device_id=1"\n'
+                    'execution_type = "generic_modbus"\nmeter_type = "eastron_sdm120"\n')
+    assert main(["meters", "import", str(path), "--dry-run"]) == 0
+    assert "dry run without the store" in capsys.readouterr().out
+    assert main(["meters", "import", str(path)]) == (78 if database == "unmigrated" else 75)

@@ -134,14 +134,14 @@ def _dry_run_without_store(args, config) -> int:
 
 def run_import(args) -> int:
     from utilitarian.amr.registry_import import load_meter_list
-    from utilitarian.amr.store import store_for_config
+    from utilitarian.amr.store import StoreError, store_for_config
     from utilitarian.commands.common import load
     from utilitarian.errors import ConfigError
 
     config = load(args)
     try:
         store = store_for_config(config)
-    except ConfigError:
+    except (ConfigError, StoreError):  # not migrated, or not even there to open (a new host)
         if args.dry_run:
             return _dry_run_without_store(args, config)
         raise
