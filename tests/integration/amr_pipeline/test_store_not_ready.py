@@ -1,5 +1,5 @@
 """A migration lagging during an upgrade loses no reads (issue 11 item 6): a real worker on a real
-SQLite store one schema version behind this release. The round's jobs are deferred, not
+store (SQLite and PostgreSQL) one schema version behind this release. The round's jobs are deferred, not
 dead-lettered (the store's SchemaOutdated was "not retryable" before, so the whole round went to
 the dead-letter queue), status shows them as deferred and names the cause; once `utilitarian db
 migrate` ran, the round finishes and every meter's readings are stored exactly once.
@@ -15,8 +15,9 @@ import collections
 import json
 
 import pika
+import pytest
 
-from support.amr_harness import wait_for
+from support.amr_harness import create_pg_database, drop_pg_database, wait_for
 from utilitarian import queues
 from utilitarian.amr.model import AmrTask
 from utilitarian.amr.progress import round_progress
@@ -77,9 +78,19 @@ def worker_totals(amr) -> dict:
             "failed": sum(w["totals"]["failed"] for w in doc["workers"]), "rounds_error": doc.get("rounds_error")}
 
 
-def test_round_waits_for_a_lagging_migration_and_loses_nothing(amr, monkeypatch):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lagging_url(request, amr):
+    if request.param == "sqlite":
+        yield f"sqlite:///{amr.tmp / 'state' / 'lagging.sqlite3'}"
+        return
+    url, name = create_pg_database()
+    yield url
+    drop_pg_database(name)
+
+
+def test_round_waits_for_a_lagging_migration_and_loses_nothing(amr, lagging_url, monkeypatch):
     # Given a store one migration behind this release, with meters and a quarterly AMR task
-    amr.db_url = f"sqlite:///{amr.tmp / 'state' / 'lagging.sqlite3'}"
+    amr.db_url = lagging_url
     lagging_store(amr.db_url, monkeypatch)
     meters = [SimModbusMeter(device_id=i + 1, meter_type="eastron_sdm120", name=f"mb-{i}") for i in range(METERS)]
     with ModbusFleetSimulator(meters) as sim:
