@@ -20,11 +20,15 @@ def register(sub, parent) -> None:
 def run_check(args) -> int:
     from utilitarian.config import load_config
     from utilitarian.config_schema import masked_items
+    from utilitarian.validation import validate
 
     try:
         config = load_config(getattr(args, "config", None))
+        validate(config)  # what worker and beat check at start, nothing more, nothing less
     except ConfigError as exc:
-        for line in str(exc).splitlines():
+        from utilitarian.log import mask_text
+
+        for line in mask_text(str(exc)).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     problems = _amr_task_problems(config)
