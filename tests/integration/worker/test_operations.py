@@ -60,12 +60,20 @@ def test_hup_rolls_children_with_the_new_thread_count_losing_nothing(kit):
     wait_for(lambda: set(ran_counts(kit.sink)) >= set(ids), timeout=60, what="tasks sent around the reload")
     assert max(ran_counts(kit.sink).values()) == 1
     assert "configuration reloaded" in worker.output()
-    # a broken file on HUP keeps the running configuration
+    # a broken file on HUP keeps the running configuration and its children,
+    good = kit.config_path.read_text()
+    rolled_pids = {c["pid"] for c in status(kit)["workers"][0]["children"]}
     kit.config_path.write_text("[worker\n")
     worker.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed, keeping the running configuration" in worker.output(), timeout=10,
              what="the reload to be refused")
     assert worker.alive()
+    kit.config_path.write_text(good)  # for `utilitarian status`, which reads it too (no HUP: nothing reloads)
+    # and says so in `utilitarian status` until a reload succeeds.
+    doc = status(kit)["workers"][0]
+    assert doc["reload_error"] and str(kit.config_path) in doc["reload_error"], doc["reload_error"]
+    assert {c["pid"] for c in doc["children"]} == rolled_pids and doc["pools"][0]["threads"] == 5
+    assert "reload failed, running the old configuration" in cli(kit, "status", "--no-queues").stdout
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
 

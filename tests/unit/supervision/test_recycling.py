@@ -96,6 +96,13 @@ def test_a_failed_reload_keeps_the_running_configuration(sim):
     out = s.step(1.0, ev.ReloadFailed("utilitarian.toml: bad"))
     assert "reload failed, keeping the running configuration" in s.logs(out)
     assert s.notes(out, "ready") and s.sup.pools["main"].generation == 0
+    # The refusal stays visible (STATUS=, `utilitarian status`) while the old configuration runs,
+    (ready,) = s.notes(out, "ready")
+    assert "reload failed, old configuration kept: utilitarian.toml: bad" in ready.text
+    assert s.sup.reload_error == "utilitarian.toml: bad"
+    # until a reload succeeds.
+    out = s.step(2.0, ev.Reloaded(s.sup.plan, s.worker))
+    assert s.sup.reload_error is None and "reload failed" not in s.notes(out, "ready")[0].text
 
 
 def test_reload_removing_a_pool_drains_its_children_without_replacing_them(sim):
