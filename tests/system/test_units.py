@@ -207,6 +207,7 @@ def test_serial_dropin_refuses_other_devices(machine):
 def test_restarting_the_target_restarts_everything(machine):
     r = machine.scenario("target_restart")
     assert r["restart"]["rc"] == 0, r["restart"]
+    assert all(r["old_gone_at_return"].values()), r["old_gone_at_return"]  # drained before it returned
     for unit, before in r["before"].items():
         after = r["after"][unit]
         assert after["ActiveState"] == "active" and after["MainPID"] != before, (unit, before, after)

@@ -44,6 +44,7 @@ class Supervisor:
         # The last HUP's refusal, shown in STATUS= and `utilitarian status` until a reload succeeds:
         # the journal line alone scrolls away while the worker keeps running the old configuration.
         self.reload_error: str | None = None
+        self.reloads: collections.Counter = collections.Counter()  # "ok"/"failed": reload_client waits on them
         self.last_rss = self.last_sample = self.last_status = self.last_watchdog = float("-inf")
         self._out: list = []
 
@@ -97,9 +98,11 @@ class Supervisor:
             if rec is not None:
                 self.on_memory(rec, event.rss)
         elif isinstance(event, ev.Reloaded):
+            self.reloads["ok"] += 1
             self.on_reloaded(event.plan, event.worker)
         elif isinstance(event, ev.ReloadFailed):
             self.reload_error = event.reason
+            self.reloads["failed"] += 1
             self.emit(log(ERROR, "reload failed, keeping the running configuration: %s", event.reason))
             self.emit(ev.Notify("ready", self.status_line()))
         else:

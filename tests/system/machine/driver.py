@@ -650,7 +650,10 @@ def target_restart(r):
     before = {u: show(u, "MainPID")["MainPID"] for u in units}
     migrate_before = show("utilitarian-migrate.service", "ExecMainStartTimestampMonotonic")
     r["restart"] = out_of(run(["systemctl", "restart", "utilitarian.target"]))
-    after = {u: show(u, "MainPID", "ActiveState", "SubState") for u in units}
+    # The stop half waited for every unit (they are ordered after the target); their starts follow
+    # the target's, so the restart returns before they are READY.
+    r["old_gone_at_return"] = {u: not os.path.exists(f"/proc/{before[u]}") for u in units}
+    after = operator_steps.wait_active(sys.modules[__name__], units, "the units after the target's restart")
     r["before"], r["after"] = before, after
     r["migrate"] = {"before": migrate_before,
                     "after": show("utilitarian-migrate.service", "ExecMainStartTimestampMonotonic", "Result",

@@ -32,14 +32,28 @@ exec /usr/bin/$(basename "$0") "$@"
 """
 
 
-def unit_pids(d, unit: str) -> list[int]:
-    """Every process of a unit (its cgroup), the master and its children."""
-    cgroup = d.show(unit, "ControlGroup")["ControlGroup"]
-    try:
-        with open(f"/sys/fs/cgroup{cgroup}/cgroup.procs") as fh:
-            return [int(p) for p in fh.read().split()]
-    except (FileNotFoundError, ValueError):
-        return []
+def unit_pids(unit: str) -> list[int]:
+    """Every process of a unit (master and children): those whose cgroup path ends in the unit's
+    name, read from /proc (the same on cgroup v1 and v2 hosts)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cgroup") as fh:
+                    if any(line.rstrip().endswith(f"/{unit}") for line in fh):
+                        pids.append(int(entry))
+            except OSError:  # exited meanwhile
+                pass
+    return pids
+
+
+def wait_active(d, units, what: str) -> dict:
+    """`systemctl start utilitarian.target` returns before its units are READY (they are ordered
+    after it): wait for them."""
+    def all_active():
+        states = {u: d.show(u, "ActiveState", "MainPID") for u in units}
+        return states if all(s["ActiveState"] == "active" for s in states.values()) else None
+    return d.wait_until(all_active, 60, 0.2, what)
 
 
 def restore(r, d):
@@ -49,7 +63,7 @@ def restore(r, d):
     # when a slow task is running on it,
     (task,) = d.publish("system.sleep", "amr.scheduled.quarterly", 1, [4.0])
     d.wait_until(lambda: d.sink().get(task, {}).get("start"), 30, 0.05, "the slow task to start")
-    pids = [p for unit in WATCHED for p in unit_pids(d, unit)]
+    pids = [p for unit in WATCHED for p in unit_pids(unit)]
     r["pids_before"] = pids
     r["mainpids"] = {u: d.show(u, "MainPID")["MainPID"] for u in WATCHED}
     os.makedirs(SHIMS, exist_ok=True)
@@ -71,8 +85,8 @@ def restore(r, d):
     # (drained, not killed), and the target runs again on the restored store.
     r["task"] = d.sink().get(task, {})
     r["test_worker"] = d.show(d.WORKER_TEST, "ActiveState", "Result", "ExecMainStatus")
-    r["after"] = {u: d.show(u, "ActiveState", "MainPID")
-                  for u in ("utilitarian-worker@default.service", "utilitarian-beat.service")}
+    r["after"] = wait_active(d, ("utilitarian-worker@default.service", "utilitarian-beat.service"),
+                             "the target's units after the restore")
     r["journal_kill"] = [m for m in d.journal_text(c, d.WORKER_TEST) if "SIGKILL" in m or "Killing" in m]
     import sqlite3
 
@@ -118,7 +132,9 @@ def reload_broken(r, d):
     r["threads_after"] = [p["threads"] for p in doc["pools"]]
     r["status_text"] = d.cli("status", "--no-queues").stdout
     # A good file reloads again, and the refusal leaves the status line.
+    c = d.mark()
     r["reload_fixed"] = d.out_of(d.run(["systemctl", "reload", unit]))
+    r["reload_fixed_journal"] = d.journal_text(c, unit)
     r["status_after_fix"] = d.wait_until(
         lambda: (lambda s: s if "reload failed" not in s else None)(d.show(unit, "StatusText")["StatusText"]),
         15, 0.1, "the status line without the refusal")
