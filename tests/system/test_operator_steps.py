@@ -79,4 +79,6 @@ def test_interrupting_a_hand_started_beat_stops_its_unit(machine, case):
     assert c["rc"] != "timeout", c
     assert c["left"]["ActiveState"] in ("inactive", "failed") or c["left"]["LoadState"] == "not-found", c
     assert c["main_gone"], c
+    # The beat stopped as under its own unit (drained, exit 0), not killed by a hang-up or SIGKILL.
+    assert "stopped (exit 0)" in c["output"], c["output"]
     assert not r["left_running"], r["left_running"]

@@ -147,10 +147,11 @@ def transient_units() -> set[str]:
 
 
 def hand_beat(d, start, interrupt, what: str) -> dict:
-    """Start `utilitarian beat` through the wrapper, wait until its transient unit's main process
-    runs, interrupt the command, and report how the command ended and what was left."""
+    """Start `utilitarian beat` through the wrapper, wait until it is connected, interrupt the
+    command, and report how the command ended, what the beat said (its output is the command's,
+    not the journal's) and what was left of its transient unit."""
     known = transient_units()
-    wrapper, waiter = start()
+    wrapper, waiter, output = start()
 
     def new_unit():
         for unit in transient_units() - known:
@@ -159,15 +160,15 @@ def hand_beat(d, start, interrupt, what: str) -> dict:
                 return unit, int(s["MainPID"])
         return None
     unit, main = d.wait_until(new_unit, 30, 0.1, f"the hand-started beat's unit ({what})")
-    time.sleep(1.0)  # the beat's signal handlers are installed once its imports are done
-    c = d.mark()
+    # Its signal handlers are in place before it connects.
+    d.wait_until(lambda: "contending for the beat lock" in output(), 30, 0.1, f"the hand beat to connect ({what})")
     interrupt(wrapper)
     rc = waiter(40)
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{main}") and time.monotonic() < deadline:
         time.sleep(0.1)
     found = {"unit": unit, "rc": rc, "main_gone": not os.path.exists(f"/proc/{main}"),
-             "left": d.show(unit, "LoadState", "ActiveState"), "journal": d.journal_text(c, unit)[-20:]}
+             "left": d.show(unit, "LoadState", "ActiveState"), "output": output()[-3000:]}
     d.run(["systemctl", "stop", unit])  # whatever the outcome, nothing of this case disturbs the next
     return found
 
@@ -175,7 +176,8 @@ def hand_beat(d, start, interrupt, what: str) -> dict:
 def cli_interrupt(r, d):
     def piped(session: bool):
         def start():
-            with open(f"{d.OUT}/hand-beat-{'session' if session else 'term'}.log", "w") as log:
+            path = f"{d.OUT}/hand-beat-{'session' if session else 'term'}.log"
+            with open(path, "w") as log:
                 proc = subprocess.Popen(["utilitarian", "beat"], stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=session)
 
@@ -184,7 +186,11 @@ def cli_interrupt(r, d):
                     return proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     return "timeout"
-            return proc, waiter
+
+            def output():
+                with open(path, errors="replace") as fh:
+                    return fh.read()
+            return proc, waiter, output
         return start
 
     def terminate(proc):
@@ -205,17 +211,27 @@ def on_terminal():
     pid, fd = pty.fork()
     if pid == 0:
         os.execvp("utilitarian", ["utilitarian", "beat"])
+    seen = bytearray()
+
+    def output():
+        while select.select([fd], [], [], 0)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # the terminal's other side closed
+                break
+            if not data:
+                break
+            seen.extend(data)
+        return seen.decode(errors="replace")
 
     def waiter(timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.2)[0]:
-                try:
-                    os.read(fd, 4096)  # keep the terminal drained
-                except OSError:
-                    pass
+            output()  # keep the terminal drained
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
+                output()
                 return os.waitstatus_to_exitcode(status)
+            time.sleep(0.1)
         return "timeout"
-    return fd, waiter
+    return fd, waiter, output
