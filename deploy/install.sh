@@ -80,7 +80,7 @@ systemd-sysusers "$LIBDIR/sysusers.d/utilitarian.conf"
 #    units get a copy through LoadCredential=.
 install -d -m 0750 -o root -g utilitarian "$ETC"
 if [ ! -e "$ETC/utilitarian.toml" ]; then
-    say "writing $ETC/utilitarian.toml (edit it, then: utilitarian config check)"
+    say "writing $ETC/utilitarian.toml (edit it, then: utilitarian config check --connect)"
     tmp=$(mktemp)
     "$PREFIX/bin/python" - "$HERE/etc/utilitarian.server.toml" "$broker_url" >"$tmp" <<'PY'
 import json, re, sys
