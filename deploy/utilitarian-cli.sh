@@ -25,8 +25,9 @@ caught=
 trap 'caught=130' INT
 trap 'caught=143' TERM
 trap 'caught=129' HUP
-# An asynchronous command of a script reads /dev/null unless given stdin explicitly (fd 3 here).
-exec 3<&0
+# An asynchronous command of a script reads /dev/null unless given stdin explicitly (fd 3 here;
+# /dev/null when this command was started with stdin closed).
+{ command exec 3<&0; } 2>/dev/null || exec 3</dev/null
 systemd-run --quiet --wait --collect "$io" --unit="$unit" --working-directory="$wd" \
     --description="utilitarian $*" \
     --property=User=utilitarian --property=Group=utilitarian --property=UMask=0027 \

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from utilitarian.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
+from utilitarian.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
 from utilitarian.supervisor.control import discover, query
 
 TIMEOUT = 60.0  # seconds for the master to answer; it loads the file from its loop, well within this
@@ -69,7 +69,7 @@ def reload_master(pid: int, runtime_dir: str, *, timeout: float = TIMEOUT, clock
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m utilitarian.supervisor.reload_client MAINPID", file=sys.stderr)
-        return 64
+        return EX_USAGE
     # systemd sets $RUNTIME_DIRECTORY for every command of a unit with RuntimeDirectory=.
     runtime_dir = (os.environ.get("RUNTIME_DIRECTORY") or "/run/utilitarian").split(":")[0]
     code, message = reload_master(int(argv[0]), runtime_dir)

@@ -98,7 +98,6 @@ class Supervisor:
             if rec is not None:
                 self.on_memory(rec, event.rss)
         elif isinstance(event, ev.Reloaded):
-            self.reloads["ok"] += 1
             self.on_reloaded(event.plan, event.worker)
         elif isinstance(event, ev.ReloadFailed):
             self.reload_error = event.reason
@@ -311,6 +310,7 @@ class Supervisor:
         self.plan = dataclasses.replace(self.plan, pools=tuple(p.spec for p in self.pools.values()))
 
     def on_reloaded(self, plan: WorkerPlan, worker) -> None:
+        self.reloads["ok"] += 1
         if self.stop:
             return
         self.emit(log(INFO, "configuration reloaded; rolling children one by one: %s",
