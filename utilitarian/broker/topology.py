@@ -182,12 +182,20 @@ def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3,
                    types: bool = False) -> list[QueueState]:
     """Depth and consumer count per queue by passive declare (no management plugin needed); with
     `types`, each queue's type too (probed, see probe_queue_type)."""
+    connection = connect_blocking(settings, name="utilitarian inspect", attempts=attempts)
+    try:
+        return queue_states(connection, settings, names, types=types)
+    finally:
+        _close_quietly(connection)
+
+
+def queue_states(connection, settings: BrokerSettings, names, *, types: bool = False) -> list[QueueState]:
+    """`inspect_queues` on a connection the caller keeps (the dashboard samples every few seconds)."""
     import pika.exceptions
 
-    connection = connect_blocking(settings, name="utilitarian inspect", attempts=attempts)
     out = []
+    channel = connection.channel()
     try:
-        channel = connection.channel()
         for name in names:
             try:
                 ok = channel.queue_declare(name, passive=True)
@@ -205,7 +213,8 @@ def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3,
                     raise translate(exc, settings) from None
             out.append(QueueState(name, ok.method.message_count, ok.method.consumer_count, kind))
     finally:
-        _close_quietly(connection)
+        if channel.is_open:
+            channel.close()
     return out
 
 
