@@ -33,9 +33,6 @@ def run(args) -> int:
     from utilitarian.errors import UsageError
 
     config = load(args, process_name="dashboard")
-    # The probes expect 404s (a queue or the beat lock missing is what the page reports); pika
-    # would log each one as a warning every few seconds.
-    logging.getLogger("pika.channel").setLevel(logging.ERROR)
     if args.interval < 0.2:
         raise UsageError("--interval must be at least 0.2 seconds")
     token = load_token(args.token_file)

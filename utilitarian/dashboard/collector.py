@@ -51,7 +51,7 @@ class Collector:
         for host in fleet.get("hosts", []):  # queues of a site's own, consumed by some pool
             for worker in host["workers"]:
                 for pool in worker["pools"]:
-                    names += [q if "." in q else f"{queues.PREFIX}.{q}" for q in pool["queues"]]
+                    names += pool["queues"]
         names = list(dict.fromkeys(names))
         queue_section = section(self._queues, names)
         # One attempt per document at a broker that is down, not one per section.

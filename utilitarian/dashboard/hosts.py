@@ -38,7 +38,7 @@ def worker_row(doc: dict) -> dict:
     pools = []
     for pool in doc.get("pools") or []:
         mine = [c for c in children if c.get("pool") == pool.get("name")]
-        pools.append({"name": pool.get("name"), "queues": [q.removeprefix("utilitarian.tasks.") for q in pool.get("queues", [])],
+        pools.append({"name": pool.get("name"), "queues": list(pool.get("queues", [])),
                       "processes": pool.get("processes"), "threads": pool.get("threads"), "children": len(mine),
                       "consuming": sum(1 for c in mine if c.get("consuming", c.get("ready"))),
                       "inflight": sum(int(c.get("inflight") or 0) for c in mine),

@@ -133,6 +133,9 @@ def start(config, *, bind: str = "127.0.0.1", port: int = 8480, token: str | Non
     from utilitarian.dashboard.collector import INTERVAL, Collector
 
     access = Access.for_bind(bind, token)
+    # The probes expect 404s (a queue or the beat lock missing is what the page reports); pika
+    # would log each one as a warning every few seconds.
+    logging.getLogger("pika.channel").setLevel(logging.ERROR)
     collector = Collector(config, interval=interval or INTERVAL)
     server = DashboardServer((bind.strip("[]"), port), access, collector.latest)
     collector.start()

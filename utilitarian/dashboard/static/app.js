@@ -117,7 +117,7 @@ function renderHosts(hosts) {
     root.append(el("h3", {}, host.host));
     for (const w of host.workers) {
       const rows = w.pools.map(p => el("tr", { "data-pool": p.name },
-        el("td", {}, p.name), el("td", {}, p.queues.join(", ")),
+        el("td", {}, p.name), el("td", {}, p.queues.map(q => q.replace(/^utilitarian\.tasks\./, "")).join(", ")),
         el("td", { class: "num" }, p.processes + " x " + p.threads),
         el("td", { class: p.consuming < p.processes ? "bad" : "ok" }, p.consuming + "/" + p.processes + " consuming",
            p.why.length ? " (" + p.why.join("; ") + ")" : ""),
