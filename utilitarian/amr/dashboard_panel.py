@@ -5,6 +5,7 @@ rounds as progress bars with rate, ETA and the failed meters with their reasons,
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 ROUNDS = 6        # most recent rounds shown
 FAILURES = 12     # failed meters listed per round; the rest are counted
@@ -27,6 +28,7 @@ def bar_of(doc: dict, line: str) -> dict:
     failures = [{"name": f["meter"] + (f" ({f['task']})" if f.get("task") else ""), "reason": f["error"] or "failed"}
                 for f in doc.get("failures", [])]
     head, _, rest = line.partition(": ")
+    rest = re.sub(r" \([\d,]+ failed\)$", "", rest)  # the bar's counts say it already
     return {"id": doc["round"], "label": head, "state": doc["state"], "total": doc["total"], "done": doc["done"],
             "failed": doc["failed"], "pending": doc["pending"], "eta": doc["eta"],
             "text": rest.split(", ", 1)[1] if ", " in rest else rest,

@@ -1,0 +1,138 @@
+"""The dashboard's pure parts: queue rates from depth samples, next fires, the beat section, the
+AMR bar vocabulary, access rules (token, cookie, loopback Host), a worker's status as a row."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from utilitarian.amr.dashboard_panel import bar_of
+from utilitarian.beat.lock import BeatEvent
+from utilitarian.broker.topology import QueueState
+from utilitarian.dashboard.auth import Access, host_is_loopback, is_loopback, load_token
+from utilitarian.dashboard.broker_view import beat_view
+from utilitarian.dashboard.hosts import group_by_host
+from utilitarian.dashboard.view import QueueHistory, beat_section, queue_rows, section
+from utilitarian.errors import ConfigError
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_queue_rate_is_the_net_change_over_the_window():
+    history = QueueHistory(window=10.0)
+    assert queue_rows([QueueState("utilitarian.tasks.amr", 100, 2)], history, 0.0)[0]["rate_per_s"] is None
+    for t, depth in ((2.0, 90), (4.0, 80), (12.0, 40)):
+        row = queue_rows([QueueState("utilitarian.tasks.amr", depth, 2)], history, t)[0]
+    # samples older than the window are dropped, keeping one just outside it: (2, 90) -> (12, 40)
+    assert row["rate_per_s"] == -5.0 and row["short"] == "amr" and row["warning"] is None
+
+
+def test_queue_warnings_missing_no_consumer_growing():
+    history = QueueHistory()
+    rows = queue_rows([QueueState("q.missing", None, None), QueueState("q.orphan", 5, 0),
+                       QueueState("q.grow", 1, 1)], history, 0.0)
+    rows = queue_rows([QueueState("q.missing", None, None), QueueState("q.orphan", 5, 0),
+                       QueueState("q.grow", 9, 1)], history, 1.0)
+    warnings = {r["name"]: r["warning"] for r in rows}
+    assert "topology declare" in warnings["q.missing"] and rows[0]["missing"]
+    assert warnings["q.orphan"] == "messages waiting and no consumer"
+    assert warnings["q.grow"] == "growing"
+
+
+def test_a_deleted_queue_restarts_its_history():
+    history = QueueHistory()
+    history.add("q", 0.0, 10)
+    history.add("q", 1.0, None)
+    history.add("q", 2.0, 50)
+    assert history.rate("q") is None
+
+
+def test_beat_leader_from_the_lock_and_a_fresh_announcement():
+    event = BeatEvent("leader", "host-a:42", NOW - dt.timedelta(minutes=3))
+    fresh = beat_view(True, (event, NOW - dt.timedelta(seconds=4)), NOW, events=True)
+    assert (fresh.holder, fresh.since) == ("host-a:42", event.since)
+    stale = beat_view(True, (event, NOW - dt.timedelta(minutes=2)), NOW, events=True)
+    assert stale.held and stale.holder is None  # a newer leader may not have announced yet
+    assert beat_section(stale)["leader"] == "a beat (not yet announced)"
+    gone = beat_section(beat_view(False, (event, NOW), NOW, events=True))
+    assert gone["leader"] is None and "no beat leads" in gone["note"]
+
+
+def test_a_failing_source_becomes_its_sections_error():
+    def broken():
+        raise OSError("store locked")
+
+    assert section(broken) == {"ok": False, "error": "store locked"}
+    assert section(lambda: {"rows": []}) == {"ok": True, "rows": []}
+
+
+def test_a_round_as_a_bar_with_its_failures():
+    doc = {"round": "r1", "state": "running", "total": 100, "done": 40, "failed": 3, "pending": 57,
+           "eta": "2026-11-29T08:06:00Z",
+           "failures": [{"meter": "m-7", "task": "q", "error": "timeout: no answer within 2s"}]}
+    bar = bar_of(doc, "quarterly 2026-11-29T08:00Z: 43 of 100, 412/min, about 6 min left (3 failed)")
+    assert bar["label"] == "quarterly 2026-11-29T08:00Z" and bar["text"] == "412/min, about 6 min left"
+    assert bar["failures"] == [{"name": "m-7 (q)", "reason": "timeout: no answer within 2s"}]
+    assert bar["failures_more"] == 2
+
+
+def test_workers_grouped_by_host_with_pool_consumption():
+    doc = {"worker": "default@h1", "pid": 7, "host": "h1", "state": "running", "totals": {"done": 5, "failed": 1},
+           "pools": [{"name": "main", "queues": ["utilitarian.tasks.amr"], "processes": 2, "threads": 4}],
+           "children": [{"pool": "main", "consuming": True, "inflight": 3},
+                        {"pool": "main", "consuming": False, "why": "vhost down", "inflight": 0}]}
+    [host] = group_by_host([doc])
+    pool = host["workers"][0]["pools"][0]
+    assert host["host"] == "h1" and (pool["consuming"], pool["children"], pool["inflight"]) == (1, 2, 3)
+    assert pool["why"] == ["vhost down"]
+
+
+# --- access ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bind, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("127.0.0.2", True), ("0.0.0.0", False), ("10.1.2.3", False),
+                                            ("dash.example", False)])
+def test_loopback_binds(bind, loopback):
+    assert is_loopback(bind) is loopback
+
+
+def test_off_localhost_needs_a_token():
+    with pytest.raises(ConfigError, match="needs a token"):
+        Access.for_bind("0.0.0.0", None)
+    assert Access.for_bind("0.0.0.0", TOKEN).token == TOKEN
+
+
+def test_without_a_token_only_requests_to_a_loopback_name_are_served():
+    access = Access.for_bind("127.0.0.1", None)
+    assert access.allows({"Host": "127.0.0.1:8480"}) and access.allows({"Host": "localhost:8480"})
+    assert access.allows({"Host": "[::1]:8480"})
+    assert not access.allows({"Host": "attacker.example:8480"})  # DNS rebinding
+    assert not access.allows({}) and not host_is_loopback("127.0.0.1.attacker.example")
+
+
+def test_token_as_bearer_or_as_the_login_cookie():
+    access = Access.for_bind("0.0.0.0", TOKEN)
+    assert access.allows({"Authorization": f"Bearer {TOKEN}"})
+    assert not access.allows({"Authorization": "Bearer wrong-token-0123456789"})
+    assert not access.allows({"Host": "127.0.0.1"})  # a token, once set, is needed from anywhere
+    cookie = f"other=1; utilitarian_dashboard={access.session_value()}"
+    assert access.allows({"Cookie": cookie})
+    assert TOKEN not in access.session_value()
+    assert not access.allows({"Cookie": f"utilitarian_dashboard={TOKEN}"})
+    assert access.accepts(TOKEN) and not access.accepts("")
+
+
+def test_token_sources_and_errors_never_show_the_token(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    assert load_token(str(path), environ={}) == TOKEN
+    assert load_token(None, environ={"UTILITARIAN_DASHBOARD_TOKEN": TOKEN}) == TOKEN
+    assert load_token(None, environ={}) is None
+    path.write_text("short")
+    with pytest.raises(ConfigError) as err:
+        load_token(str(path), environ={})
+    assert "short" not in str(err.value).replace("shorter", "")
+    with pytest.raises(ConfigError, match="No such file"):
+        load_token(str(tmp_path / "missing"), environ={})
