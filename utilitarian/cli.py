@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "utilitarian.commands.call_cmd",
     "utilitarian.commands.worker_cmd",
     "utilitarian.commands.status_cmd",
+    "utilitarian.commands.control_cmd",
     "utilitarian.commands.dashboard_cmd",
     "utilitarian.commands.dlq_cmd",
     "utilitarian.commands.beat_cmd",

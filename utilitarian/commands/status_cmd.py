@@ -14,6 +14,9 @@ def register(sub, parent) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--socket", action="append", metavar="PATH", help="query this control socket (repeatable)")
     p.add_argument("--no-queues", action="store_true", help="do not ask the broker for queue depths")
+    p.add_argument("--all", action="store_true", help="every worker and beat on the broker, every host "
+                   "(over the control exchange; silent ones listed as such)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S", help="--all: seconds to wait for answers")
     p.set_defaults(handler=run)
 
 
@@ -78,10 +81,27 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
     return result
 
 
+def run_all(config, args) -> int:
+    from utilitarian.commands.control_cmd import fleet_exit_code, print_fleet
+    from utilitarian.errors import UsageError
+    from utilitarian.fleet.inspect import inspect_fleet
+
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    reports = inspect_fleet(config, args.timeout)
+    if args.json:
+        print(json.dumps({"members": reports}, indent=2, default=str))
+    else:
+        print_fleet(reports)
+    return fleet_exit_code(reports)
+
+
 def run(args) -> int:
     from utilitarian.commands.common import load
 
     config = load(args)
+    if args.all:
+        return run_all(config, args)
     result = gather(config, args.socket, not args.no_queues)
     if args.json:
         print(json.dumps(result, indent=2, default=str))

@@ -68,6 +68,23 @@ def prepare(args: argparse.Namespace, config):
     return plan, settings_from_config(config), registry
 
 
+def control_agent(plan, settings, control: str | None, loglevel: str, log_format: str):
+    """The sidecar that answers `status --all` and `utilitarian control` for this worker over the
+    broker (fleet/agent.py); none without a control socket, its only way to the master."""
+    import os
+
+    from utilitarian import __version__
+    from utilitarian.fleet.agent import agent_main
+    from utilitarian.fleet.protocol import Member
+    from utilitarian.fleet.sidecar import AgentSidecar
+    from utilitarian.hostname import host_name
+
+    if control is None:
+        return None
+    member = Member(plan.name, "worker", host_name(), plan.profile, os.getpid(), __version__)
+    return AgentSidecar(agent_main, (settings, member, control, loglevel, log_format))
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
@@ -109,5 +126,6 @@ def run(args: argparse.Namespace) -> int:
         log.warning("no control socket (%s): `utilitarian status` will not see this worker", exc)
         control = None
     arbiter = Arbiter(plan, config=config, registry=registry, settings=settings, loglevel=loglevel,
-                      reload=reload, notifier=Notifier(), control_path=control, metrics=metrics)
+                      reload=reload, notifier=Notifier(), control_path=control, metrics=metrics,
+                      agent=control_agent(plan, settings, control, loglevel, config.logging.format))
     return arbiter.run()

@@ -31,7 +31,9 @@ def status_doc(sup: Supervisor, now: float, *, pid: int, started_wall: float) ->
         "uptime": round(now - sup.started, 1), "started": started_wall,
         "state": f"stopping ({sup.stop})" if sup.stop else "running",
         "pools": [{"name": p.spec.name, "queues": list(p.spec.queues), "processes": p.spec.processes,
+                   "configured_queues": list(p.configured.queues), "configured_processes": p.configured.processes,
                    "threads": p.spec.threads, "restarts": by_cause(p.restarts)} for p in sup.pools.values()],
+        "drained": sorted(sup.drained),
         "children": children_status(sup, now), "totals": sup.stats.totals(),
         "rate_per_s": round(sup.stats.rate(), 2),
         # `restarts`: unexpected exits (crashes and heartbeat kills), as before; by cause: every

@@ -10,7 +10,7 @@ import signal
 
 from utilitarian.errors import EX_CONFIG, EX_OK, EX_SOFTWARE
 from utilitarian.supervisor import events as ev
-from utilitarian.supervisor import duties, exits
+from utilitarian.supervisor import commands, duties, exits
 from utilitarian.supervisor.events import ERROR, INFO, WARNING, log
 from utilitarian.supervisor.plan import WorkerPlan
 from utilitarian.supervisor.records import (ACTIVE, CAUSES, CHILD_COUNTERS, ChildRecord, Limits, PoolRecord,
@@ -33,6 +33,7 @@ class Supervisor:
         self.retired_counters: collections.Counter = collections.Counter()
         self.restarts: collections.Counter = collections.Counter()  # by cause, every pool
         self.crash_times: list[float] = []
+        self.drained: set[str] = set()  # queues no pool consumes until resumed (`utilitarian control drain`)
         self.ever_ready = False  # any child ready since the master started: 78 is no longer a boot failure
         self.stop: str | None = None  # None | "graceful" | "quick"
         self.stop_deadline = float("inf")
@@ -95,6 +96,8 @@ class Supervisor:
                 self.on_memory(rec, event.rss)
         elif isinstance(event, ev.Reloaded):
             self.on_reloaded(event.plan, event.worker)
+        elif isinstance(event, ev.ControlCommand):
+            commands.apply_command(self, event)
         elif isinstance(event, ev.ReloadFailed):
             self.emit(log(ERROR, "reload failed, keeping the running configuration: %s", event.reason))
             self.emit(ev.Notify("ready", self.status_line()))
@@ -297,11 +300,15 @@ class Supervisor:
         if self.stop:
             return
         for name, pool in self.pools.items():
-            size = max(1, pool.spec.processes + delta)
-            if size != pool.spec.processes:
-                self.emit(log(INFO, "pool %s: %d -> %d processes", name, pool.spec.processes, size))
-                pool.spec = dataclasses.replace(pool.spec, processes=size)
-        self.plan = dataclasses.replace(self.plan, pools=tuple(p.spec for p in self.pools.values()))
+            size = max(1, pool.configured.processes + delta)
+            if size != pool.configured.processes:
+                self.emit(log(INFO, "pool %s: %d -> %d processes", name, pool.configured.processes, size))
+                pool.configure(dataclasses.replace(pool.configured, processes=size), self.drained)
+        self.replan()
+
+    def replan(self) -> None:
+        """The plan (status, reload comparisons) follows what the pools are configured to run."""
+        self.plan = dataclasses.replace(self.plan, pools=tuple(p.configured for p in self.pools.values()))
 
     def on_reloaded(self, plan: WorkerPlan, worker) -> None:
         if self.stop:
@@ -319,10 +326,10 @@ class Supervisor:
         for name, spec in new_pools.items():
             pool = self.pools.get(name)
             if pool is None:
-                self.pools[name] = PoolRecord(spec)
+                pool = self.pools[name] = PoolRecord(spec)
             else:
-                pool.spec = spec
                 pool.generation += 1
+            pool.configure(spec, self.drained)
         self.emit(ev.Notify("ready", self.status_line()))
 
     # --- figures ------------------------------------------------------------------------------
