@@ -16,7 +16,8 @@ from typing import Callable
 from utilitarian import plugins, queues
 from utilitarian.dashboard import hosts
 from utilitarian.dashboard.broker_view import BrokerView
-from utilitarian.dashboard.view import QueueHistory, beat_section, iso, next_fires, queue_rows, section
+from utilitarian.dashboard.view import (QueueHistory, beat_section, iso, leader_from_fleet, next_fires, queue_rows,
+                                        section)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Collector:
         queue_section = section(self._queues, names)
         # One attempt per document at a broker that is down, not one per section.
         beat = section(lambda: beat_section(self.broker.beat(now))) if queue_section["ok"] else queue_section
+        beat = leader_from_fleet(beat, fleet)
         return {
             "generated_at": iso(now), "interval": self.interval, "broker": self.settings.where,
             "hosts": fleet, "queues": queue_section, "beat": beat,

@@ -1,35 +1,63 @@
-"""Hosts and pools for the dashboard, behind one function, `fleet(config)`: every worker master
-that answers, grouped by host, with its pools and how many children consume. Today it asks the
-control sockets of this host (what `utilitarian status` asks); the broker-wide inspection of
-`utilitarian status --all` replaces the source here without touching the page."""
+"""Hosts and pools for the dashboard, behind one function, `fleet(config)`: every worker master and
+beat on the broker (fleet control, what `utilitarian status --all` asks), grouped by host, silent
+members included. When the broker cannot be asked, this host's workers still answer on their
+control sockets (what `utilitarian status` asks), and the page says which source it shows."""
 
 from __future__ import annotations
 
 import socket
 
+FLEET_TIMEOUT = 1.5  # seconds members get to answer; a member that does not is listed as silent
+
 
 def fleet(config) -> dict:
-    """{"hosts": [{"host", "workers": [...]}], "silent": [{"where", "error"}], "source"}."""
+    """{"hosts": [{"host", "workers": [...], "beats": [...]}], "silent": [...], "source", "note"}."""
+    from utilitarian.errors import BrokerError
+    from utilitarian.fleet.inspect import inspect_fleet
+
+    try:
+        reports = inspect_fleet(config, FLEET_TIMEOUT)
+    except BrokerError as exc:
+        local = local_fleet(config)
+        local["note"] = f"fleet control unavailable ({exc}); showing this host's workers only"
+        return local
+    return {**group_reports(reports), "source": "fleet control over the broker", "note": None}
+
+
+def group_reports(reports: list[dict]) -> dict:
+    """Member reports (fleet/report.py) as the page's hosts (pure)."""
+    hosts: dict[str, dict] = {}
+    silent = []
+    for r in reports:
+        host = hosts.setdefault(str(r.get("host") or "?"), {"host": str(r.get("host") or "?"), "workers": [], "beats": []})
+        if r.get("state") != "answering":
+            silent.append({"where": f"{r.get('kind')} {r.get('member')} on {host['host']}",
+                           "error": r.get("why") or r.get("state")})
+        elif r.get("kind") == "beat":
+            status = r.get("status") or {}
+            host["beats"].append({"name": r.get("member"), "identity": status.get("identity"), "role": r.get("role"),
+                                  "since": r.get("leader_since"), "fired": r.get("fired", 0),
+                                  "last_error": r.get("last_error")})
+        else:
+            row = worker_row(r.get("status") or {})
+            row.update(name=r.get("member") or row["name"], consuming=r.get("consuming"),
+                       last_error=r.get("last_error"), version=r.get("version"))
+            host["workers"].append(row)
+    return {"hosts": [hosts[h] for h in sorted(hosts)], "silent": silent}
+
+
+def local_fleet(config) -> dict:
+    """This host's worker masters over their control sockets."""
     from utilitarian.supervisor.control import discover, query
 
-    docs, silent = [], []
+    rows, silent = [], []
     for path in discover(config.runtime_dir()):
         try:
-            doc = query(path, timeout=2.0)
+            rows.append(worker_row(query(path, timeout=2.0)))
         except (OSError, ValueError) as exc:
             silent.append({"where": path, "error": str(exc) or type(exc).__name__})
-            continue
-        doc.setdefault("host", socket.gethostname())
-        docs.append(doc)
-    return {"hosts": group_by_host(docs), "silent": silent, "source": "control sockets of this host"}
-
-
-def group_by_host(docs: list[dict]) -> list[dict]:
-    hosts: dict[str, list[dict]] = {}
-    for doc in docs:
-        hosts.setdefault(str(doc.get("host") or "?"), []).append(worker_row(doc))
-    return [{"host": host, "workers": sorted(rows, key=lambda w: (w["name"], w["pid"]))}
-            for host, rows in sorted(hosts.items())]
+    hosts = [{"host": socket.gethostname(), "workers": rows, "beats": []}] if rows else []
+    return {"hosts": hosts, "silent": silent, "source": "control sockets of this host"}
 
 
 def worker_row(doc: dict) -> dict:

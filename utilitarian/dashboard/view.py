@@ -94,6 +94,17 @@ def beat_section(view) -> dict:
             "note": note}
 
 
+def leader_from_fleet(beat: dict, fleet: dict) -> dict:
+    """The lock says whether a beat leads; its announcement (every 5 s) or, sooner, the beat's own
+    answer to fleet control says which one."""
+    if not beat.get("ok") or not beat.get("held") or beat.get("since"):
+        return beat
+    leaders = [b for host in fleet.get("hosts", []) for b in host.get("beats", []) if b.get("role") == "leader"]
+    if len(leaders) != 1 or not leaders[0].get("identity"):
+        return beat
+    return {**beat, "leader": leaders[0]["identity"], "since": leaders[0].get("since")}
+
+
 def section(build, *args) -> dict:
     """Run one source; its failure becomes the section's error, never the page's."""
     try:

@@ -12,8 +12,8 @@ from utilitarian.beat.lock import BeatEvent
 from utilitarian.broker.topology import QueueState
 from utilitarian.dashboard.auth import Access, host_is_loopback, is_loopback, load_token
 from utilitarian.dashboard.broker_view import beat_view
-from utilitarian.dashboard.hosts import group_by_host
-from utilitarian.dashboard.view import QueueHistory, beat_section, queue_rows, section
+from utilitarian.dashboard.hosts import group_reports, worker_row
+from utilitarian.dashboard.view import QueueHistory, beat_section, leader_from_fleet, next_fires, queue_rows, section
 from utilitarian.errors import ConfigError
 
 UTC = dt.timezone.utc
@@ -61,6 +61,17 @@ def test_beat_leader_from_the_lock_and_a_fresh_announcement():
     assert gone["leader"] is None and "no beat leads" in gone["note"]
 
 
+def test_next_fires_of_enabled_entries_soonest_first():
+    from types import SimpleNamespace as Raw
+
+    schedule = {"daily": Raw(enabled=True, cron="0 0 * * *", timezone="UTC", task="t.d"),
+                "quarter": Raw(enabled=True, cron="*/15 * * * *", timezone="UTC", task="t.q"),
+                "off": Raw(enabled=False, cron="* * * * *", timezone="UTC", task="t.o")}
+    rows = next_fires(schedule, NOW + dt.timedelta(minutes=1), count=2)
+    assert [r["name"] for r in rows] == ["quarter", "daily"]
+    assert rows[0]["next"] == ["2026-11-29T08:15:00Z", "2026-11-29T08:30:00Z"] and rows[0]["in_seconds"] == 840.0
+
+
 def test_a_failing_source_becomes_its_sections_error():
     def broken():
         raise OSError("store locked")
@@ -79,15 +90,28 @@ def test_a_round_as_a_bar_with_its_failures():
     assert bar["failures_more"] == 2
 
 
-def test_workers_grouped_by_host_with_pool_consumption():
-    doc = {"worker": "default@h1", "pid": 7, "host": "h1", "state": "running", "totals": {"done": 5, "failed": 1},
+def test_fleet_reports_grouped_by_host_with_pool_consumption_beats_and_silent_members():
+    doc = {"worker": "default@h1", "pid": 7, "state": "running", "totals": {"done": 5, "failed": 1},
            "pools": [{"name": "main", "queues": ["utilitarian.tasks.amr"], "processes": 2, "threads": 4}],
            "children": [{"pool": "main", "consuming": True, "inflight": 3},
                         {"pool": "main", "consuming": False, "why": "vhost down", "inflight": 0}]}
-    [host] = group_by_host([doc])
-    pool = host["workers"][0]["pools"][0]
-    assert host["host"] == "h1" and (pool["consuming"], pool["children"], pool["inflight"]) == (1, 2, 3)
-    assert pool["why"] == ["vhost down"]
+    reports = [{"member": "default@h1", "kind": "worker", "host": "h1", "state": "answering", "status": doc,
+                "consuming": "no: 1/2 children consuming, vhost down", "last_error": "vhost down"},
+               {"member": "beat@h1", "kind": "beat", "host": "h1", "state": "answering", "role": "leader", "fired": 4,
+                "leader_since": "2026-11-29T07:00:00+00:00", "status": {"identity": "h1:99"}},
+               {"member": "daily@h2", "kind": "worker", "host": "h2", "state": "silent", "why": "no answer in time"}]
+    got = group_reports(reports)
+    h1 = got["hosts"][0]
+    pool = h1["workers"][0]["pools"][0]
+    assert h1["host"] == "h1" and (pool["consuming"], pool["children"], pool["inflight"]) == (1, 2, 3)
+    assert pool["why"] == ["vhost down"] and h1["workers"][0]["last_error"] == "vhost down"
+    assert h1["beats"] == [{"name": "beat@h1", "identity": "h1:99", "role": "leader", "fired": 4, "last_error": None,
+                            "since": "2026-11-29T07:00:00+00:00"}]
+    unannounced = beat_section(beat_view(True, None, NOW, events=True))
+    assert leader_from_fleet({"ok": True, **unannounced}, got)["leader"] == "h1:99"
+    assert leader_from_fleet({"ok": False, "error": "down"}, got) == {"ok": False, "error": "down"}
+    assert got["silent"] == [{"where": "worker daily@h2 on h2", "error": "no answer in time"}]
+    assert worker_row({})["pools"] == []
 
 
 # --- access ---------------------------------------------------------------------------------------

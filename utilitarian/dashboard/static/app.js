@@ -112,9 +112,15 @@ function renderHosts(hosts) {
   const root = document.getElementById("hosts");
   root.replaceChildren();
   if (sectionError(panel, hosts)) return;
+  if (hosts.note) root.append(el("p", { class: "warn" }, hosts.note));
   if (!hosts.hosts.length) root.append(el("p", { class: "bad" }, "no worker answers (" + hosts.source + ")"));
   for (const host of hosts.hosts) {
-    root.append(el("h3", {}, host.host));
+    root.append(el("h3", { "data-host": host.host }, host.host));
+    for (const b of host.beats || []) {
+      root.append(el("div", { class: "worker", "data-beat": b.name },
+        el("span", { class: "title" }, b.name), " " + (b.identity || "") + " · " + b.role + " · " + fmt(b.fired) + " fired",
+        b.last_error ? el("span", { class: "bad" }, " · " + b.last_error) : null));
+    }
     for (const w of host.workers) {
       const rows = w.pools.map(p => el("tr", { "data-pool": p.name },
         el("td", {}, p.name), el("td", {}, p.queues.map(q => q.replace(/^utilitarian\.tasks\./, "")).join(", ")),
@@ -124,11 +130,13 @@ function renderHosts(hosts) {
         el("td", { class: "num" }, fmt(p.inflight) + " in flight")));
       root.append(el("div", { class: "worker", "data-worker": w.name },
         el("div", {}, el("span", { class: "title" }, w.name), " pid " + w.pid + " · " + w.state +
-           " · " + fmt(w.done) + " done, " + fmt(w.failed) + " failed · " + (w.rate_per_s ?? 0) + "/s · restarts " + w.restarts),
+           " · " + fmt(w.done) + " done, " + fmt(w.failed) + " failed · " + (w.rate_per_s ?? 0) + "/s · restarts " +
+           w.restarts, w.last_error ? el("div", { class: "bad" }, "last error: " + w.last_error) : null),
         el("table", {}, el("tbody", {}, rows))));
     }
   }
   for (const s of hosts.silent || []) root.append(el("p", { class: "bad" }, "silent: " + s.where + " (" + s.error + ")"));
+  root.append(el("p", { class: "muted" }, "source: " + hosts.source));
 }
 
 function renderQueues(queues) {
