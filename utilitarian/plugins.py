@@ -8,7 +8,7 @@ Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
                             is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
   utilitarian.dashboard_panels NAME = "pkg.module:func" `func(config, now) -> dict`: a panel of the
-                            status page (`utilitarian dashboard`; dashboard/panels.py says its shape)
+                            status page (`utilitarian dashboard`; docs/plugins.md gives its shape)
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
   utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
   utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)

@@ -16,6 +16,7 @@ from http.cookies import CookieError, SimpleCookie
 from utilitarian.errors import ConfigError
 
 TOKEN_ENV = "UTILITARIAN_DASHBOARD_TOKEN"
+CREDENTIAL = "dashboard-token"  # name of the systemd credential holding the token
 COOKIE = "utilitarian_dashboard"
 MIN_TOKEN = 16  # characters; a shorter token is guessable over a network
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
@@ -31,8 +32,12 @@ def is_loopback(bind: str) -> bool:
 
 
 def load_token(token_file: str | None, environ=os.environ) -> str | None:
-    """The token from `token_file`, else from $UTILITARIAN_DASHBOARD_TOKEN, else None.
-    Errors name the file, never its content."""
+    """The token from `token_file`, else from $UTILITARIAN_DASHBOARD_TOKEN, else from the systemd
+    credential `dashboard-token` (LoadCredential=), else None. Errors name the file, never its content."""
+    credential = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), CREDENTIAL)
+    if not token_file and not environ.get(TOKEN_ENV) and environ.get("CREDENTIALS_DIRECTORY") \
+            and os.path.exists(credential):
+        token_file = credential
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as fh:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 UTC = dt.timezone.utc
 RATE_WINDOW = 30.0  # seconds of depth samples a queue's rate is measured over
+GROWING = 0.1  # messages per second of net growth that the page marks as "growing"
 FIRES_PER_ENTRY = 3
 
 
@@ -60,7 +61,7 @@ def _queue_warning(messages, consumers, rate) -> str | None:
         return "queue missing: run `utilitarian topology declare`"
     if messages and not consumers:
         return "messages waiting and no consumer"
-    if rate is not None and rate > 0 and messages:
+    if rate is not None and rate >= GROWING and messages:
         return "growing"
     return None
 

@@ -154,6 +154,8 @@ def test_token_sources_and_errors_never_show_the_token(tmp_path):
     assert load_token(str(path), environ={}) == TOKEN
     assert load_token(None, environ={"UTILITARIAN_DASHBOARD_TOKEN": TOKEN}) == TOKEN
     assert load_token(None, environ={}) is None
+    (tmp_path / "dashboard-token").write_text(TOKEN)
+    assert load_token(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == TOKEN
     path.write_text("short")
     with pytest.raises(ConfigError) as err:
         load_token(str(path), environ={})
