@@ -120,7 +120,7 @@ def declare_topology(settings: BrokerSettings, task_queues=queues.QUEUES, *, att
         except Exception as exc:  # ours (QueueTypeMismatch) pass through translate unchanged
             raise translate(exc, settings) from None
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def ensure_topology(settings: BrokerSettings, *, attempts: int | None = 3) -> None:
@@ -132,7 +132,7 @@ def ensure_topology(settings: BrokerSettings, *, attempts: int | None = 3) -> No
         except Exception as exc:
             raise translate(exc, settings) from None
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def expected_arguments(name: str) -> dict[str, dict]:
@@ -186,7 +186,7 @@ def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3,
     try:
         return queue_states(connection, settings, names, types=types)
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def queue_states(connection, settings: BrokerSettings, names, *, types: bool = False) -> list[QueueState]:
@@ -218,7 +218,7 @@ def queue_states(connection, settings: BrokerSettings, names, *, types: bool = F
     return out
 
 
-def _close_quietly(connection) -> None:
+def close_quietly(connection) -> None:
     try:
         if connection.is_open:
             connection.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from utilitarian.beat.lock import EVENTS_EXCHANGE, LOCK_QUEUE, RESOURCE_LOCKED, BeatEvent
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
-from utilitarian.broker.topology import QueueState, queue_states
+from utilitarian.broker.topology import QueueState, close_quietly, queue_states
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,8 @@ class BrokerView:
 
     def close(self) -> None:
         connection, self.connection = self.connection, None
-        if connection is None:
-            return
-        try:
-            if connection.is_open:
-                connection.close()
-        except Exception:  # closing a broken connection raises; the socket is gone either way
-            log.debug("error closing the dashboard's broker connection", exc_info=True)
+        if connection is not None:
+            close_quietly(connection)
 
     def queues(self, names) -> list[QueueState]:
         """Raises BrokerError (translated) when the broker cannot be asked; the next call reconnects."""

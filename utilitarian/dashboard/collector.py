@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 UTC = dt.timezone.utc
 INTERVAL = 2.0  # seconds between two documents; the page polls at the same pace
+# A fleet-control round waits up to 1.5 s for answers and reads the roster: asked at most this
+# often (seconds), the hosts panel lags a little behind the queues and rounds.
+FLEET_EVERY = 5.0
 
 
 class Collector:
@@ -38,6 +41,8 @@ class Collector:
         self.settings = settings_from_config(config)
         self.broker = BrokerView(self.settings)
         self.history = QueueHistory()
+        self.fleet_doc: dict | None = None
+        self.fleet_at = 0.0
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.document = json.dumps({"starting": True, "interval": interval}).encode()
@@ -47,7 +52,10 @@ class Collector:
     # --- the document ------------------------------------------------------------------------
     def collect(self) -> dict:
         now = dt.datetime.fromtimestamp(self.clock(), UTC)
-        fleet = section(self.fleet, self.config)
+        mono = self.monotonic()
+        if self.fleet_doc is None or mono - self.fleet_at >= max(self.interval, FLEET_EVERY):
+            self.fleet_doc, self.fleet_at = section(self.fleet, self.config), mono
+        fleet = self.fleet_doc
         names = list(queues.QUEUES) + [queues.DEAD_LETTER]
         for host in fleet.get("hosts", []):  # queues of a site's own, consumed by some pool
             for worker in host["workers"]:

@@ -18,6 +18,7 @@ from utilitarian.dashboard.auth import COOKIE, Access
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT = 15.0  # seconds a connection may stay silent (slowloris) or unread before it is dropped
+MAX_CLIENTS = 64  # connections served at once; more are closed at once (each holds a thread)
 MAX_FORM = 4096  # bytes of a login form; a longer body is refused unread
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -69,10 +70,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.route() != "/login":
             return self.send(405, b"read-only\n", "text/plain; charset=utf-8")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_FORM:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_FORM:
             self.close_connection = True
-            return self.send(413, b"too large\n", "text/plain; charset=utf-8")
+            return self.send(400, b"bad form\n", "text/plain; charset=utf-8")
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         offered = (form.get("token") or [""])[0]
         if not self.server.access.accepts(offered):
@@ -107,7 +111,25 @@ class DashboardServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.access = access
         self.document = document
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.warning("%d dashboard connections open; closing a new one", MAX_CLIENTS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: give its slot back
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 @dataclass
