@@ -105,7 +105,9 @@ def test_the_page_shows_a_round_move_its_failures_and_the_beat_leader(amr, brows
                         what="both broken meters listed as failed")
         by_meter = {line.split()[0]: line for line in done["failures"]}
         assert set(by_meter) == {f"pg-{BROKEN:03d}", f"pg-{DEAD:03d}"}, done["failures"]
-        assert all(len(line.split(None, 2)) == 3 for line in by_meter.values()), by_meter  # name, task, reason
+        # each with its task and the reason its last attempt gave
+        assert "(pg-q)" in by_meter[f"pg-{BROKEN:03d}"] and "illegal data address" in by_meter[f"pg-{BROKEN:03d}"]
+        assert "timeout" in by_meter[f"pg-{DEAD:03d}"], by_meter
         assert done["failed"] == 2
         assert (tmp_path / "dashboard.png").read_bytes().startswith(b"\x89PNG")
         assert worker.alive() and beat.alive() and dashboard.alive()
