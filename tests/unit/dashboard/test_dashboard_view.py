@@ -162,3 +162,17 @@ def test_token_sources_and_errors_never_show_the_token(tmp_path):
     assert "short" not in str(err.value).replace("shorter", "")
     with pytest.raises(ConfigError, match="No such file"):
         load_token(str(tmp_path / "missing"), environ={})
+
+
+def test_the_dashboard_reaches_amr_only_through_its_plugin():
+    import ast
+    import pathlib
+
+    import utilitarian.dashboard
+
+    root = pathlib.Path(utilitarian.dashboard.__file__).parent
+    for path in [*root.glob("*.py"), root.parent / "commands" / "dashboard_cmd.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith("utilitarian.amr")], path
