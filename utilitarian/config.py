@@ -158,6 +158,8 @@ class BeatConfig:
     retry_jitter: float = setting(1.0, min=0.0, max=600.0)
     builtin_schedules: bool = setting(True, doc="include the AMR and cleanup schedules")
     max_catch_up: int = setting(1000, min=1, doc="most missed slots one entry fires at once")
+    metrics_port: int | None = setting(None, min=0, max=65535, doc="serve the beat's Prometheus metrics here")
+    metrics_host: str = setting("127.0.0.1")
 
 
 @dataclass(frozen=True)

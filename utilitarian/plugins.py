@@ -9,6 +9,8 @@ Groups (declare them in the extending package's `pyproject.toml`):
                             is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
   utilitarian.dashboard_panels NAME = "pkg.module:func" `func(config, now) -> dict`: a panel of the
                             status page (`utilitarian dashboard`; docs/plugins.md gives its shape)
+  utilitarian.metrics_collectors NAME = "pkg.module:func" `func(app, queues)`: set utilitarian.telemetry
+                            gauges from a slow source (a store) every 15 s, on a thread of its own
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
   utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
   utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)
@@ -32,6 +34,7 @@ CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
 IDLE_PROBES_GROUP = "utilitarian.idle_probes"
 DASHBOARD_PANELS_GROUP = "utilitarian.dashboard_panels"
+METRICS_COLLECTORS_GROUP = "utilitarian.metrics_collectors"
 ENVIRONMENTS_GROUP = "utilitarian.environments"
 METER_TYPES_GROUP = "utilitarian.meter_types"
 READ_SCHEMES_GROUP = "utilitarian.read_schemes"
@@ -130,12 +133,12 @@ def dashboard_panels() -> list[tuple[str, Callable[..., dict]]]:
     return callables(DASHBOARD_PANELS_GROUP)
 
 
-def callables(group: str) -> list[tuple[str, Callable[..., Any]]]:
-    """(name, function) of a group whose entry points name functions."""
-    out = []
+def callables(group: str) -> list[tuple[str, Callable]]:
+    """(name, function) of every plugin of `group`; one that is not callable is a ConfigError."""
+    found = []
     for plugin in declared(group):
         func = load(plugin, group)
         if not callable(func):
             raise ConfigError(f"plugin {group}:{plugin.name} ({plugin.value}) is not callable")
-        out.append((plugin.name, func))
-    return out
+        found.append((plugin.name, func))
+    return found

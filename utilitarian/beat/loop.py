@@ -74,6 +74,9 @@ class Beat:
         self.last_clock: tuple[float, float] | None = None
         self.fired = 0
         self.last_error: str | None = None  # why the connection or the lock was last lost
+        from utilitarian.beat.metrics import BeatMetrics
+
+        self.metrics = BeatMetrics()
         from utilitarian import __version__
         from utilitarian.beat.presence import BeatPresence
         from utilitarian.fleet.protocol import Member
@@ -144,6 +147,7 @@ class Beat:
             self.conn.close()
             self.conn = None
         if was == "leader":
+            self.metrics.lost_lock()
             log.error("lost the beat lock (%s): fires stopped; reconnecting in %.1fs to contend again", exc, delay)
         else:
             log.warning("%s; reconnecting in %.1fs", exc, delay)
@@ -204,6 +208,7 @@ class Beat:
     # --- leader -----------------------------------------------------------------------------------
     def become_leader(self, state: BeatState) -> None:
         self.term += 1
+        self.metrics.took_lock()
         self.role = "leader"
         self.leader_since = self.now()
         self.state = state
@@ -271,6 +276,9 @@ class Beat:
 
     def log_fires(self, fires, committed: dt.datetime) -> None:
         """One line per fire with its lateness (commit done minus slot), or one per burst."""
+        for due in fires:
+            self.metrics.record_fire(due.entry.name, due.slot.timestamp(), (committed - due.slot).total_seconds(),
+                                     committed.timestamp())
         if len(fires) > LOG_EACH_FIRE:
             log.info("fired %d catch-up slots from %s to %s", len(fires), slot_iso(fires[0].slot),
                      slot_iso(fires[-1].slot))

@@ -114,12 +114,17 @@ def run(args: argparse.Namespace) -> int:
 
     control = args.control_socket or config.worker.control_socket or socket_path(config.runtime_dir(), plan.name)
     metrics = None
-    port = args.metrics_port if args.metrics_port is not None else config.worker.metrics_port
-    if port is not None:
-        from utilitarian.supervisor.metrics import MetricsServer
+    from utilitarian.supervisor.metrics import MetricsServer, port_for
 
-        metrics = MetricsServer(config.worker.metrics_host, port)
-        log.info("metrics on http://%s:%d/metrics", config.worker.metrics_host, metrics.port)
+    port = args.metrics_port if args.metrics_port is not None else \
+        port_for(config.worker.metrics_port, config.workers, plan.profile)
+    if port is not None:
+        try:
+            metrics = MetricsServer(config.worker.metrics_host, port)
+            log.info("metrics on %s", metrics.where)
+        except OSError as exc:  # e.g. EADDRINUSE: tasks matter more than the metrics page
+            log.error("cannot serve metrics on %s:%d (%s); running without a metrics page (Prometheus will "
+                      "report this target down)", config.worker.metrics_host, port, exc.strerror or exc)
     try:
         os.makedirs(os.path.dirname(control), exist_ok=True)
     except OSError as exc:

@@ -18,6 +18,7 @@ from utilitarian.fleet.protocol import ANNOUNCE_INTERVAL, CONTROL_EXCHANGE, ROST
 log = logging.getLogger(__name__)
 TICK = 0.5  # longest wait on the broker between looks at the stop flag and the master
 MASTER_TIMEOUT = 2.0  # the master answers its socket within ms; a stopped master does not at all
+OBSERVE_INTERVAL = 10.0  # seconds between queue depth readings handed to the master for its metrics
 
 
 class ControlAgent:
@@ -31,6 +32,7 @@ class ControlAgent:
         self.connection = None
         self.channel = None
         self.next_announce = 0.0
+        self.next_observe = 0.0
         self.answered = 0
 
     def handle_term(self, signum, frame) -> None:
@@ -57,6 +59,7 @@ class ControlAgent:
                                 "(every %.0fs at most)", exc, self.settings.retry_backoff_max)
                 last_problem = str(exc)
                 self.close()
+                self.tell_master({"cmd": "observed", "connected": False, "why": str(exc)})
                 self.sleep(delay)
         self.say_goodbye()
         self.close()
@@ -93,9 +96,45 @@ class ControlAgent:
             try:
                 if self.clock() >= self.next_announce:
                     self.announce("up")
+                if self.clock() >= self.next_observe:
+                    self.observe_queues()
                 self.connection.process_data_events(time_limit=TICK)
             except Exception as exc:  # pika's many types: one translation at this boundary
                 raise translate(exc, self.settings) from None
+
+    def observe_queues(self) -> None:
+        """Depth and consumers of the worker's queues and the dead-letter queue, by passive
+        declare on a channel of their own (a missing queue closes it), handed to the master:
+        its metrics page shows them without the master ever asking the broker."""
+        import pika.exceptions
+
+        from utilitarian import queues as q
+
+        self.next_observe = self.clock() + OBSERVE_INTERVAL
+        status = self.tell_master({"cmd": "status"}) or {}
+        names = sorted({n for p in status.get("pools") or () for n in p.get("configured_queues") or p.get("queues")
+                        or ()} | {q.DEAD_LETTER})
+        depths = []
+        channel = self.connection.channel()
+        for name in names:
+            try:
+                ok = channel.queue_declare(name, passive=True)
+                depths.append([name, ok.method.message_count, ok.method.consumer_count])
+            except pika.exceptions.ChannelClosedByBroker:
+                depths.append([name, None, None])
+                channel = self.connection.channel()
+        if channel.is_open:
+            channel.close()
+        self.tell_master({"cmd": "observed", "connected": True, "queues": depths})
+
+    def tell_master(self, request: dict) -> dict | None:
+        from utilitarian.supervisor.control import query
+
+        try:
+            return query(self.control_path, request, timeout=MASTER_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            log.debug("control agent: master did not take %s: %s", request.get("cmd"), exc)
+            return None
 
     def announce(self, event: str) -> None:
         import pika
@@ -156,7 +195,9 @@ class ControlAgent:
 def agent_main(settings, member: Member, control_path: str, loglevel: str, log_format: str,
                close_fds: list[int]) -> None:
     """Entry point in the forked process; never returns."""
-    code = 70
+    from utilitarian.errors import EX_SOFTWARE
+
+    code = EX_SOFTWARE
     try:
         for fd in close_fds:
             try:

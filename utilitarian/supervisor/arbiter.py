@@ -57,6 +57,7 @@ class Arbiter:
         self.started_wall = wall_clock()
         self.last_error: dict | None = None  # the latest warning or error the rules logged, for status
         self.metrics_where = getattr(metrics, "where", None)
+        self.observed: dict = {}  # the control agent's latest "observed" report
         self.agent = agent  # the control agent's sidecar (fleet/sidecar.py), or None
         self.signals = SignalQueue()
         enabled = bool(notifier and notifier.enabled)
@@ -152,7 +153,8 @@ class Arbiter:
         if self.control is not None:
             self.control.serve(readable, writable, now, self.answer)
         if self.metrics is not None:
-            self.metrics.serve(readable, writable, now, lambda: metrics_text(self.sup, self.clock()))
+            self.metrics.serve(readable, writable, now,
+                               lambda: metrics_text(self.sup, self.clock(), observed=self.observed))
 
     # --- carrying out actions ------------------------------------------------------------------
     def execute(self, actions) -> int | None:
@@ -261,6 +263,9 @@ class Arbiter:
             return doc
         if cmd == "ping":
             return {"pong": True, "worker": self.plan.name, "pid": os.getpid()}
+        if cmd == "observed":  # the control agent's broker view (connection, queue depths), for metrics
+            self.observed = {**request, "at": self.clock()}
+            return {"ok": True}
         error, command = check_command(self.sup, request)
         if error:
             return {"error": error}

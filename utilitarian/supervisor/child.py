@@ -122,6 +122,7 @@ class Child:
         from utilitarian.supervisor.heartbeat import StatusWriter
         from utilitarian.supervisor.runner import TaskRunner
         from utilitarian.supervisor.stats import TaskStats
+        from utilitarian import telemetry
 
         spec = self.spec
         pool = spec.pool
@@ -148,6 +149,9 @@ class Child:
         from utilitarian.supervisor.idle_probe import PendingLaterProbe
 
         later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
+        from utilitarian.supervisor.collectors import MetricsCollectors
+
+        collectors = MetricsCollectors.for_child(app, pool.queues).start()
 
         def on_consuming() -> None:
             if not self.ready_sent:
@@ -165,7 +169,8 @@ class Child:
                              idle=round(runner.idle_for(), 3), why=consumer.why if not self.stop else "draining",
                              reconnects=rules.reconnects, cancels=rules.cancels,
                              dead_letter_failures=runner.dead_letter_failures,
-                             pending_later=later.pending_later or runner.held > 0)
+                             pending_later=later.pending_later or runner.held > 0,
+                             telemetry=telemetry.REGISTRY.snapshot() if telemetry.REGISTRY.families else None)
 
         def tick() -> None:
             nonlocal last_beat
@@ -221,6 +226,7 @@ class Child:
                 code = EX_SOFTWARE
         finally:
             later.stop()
+            collectors.stop()
             beat()
             runner.shutdown()
             try:

@@ -82,6 +82,7 @@ class ChildRecord:
     idle: float = 0.0
     pending_later: bool = False  # the child holds work for later (exit-when-idle must wait)
     stats: dict = field(default_factory=dict)
+    telemetry: dict | None = None  # what task code counted (utilitarian.telemetry), cumulative
     counters: dict = field(default_factory=lambda: dict.fromkeys(CHILD_COUNTERS, 0))
     rss: int | None = None
     cause: str | None = None  # why it is leaving (a CAUSES entry, "shrink" or "stop")
@@ -115,6 +116,8 @@ class ChildRecord:
         for key in CHILD_COUNTERS:
             if key in doc:
                 self.counters[key] = as_int(doc.get(key))
+        if isinstance(doc.get("telemetry"), dict):
+            self.telemetry = doc["telemetry"]
         if isinstance(doc.get("stats"), dict):
             self.stats = doc["stats"]
             return True

@@ -16,6 +16,7 @@ from utilitarian.supervisor.plan import WorkerPlan
 from utilitarian.supervisor.records import (ACTIVE, CAUSES, CHILD_COUNTERS, ChildRecord, Limits, PoolRecord,
                                             State, as_float, as_int)
 from utilitarian.supervisor.stats import Aggregate
+from utilitarian.telemetry import Merged
 
 
 class Supervisor:
@@ -30,6 +31,7 @@ class Supervisor:
         self.pools: dict[str, PoolRecord] = {p.name: PoolRecord(p) for p in plan.pools}
         self.children: dict[int, ChildRecord] = {}
         self.stats = Aggregate()
+        self.telemetry = Merged()  # metrics task code counted in the children (AMR polls, readings...)
         self.retired_counters: collections.Counter = collections.Counter()
         self.restarts: collections.Counter = collections.Counter()  # by cause, every pool
         self.crash_times: list[float] = []
@@ -87,6 +89,7 @@ class Supervisor:
             rec = self.children.pop(event.cid, None)
             if rec is not None:
                 self.stats.retire(rec.cid)
+                self.telemetry.retire(rec.cid)
                 for key in CHILD_COUNTERS:
                     self.retired_counters[key] += rec.counters[key]
                 self.on_exit(now, rec, event.code)
@@ -163,6 +166,8 @@ class Supervisor:
         if kind == "hb":
             if rec.take_heartbeat(doc):
                 self.stats.update(rec.cid, rec.stats)
+            if rec.telemetry is not None:
+                self.telemetry.update(rec.cid, rec.telemetry)
         elif kind == "ready":
             self.on_ready(rec, doc)
         elif kind == "consuming":
