@@ -114,6 +114,15 @@ class DashboardServer(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address) -> None:
+        """socketserver prints a traceback to stderr for any error; a client that went away is normal."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("dashboard client %s went away", client_address[0])
+            return
+        log.error("dashboard request from %s failed; the connection is closed", client_address[0], exc_info=True)
+
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):
             log.warning("%d dashboard connections open; closing a new one", MAX_CLIENTS)
