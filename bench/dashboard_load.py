@@ -67,8 +67,8 @@ def main() -> None:
             s.close()
         running.stop()
     latencies.sort()
-    print(f"collection (queues, beat lock, store; fleet control in the first, then every 5 s), 10 runs: median {statistics.median(durations) * 1000:.0f} ms, "
-          f"max {max(durations) * 1000:.0f} ms")
+    print(f"collection (queues, beat lock, store; fleet control in the first, then every 5 s), 10 runs: "
+          f"median {statistics.median(durations) * 1000:.0f} ms, max {max(durations) * 1000:.0f} ms")
     print(f"{args.clients} clients polling /api/state for {args.seconds:g} s beside {args.stuck} stuck connections: "
           f"{len(latencies) / args.seconds:,.0f} requests/s, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")

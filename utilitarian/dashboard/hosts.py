@@ -29,7 +29,8 @@ def group_reports(reports: list[dict]) -> dict:
     hosts: dict[str, dict] = {}
     silent = []
     for r in reports:
-        host = hosts.setdefault(str(r.get("host") or "?"), {"host": str(r.get("host") or "?"), "workers": [], "beats": []})
+        name = str(r.get("host") or "?")
+        host = hosts.setdefault(name, {"host": name, "workers": [], "beats": []})
         if r.get("state") != "answering":
             silent.append({"where": f"{r.get('kind')} {r.get('member')} on {host['host']}",
                            "error": r.get("why") or r.get("state")})

@@ -83,7 +83,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.deny()
         self.send_response(303)
         self.send_header("Location", "/")
-        self.send_header("Set-Cookie", f"{COOKIE}={self.server.access.session_value()}; HttpOnly; SameSite=Strict; Path=/")
+        self.send_header("Set-Cookie",
+                         f"{COOKIE}={self.server.access.session_value()}; HttpOnly; SameSite=Strict; Path=/")
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -49,7 +49,7 @@ function renderBeat(beat, schedule) {
   if (!sectionError(panel, beat)) {
     if (beat.held) {
       leader.append("Leader: ", el("span", { class: "ok", id: "beat-leader-name" }, beat.leader));
-      if (beat.since) leader.append(el("span", { class: "muted" }, " since " + beat.since));
+      if (beat.since) leader.append(el("span", { class: "muted" }, " since " + beat.since.replace("+00:00", "Z")));
     } else {
       leader.append(el("span", { class: "bad", id: "beat-leader-name" }, "no leader"), " ", beat.note || "");
     }
@@ -118,7 +118,8 @@ function renderHosts(hosts) {
     root.append(el("h3", { "data-host": host.host }, host.host));
     for (const b of host.beats || []) {
       root.append(el("div", { class: "worker", "data-beat": b.name },
-        el("span", { class: "title" }, b.name), " " + (b.identity || "") + " · " + b.role + " · " + fmt(b.fired) + " fired",
+        el("span", { class: "title" }, b.name),
+        " " + (b.identity || "") + " · " + b.role + " · " + fmt(b.fired) + " fired",
         b.last_error ? el("span", { class: "bad" }, " · " + b.last_error) : null));
     }
     for (const w of host.workers) {
@@ -135,7 +136,9 @@ function renderHosts(hosts) {
         el("table", {}, el("tbody", {}, rows))));
     }
   }
-  for (const s of hosts.silent || []) root.append(el("p", { class: "bad" }, "silent: " + s.where + " (" + s.error + ")"));
+  for (const s of hosts.silent || []) {
+    root.append(el("p", { class: "bad" }, "silent: " + s.where + " (" + s.error + ")"));
+  }
   root.append(el("p", { class: "muted" }, "source: " + hosts.source));
 }
 
