@@ -56,7 +56,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/style.css":  # the login page needs it before access
             return self.send(200, _static("style.css"), STATIC[path][1])
         if not self.server.access.allows(self.headers):
-            return self.deny()
+            return self.deny(form=path == "/")
         if path == "/api/state":
             return self.send(200, self.server.document(), "application/json")
         if path in STATIC:
@@ -80,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         offered = (form.get("token") or [""])[0]
         if not self.server.access.accepts(offered):
-            return self.deny()
+            return self.deny(form=True)
         self.send_response(303)
         self.send_header("Location", "/")
         self.send_header("Set-Cookie",
@@ -88,9 +88,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def deny(self) -> None:
-        """401 with nothing of the page: no data, no hint which part of the token was wrong."""
-        self.send(401, DENIED, "text/plain; charset=utf-8", extra={"WWW-Authenticate": 'Bearer realm="utilitarian"'})
+    def deny(self, *, form: bool = False) -> None:
+        """401 with nothing of the page: no data, no hint which part of the token was wrong. A
+        browser asking for the page gets the token form (static, no data) instead of the line."""
+        if form:
+            body, kind = _static("login.html"), "text/html; charset=utf-8"
+        else:
+            body, kind = DENIED, "text/plain; charset=utf-8"
+        self.send(401, body, kind, extra={"WWW-Authenticate": 'Bearer realm="utilitarian"'})
 
     def send(self, code: int, body: bytes, kind: str, extra: dict | None = None) -> None:
         self.send_response(code)

@@ -63,8 +63,12 @@ def test_without_the_token_a_request_gets_401_and_nothing_else(config, tmp_path)
                                                             headers={"Authorization": f"Bearer {TOKEN}"})[2],
                  timeout=30, interval=0.2, what="a document with the queues")
 
-        # When/Then: every route without the right token is a bare 401
-        attempts = [("", {}), ("api/state", {}), ("app.js", {}), ("api/state", {"Authorization": "Bearer nope"}),
+        # When/Then: every route without the right token is a bare 401 (the page: the token form)
+        login_form = fetch(url + "login")[2]
+        assert b'name="token"' in login_form and b"utilitarian.tasks" not in login_form
+        for status, got, body in (fetch(url), fetch(url + "login", data=b"token=wrong")):
+            assert (status, body, got.get("Set-Cookie")) == (401, login_form, None)
+        attempts = [("api/state", {}), ("app.js", {}), ("api/state", {"Authorization": "Bearer nope"}),
                     ("api/state", {"Authorization": f"Bearer {TOKEN}x"}),
                     ("api/state", {"Cookie": f"utilitarian_dashboard={TOKEN}"}),
                     ("api/state?token=" + TOKEN, {})]
@@ -72,8 +76,6 @@ def test_without_the_token_a_request_gets_401_and_nothing_else(config, tmp_path)
             status, got, body = fetch(url + path, headers=headers)
             assert (status, body) == (401, DENIED), (path, headers, status)
             assert "Set-Cookie" not in got
-        status, got, body = fetch(url + "login", data=b"token=wrong")
-        assert (status, body, got.get("Set-Cookie")) == (401, DENIED, None)
 
         # the token as a bearer, or exchanged for a cookie at /login, opens it
         assert state(url, headers={"Authorization": f"Bearer {TOKEN}"})["queues"]["ok"]

@@ -75,3 +75,20 @@ def test_outages_and_a_hostile_error_text_as_the_page_shows_them(page, browser):
     wait_for(lambda: browser.text("#beat-leader-name") == "no leader", timeout=30, interval=0.1,
              what="'no leader' on the page")
     assert browser.run("return document.querySelector('#beat-leader-name').className") == "bad"
+
+
+def test_with_a_token_the_browser_gets_the_form_and_then_the_page(browser):  # noqa: F811
+    token = "render-test-token-0123456789"
+    server = DashboardServer(("127.0.0.1", 0), Access.for_bind("0.0.0.0", token), lambda: json.dumps(DOC).encode())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        assert browser.run("return document.querySelector('input[name=token]') !== null")
+        assert "daily 2026-11-29" not in browser.text("body")
+        browser.run("document.querySelector('input[name=token]').value = arguments[0];"
+                    "document.querySelector('form').submit();", token)
+        wait_for(lambda: "daily 2026-11-29" in (browser.text("#panel-rounds") or ""), timeout=30, interval=0.1,
+                 what="the page after the token was given")
+    finally:
+        server.shutdown()
+        server.server_close()
