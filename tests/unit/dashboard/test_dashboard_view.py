@@ -176,3 +176,20 @@ def test_the_dashboard_reaches_amr_only_through_its_plugin():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not [n for n in names if n.startswith("utilitarian.amr")], path
+
+
+def test_another_users_sqlite_store_is_not_opened_but_named(tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from utilitarian.amr.progress import foreign_store_note
+
+    store = tmp_path / "amr.sqlite3"
+    store.write_bytes(b"")
+    config = SimpleNamespace(database_url=lambda: f"sqlite:///{store}")
+    assert foreign_store_note(config, "utilitarian dashboard") is None  # ours
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    os.chown(store, 65534, 65534)
+    note = foreign_store_note(config, "utilitarian dashboard")
+    assert note.startswith("round progress: run as the store's owner (sudo -u ") and "utilitarian dashboard" in note
