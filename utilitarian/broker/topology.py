@@ -19,6 +19,7 @@ from utilitarian import queues
 from utilitarian.broker import delay
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
 from utilitarian.errors import TopologyError
+from utilitarian.fleet.protocol import CONTROL_EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def declare_all(channel, task_queues=queues.QUEUES, queue_type: str = "classic")
     delay.declare(channel, list(task_queues) + [queues.DEAD_LETTER], queue_type,
                   declare=lambda ch, name, level: declare_checked(
                       ch, name, queue_type, lambda t: delay.level_arguments(level, t)))
+    # Fleet control (utilitarian/fleet): workers' agents, beats and clients declare it too, and the
+    # roster stream next to it, so a broker whose marker predates it still gets it.
+    channel.exchange_declare(CONTROL_EXCHANGE, exchange_type="fanout", durable=True)
     channel.exchange_declare(marker_for(queue_type), exchange_type="fanout", durable=True)
 
 

@@ -199,13 +199,16 @@ def agent_main(settings, member: Member, control_path: str, loglevel: str, log_f
 
     code = EX_SOFTWARE
     try:
+        from utilitarian.supervisor.child import set_process_name
+
+        set_process_name("util-control")  # first: tools that count a master's worker children skip it
         for fd in close_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         from utilitarian.log import setup_logging
-        from utilitarian.supervisor.child import MASTER_GONE_SIGNAL, PR_SET_PDEATHSIG, _prctl, set_process_name
+        from utilitarian.supervisor.child import MASTER_GONE_SIGNAL, PR_SET_PDEATHSIG, _prctl
 
         agent = ControlAgent(settings, member, control_path, master_pid=os.getppid())
         signal.signal(signal.SIGTERM, agent.handle_term)
@@ -214,15 +217,12 @@ def agent_main(settings, member: Member, control_path: str, loglevel: str, log_f
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _prctl(PR_SET_PDEATHSIG, int(MASTER_GONE_SIGNAL))
-        set_process_name("util-control")
         setup_logging(loglevel, fmt=log_format, process_name="control")
         code = agent.run()
     except BaseException:  # last resort: the sidecar restarts us with backoff
         logging.getLogger(__name__).exception("control agent failed")
     finally:
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:
-                pass
+        from utilitarian.log import flush_all
+
+        flush_all()
         os._exit(code)

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -261,11 +260,7 @@ def child_main(spec: ChildSpec, status_fd: int, close_fds: list[int], before_run
     except BaseException:  # last resort: report and exit with a code the master decodes
         logging.getLogger(__name__).exception("child crashed during start-up")
     finally:
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:
-                pass
-        sys.stdout.flush()
-        sys.stderr.flush()
+        from utilitarian.log import flush_all
+
+        flush_all()
         os._exit(code)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import urllib.request
@@ -19,7 +18,7 @@ import pytest
 
 from support.amr_harness import AmrKit
 from support.procs import Proc, wait_for, write_config
-from support.rabbit import PrivateNode
+from support.rabbit import running_private_node
 from utilitarian.broker.connection import settings_from_url
 from utilitarian.broker.topology import declare_topology
 
@@ -108,14 +107,7 @@ threads = 2
 
 @pytest.fixture
 def node():
-    if not shutil.which("rabbitmq-server"):
-        pytest.skip("no rabbitmq-server binary for a private node")
-    node = PrivateNode()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
+    yield from running_private_node()
 
 
 def test_a_scrape_during_a_broker_outage_answers_and_shows_it(node, tmp_path):
