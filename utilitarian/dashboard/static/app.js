@@ -31,6 +31,7 @@ function duration(seconds) {
 
 function rate(r) {
   if (r === null || r === undefined) return "-";
+  if (Math.abs(r) < 0.05) return "0/s";
   const sign = r > 0 ? "+" : "";
   return sign + r.toFixed(Math.abs(r) < 10 ? 1 : 0) + "/s";
 }
