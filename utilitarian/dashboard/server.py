@@ -111,6 +111,9 @@ class Handler(BaseHTTPRequestHandler):
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client thread never keeps the process from exiting
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of browsers overflowed it and waited for
+    # TCP's SYN retransmit (1 s, then 3 s) before being accepted at all.
+    request_queue_size = 128
 
     def __init__(self, address, access: Access, document):
         if ":" in address[0]:
