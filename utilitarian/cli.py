@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UtilitarianError as exc:
-        print(f"utilitarian: {exc}", file=sys.stderr)
+        from utilitarian.log import mask_text
+
+        print(f"utilitarian: {mask_text(str(exc))}", file=sys.stderr)  # errors may quote a URL
         return exc.exit_code
     except KeyboardInterrupt:
         return EX_INTERRUPTED

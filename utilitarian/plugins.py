@@ -48,10 +48,14 @@ class ConfigSection:
     checks reported with their key path), or None for a free-form table kept as a dict.
     `check(value, file)` returns further ConfigErrors (cross-field rules); it runs for `config
     check` and every process alike, because both load the file through the same code.
+    `check_config(config)` returns ConfigErrors about what the plugin does with the rest of the
+    file (AMR: the `[database] url` its store opens); `utilitarian.validation` runs it at `config
+    check` and at the start of every process.
     """
 
     schema: type | None
     check: Callable[[Any, str | None], list[ConfigError]] | None = None
+    check_config: Callable[[Any], list[ConfigError]] | None = None
     default: Callable[[], Any] = dict  # the value when the file has no such table (schema None)
 
 

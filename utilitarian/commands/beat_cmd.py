@@ -23,13 +23,13 @@ def run(args) -> int:
     from utilitarian.broker.connection import settings_from_config
     from utilitarian.commands.common import load
     from utilitarian.supervisor.systemd import Notifier
-    from utilitarian.tasks import Registry
+    from utilitarian.validation import validate
 
     config = load(args, process_name="beat")
     from utilitarian.log import enable_stack_dumps
 
     enable_stack_dumps()  # a watchdog SIGABRT leaves the stacks in the journal
-    entries = entries_from_config(config, Registry.for_config(config))
+    entries = entries_from_config(config, validate(config))  # the same checks as `config check`
     disabled = sorted(name for name, entry in config.schedule.items() if not entry.enabled)
     settings = settings_from_config(config)
     notifier = Notifier()

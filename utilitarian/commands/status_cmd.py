@@ -114,6 +114,8 @@ def run(args) -> int:
               f"{w['rate_per_s']}/s over the last minute  restarts {w['restarts']}")
         print(f"  tasks: {t['done']} done, {t['failed']} failed, {t['retried']} retried, "
               f"{t['refused']} refused, {t['deferred']} deferred")
+        if w.get("reload_error"):
+            print(f"  reload failed, running the old configuration: {w['reload_error']}")
         causes = {k: n for k, n in (w.get("restarts_by_cause") or {}).items() if n}
         if causes or w.get("reconnects") or w.get("consumer_cancels") or w.get("dead_letter_failures"):
             print(f"  replaced: {', '.join(f'{n} {k}' for k, n in causes.items()) or 'none'}; "

@@ -61,10 +61,10 @@ def prepare(args: argparse.Namespace, config):
     """(plan, settings, registry) for this command line and config; raises ConfigError/UsageError."""
     from utilitarian.broker.connection import settings_from_config
     from utilitarian.supervisor.plan import build_plan
-    from utilitarian.tasks import Registry
+    from utilitarian.validation import validate
 
     plan = build_plan(config, options_from(args))
-    registry = Registry.for_config(config, plan.imports)
+    registry = validate(config, plan.imports)  # the same checks as `config check` and beat
     return plan, settings_from_config(config), registry
 
 

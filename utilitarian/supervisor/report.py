@@ -42,6 +42,7 @@ def status_doc(sup: Supervisor, now: float, *, pid: int, started_wall: float) ->
         "restarts_by_cause": by_cause(sup.restarts),
         "reconnects": sup.counter_total("reconnects"), "consumer_cancels": sup.counter_total("cancels"),
         "dead_letter_failures": sup.counter_total("dead_letter_failures"), "ever_ready": sup.ever_ready,
+        "reload_error": sup.reload_error, "reloads": {"ok": sup.reloads["ok"], "failed": sup.reloads["failed"]},
     }
 
 

@@ -44,6 +44,10 @@ class Supervisor:
         self.started = now
         self.next_cid = 1
         self.announced_ready = False
+        # The last HUP's refusal, shown in STATUS= and `utilitarian status` until a reload succeeds:
+        # the journal line alone scrolls away while the worker keeps running the old configuration.
+        self.reload_error: str | None = None
+        self.reloads: collections.Counter = collections.Counter()  # "ok"/"failed": reload_client waits on them
         self.last_rss = self.last_sample = self.last_status = self.last_watchdog = float("-inf")
         self._out: list = []
 
@@ -102,6 +106,8 @@ class Supervisor:
         elif isinstance(event, ev.ControlCommand):
             commands.apply_command(self, event)
         elif isinstance(event, ev.ReloadFailed):
+            self.reload_error = event.reason
+            self.reloads["failed"] += 1
             self.emit(log(ERROR, "reload failed, keeping the running configuration: %s", event.reason))
             self.emit(ev.Notify("ready", self.status_line()))
         else:
@@ -316,11 +322,13 @@ class Supervisor:
         self.plan = dataclasses.replace(self.plan, pools=tuple(p.configured for p in self.pools.values()))
 
     def on_reloaded(self, plan: WorkerPlan, worker) -> None:
+        self.reloads["ok"] += 1
         if self.stop:
             return
         self.emit(log(INFO, "configuration reloaded; rolling children one by one: %s",
                       "; ".join(f"{p.name} {p.processes}x{p.threads}" for p in plan.pools)))
         self.plan, self.worker, self.limits = plan, worker, Limits.of(plan, worker)
+        self.reload_error = None
         new_pools = {p.name: p for p in plan.pools}
         for name in list(self.pools):
             if name not in new_pools:
@@ -352,5 +360,8 @@ class Supervisor:
         if self.stop:
             return f"stopping ({self.stop}): {len(self.children)} children left, {inflight} in flight"
         t = self.stats.totals()
-        return (f"{self.running()}/{self.wanted()} children, {inflight} in flight, {t['done']} done, "
+        line = (f"{self.running()}/{self.wanted()} children, {inflight} in flight, {t['done']} done, "
                 f"{t['failed']} failed, {t['retried']} retried, {self.stats.rate():.1f}/s")
+        if self.reload_error:
+            line += f"; reload failed, old configuration kept: {self.reload_error.splitlines()[0][:200]}"
+        return line

@@ -14,9 +14,12 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
+
+import operator_steps
 
 IN, OUT = "/in", "/out"
 VENV_PY = "/opt/utilitarian/bin/python"
@@ -168,11 +171,13 @@ def scenario(name: str):
     return wrap
 
 
-def run_doc_script(name: str, stdin: str = "") -> dict:
+def run_doc_script(name: str, stdin: str = "", path_prefix: str | None = None) -> dict:
     """One section of docs/operations.md, extracted by the host: bash, stop at the first error,
-    echo each line as written (-v, not -x: the password must not appear expanded)."""
+    echo each line as written (-v, not -x: the password must not appear expanded). `path_prefix`:
+    a directory of shims that watch the steps (they run the real commands)."""
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     proc = run(["bash", "-euo", "pipefail", "-v", f"{IN}/{name}.sh"], input=stdin, timeout=240, env={
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+        "PATH": f"{path_prefix}:{path}" if path_prefix else path, "HOME": "/root",
         "LANG": "C.UTF-8", "TERM": "dumb"})
     return out_of(proc)
 
@@ -645,7 +650,10 @@ def target_restart(r):
     before = {u: show(u, "MainPID")["MainPID"] for u in units}
     migrate_before = show("utilitarian-migrate.service", "ExecMainStartTimestampMonotonic")
     r["restart"] = out_of(run(["systemctl", "restart", "utilitarian.target"]))
-    after = {u: show(u, "MainPID", "ActiveState", "SubState") for u in units}
+    # The stop half waited for every unit (they are ordered after the target); their starts follow
+    # the target's, so the restart returns before they are READY.
+    r["old_gone_at_return"] = {u: not os.path.exists(f"/proc/{before[u]}") for u in units}
+    after = operator_steps.wait_active(sys.modules[__name__], units, "the units after the target's restart")
     r["before"], r["after"] = before, after
     r["migrate"] = {"before": migrate_before,
                     "after": show("utilitarian-migrate.service", "ExecMainStartTimestampMonotonic", "Result",
@@ -722,6 +730,12 @@ def uninstall(r):
     r["user_after_purge"] = run(["getent", "passwd", "utilitarian"]).stdout.strip()
 
 
+# Issue 15 item 5 (tests/system/machine/operator_steps.py): the helpers above are passed in.
+restore = scenario("restore")(lambda r: operator_steps.restore(r, sys.modules[__name__]))
+reload_broken = scenario("reload_broken")(lambda r: operator_steps.reload_broken(r, sys.modules[__name__]))
+cli_interrupt = scenario("cli_interrupt")(lambda r: operator_steps.cli_interrupt(r, sys.modules[__name__]))
+
+
 def main() -> None:
     results["boot"] = {"systemd": run(["systemctl", "--version"]).stdout.splitlines()[0],
                        "is_system_running": run(["systemctl", "is-system-running"]).stdout.strip()}
@@ -729,9 +743,12 @@ def main() -> None:
     install()
     if results["install"].get("error") or results["install"]["doc"]["rc"] != 0:
         return  # nothing else can run without the documented install
-    for step in (verify, setup, ready, status, reload_, stop, watchdog, beat_failover, monthly, serial,
-                 target_restart, config_error_final, backup, upgrade, uninstall):
-        step()
+    steps = (verify, setup, ready, status, reload_, reload_broken, stop, watchdog, beat_failover, cli_interrupt,
+             monthly, serial, target_restart, config_error_final, backup, restore, upgrade, uninstall)
+    only = PARAMS.get("only")  # a developer's shortcut (UTIL_SYSTEM_ONLY on the host); CI runs them all
+    for step in steps:
+        if not only or step.__name__ in only:
+            step()
 
 
 if __name__ == "__main__":
