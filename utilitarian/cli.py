@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "utilitarian.commands.worker_cmd",
     "utilitarian.commands.status_cmd",
     "utilitarian.commands.control_cmd",
+    "utilitarian.commands.dashboard_cmd",
     "utilitarian.commands.dlq_cmd",
     "utilitarian.commands.beat_cmd",
     "utilitarian.commands.schedule_cmd",

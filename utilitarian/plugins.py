@@ -7,6 +7,8 @@ Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.tasks         NAME = "pkg.tasks_module"     a module of @task functions every worker imports
   utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
                             is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
+  utilitarian.dashboard_panels NAME = "pkg.module:func" `func(config, now) -> dict`: a panel of the
+                            status page (`utilitarian dashboard`; docs/plugins.md gives its shape)
   utilitarian.metrics_collectors NAME = "pkg.module:func" `func(app, queues)`: set utilitarian.telemetry
                             gauges from a slow source (a store) every 15 s, on a thread of its own
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
 IDLE_PROBES_GROUP = "utilitarian.idle_probes"
+DASHBOARD_PANELS_GROUP = "utilitarian.dashboard_panels"
 METRICS_COLLECTORS_GROUP = "utilitarian.metrics_collectors"
 ENVIRONMENTS_GROUP = "utilitarian.environments"
 METER_TYPES_GROUP = "utilitarian.meter_types"
@@ -127,6 +130,11 @@ def clear_caches() -> None:
 def idle_probes() -> list[tuple[str, Callable[..., bool]]]:
     """(name, probe) of the `utilitarian.idle_probes` group."""
     return callables(IDLE_PROBES_GROUP)
+
+
+def dashboard_panels() -> list[tuple[str, Callable[..., dict]]]:
+    """(name, panel) of the `utilitarian.dashboard_panels` group."""
+    return callables(DASHBOARD_PANELS_GROUP)
 
 
 def callables(group: str) -> list[tuple[str, Callable]]:

@@ -67,10 +67,10 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
             except BrokerError as exc:
                 result["queues_error"] = str(exc)
     try:
-        from utilitarian.amr.progress import status_rounds
+        from utilitarian.amr.progress import foreign_store_note, status_rounds
     except ImportError:
-        status_rounds = None
-    owner_note = _foreign_sqlite(config)
+        status_rounds = foreign_store_note = None
+    owner_note = foreign_store_note(config, "utilitarian status") if foreign_store_note else None
     if owner_note:
         result["rounds_error"] = owner_note
     elif status_rounds is not None:
@@ -79,29 +79,6 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
         except Exception as exc:  # the store may not exist on a host that only runs workers
             result["rounds_error"] = str(exc)
     return result
-
-
-def _foreign_sqlite(config) -> str | None:
-    """Opening another user's SQLite store could leave files it cannot use (a WAL created by
-    root): say whom to run as instead of touching it."""
-    import os
-    import pwd
-
-    url = config.database_url()
-    if not url.startswith("sqlite:"):
-        return None
-    path = url.split(":///", 1)[-1]
-    try:
-        owner = os.stat(path).st_uid
-    except OSError:
-        return None
-    if owner == os.geteuid():
-        return None
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        name = str(owner)
-    return f"round progress: run as the store's owner (sudo -u {name} utilitarian status)"
 
 
 def run_all(config, args) -> int:
