@@ -32,7 +32,10 @@ def commands(extra: list[str]) -> dict[str, list[str]]:
     cmds = {name: base + paths for name, paths in GROUPS.items()}
     ignores = [f"--ignore={p}" for paths in GROUPS.values() for p in paths]
     cmds[REST] = base + ["tests", *ignores]
-    return cmds
+    # A base temp dir per group: pytest's own numbered dirs are pruned to the newest three, so
+    # side by side one group could prune another's (and the journal a failure points to).
+    return {name: cmd + [f"--basetemp={tempfile.mkdtemp(prefix=f'utilitarian-{name}-')}"]
+            for name, cmd in cmds.items()}
 
 
 def run(name: str, cmd: list[str], results: dict, lock: threading.Lock) -> None:

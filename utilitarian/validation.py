@@ -16,10 +16,13 @@ from typing import Iterable
 from utilitarian.errors import ConfigError, ConfigErrors
 
 
-def validate(config, modules: Iterable[str] = ()):
-    """The task Registry for this config plus `modules` (a worker's profile imports and -I), or
-    ConfigErrors (exit 78) listing every problem found. The checks never depend on `modules`, so
-    every process refuses the same files."""
+def validate(config, modules: Iterable[str] = (), *, profiles: Iterable[str] | None = ()):
+    """The task Registry for this config plus `modules` (a worker's -I), or ConfigErrors (exit 78)
+    listing every problem found. `profiles` names the `[workers.NAME]` tables whose imports this
+    process needs (a worker: its own profile; beat: none); None means every profile, which is what
+    `config check` asks, so it refuses whatever any process started on the file would refuse. A
+    profile's unimportable site module stops that profile's worker, never the beat or the others
+    (their units may run with another PYTHONPATH)."""
     from utilitarian.beat.schedule import entries_from_config
     from utilitarian.broker.connection import settings_from_config
     from utilitarian.plugins import config_sections
@@ -27,7 +30,7 @@ def validate(config, modules: Iterable[str] = ()):
 
     errors: list[ConfigError] = []
     base = _collect(errors, lambda: Registry.for_config(config), config, "worker.imports")
-    errors += check_profile_imports(config)
+    errors += check_profile_imports(config, profiles)
     if base is not None:
         # The same check beat makes before it fires anything (against the same registry).
         _collect(errors, lambda: entries_from_config(config, base), config, "schedule")
@@ -41,11 +44,14 @@ def validate(config, modules: Iterable[str] = ()):
     return Registry.for_config(config, modules) if modules else base
 
 
-def check_profile_imports(config) -> list[ConfigError]:
-    """Each `[workers.NAME] imports` module must import: the worker started with that profile
-    (a systemd instance) would refuse to start otherwise."""
+def check_profile_imports(config, names: Iterable[str] | None = None) -> list[ConfigError]:
+    """Each `[workers.NAME] imports` module of the named profiles (None: all) must import: the
+    worker started with that profile (a systemd instance) would refuse to start otherwise."""
     errors = []
+    wanted = None if names is None else set(names)
     for name, profile in sorted(config.workers.items()):
+        if wanted is not None and name not in wanted:
+            continue
         for module in profile.imports:
             try:
                 importlib.import_module(module)

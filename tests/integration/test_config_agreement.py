@@ -44,8 +44,17 @@ def expected(path: pathlib.Path) -> str:
     return first[len("# expect: "):]
 
 
+def refused_by(path: pathlib.Path) -> list[str] | None:
+    """The worker's arguments when only the worker of one profile refuses the file (`# refused by:
+    worker --profile NAME`), else None: every process refuses it."""
+    for line in path.read_text().splitlines()[1:3]:
+        if line.startswith("# refused by: worker "):
+            return line[len("# refused by: worker "):].split(" (")[0].split()
+    return None
+
+
 def start(kind: str, config: pathlib.Path, env: dict, log: pathlib.Path) -> subprocess.Popen:
-    args = ["worker", "-c", "1"] if kind == "worker" else ["beat"]
+    args = ["worker", *(refused_by(config) or ["-c", "1"])] if kind == "worker" else ["beat"]
     return subprocess.Popen([sys.executable, "-m", "utilitarian", *args, "--config", str(config)],
                             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -61,10 +70,10 @@ def environment(tmp_path: pathlib.Path, broker_url: str, notify: NotifySocket | 
 
 
 def exit_codes(config: pathlib.Path, tmp_path: pathlib.Path, broker_url: str,
-               deadline: float = DEADLINE) -> dict[str, tuple[int | None, str]]:
+               deadline: float = DEADLINE, kinds=("worker", "beat")) -> dict[str, tuple[int | None, str]]:
     """worker and beat started side by side on `config`: {kind: (exit code or None, output)}."""
     env = environment(tmp_path, broker_url)
-    procs = {kind: start(kind, config, env, tmp_path / f"{kind}.log") for kind in ("worker", "beat")}
+    procs = {kind: start(kind, config, env, tmp_path / f"{kind}.log") for kind in kinds}
     out = {}
     for kind, proc in procs.items():
         try:
@@ -90,6 +99,13 @@ def test_refused_by_config_check_worker_and_beat_alike(path, tmp_path, shared_vh
     # Given a file `config check` refuses with 78 naming a key
     assert main(["config", "check", "--config", str(path)]) == 78
     assert expected(path) in capsys.readouterr().err
+    if refused_by(path) is not None:
+        # When only one profile's worker needs what is wrong, Then that worker refuses it and the
+        # beat (standing for every other process) starts.
+        code, output = exit_codes(path, tmp_path, shared_vhost, kinds=("worker",))["worker"]
+        assert code == 78 and expected(path) in output, f"worker exit {code}:\n{output[-2000:]}"
+        _assert_ready_then_stops("beat", path, tmp_path, shared_vhost)
+        return
     # When the real worker and beat start on it, Then both refuse it too, naming the same key
     for kind, (code, output) in exit_codes(path, tmp_path, shared_vhost).items():
         assert code == 78, f"{kind} exit {code} for a file config check refuses:\n{output[-2000:]}"
@@ -103,19 +119,23 @@ def test_accepted_by_config_check_worker_and_beat_alike(path, tmp_path, shared_v
     assert main(["config", "check", "--config", str(path)]) == 0, capsys.readouterr().err
     # When worker and beat start on it, Then both become ready and stop with 0 on TERM
     for kind in ("worker", "beat"):
-        notify = NotifySocket()
-        log = tmp_path / f"{kind}.log"
-        proc = start(kind, path, environment(tmp_path, shared_vhost, notify), log)
-        try:
-            wait_for(lambda: notify.seen("READY=1") or proc.poll() is not None, DEADLINE, what=f"{kind} READY=1")
-            assert proc.poll() is None, f"{kind} exit {proc.returncode} for an accepted file:\n{log.read_text()}"
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(DEADLINE) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            notify.close()
+        _assert_ready_then_stops(kind, path, tmp_path, shared_vhost)
+
+
+def _assert_ready_then_stops(kind: str, path: pathlib.Path, tmp_path: pathlib.Path, broker_url: str) -> None:
+    notify = NotifySocket()
+    log = tmp_path / f"{kind}.log"
+    proc = start(kind, path, environment(tmp_path, broker_url, notify), log)
+    try:
+        wait_for(lambda: notify.seen("READY=1") or proc.poll() is not None, DEADLINE, what=f"{kind} READY=1")
+        assert proc.poll() is None, f"{kind} exit {proc.returncode} for an accepted file:\n{log.read_text()}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        notify.close()
 
 
 def test_the_comparison_can_fail(tmp_path, shared_vhost):

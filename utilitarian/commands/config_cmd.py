@@ -31,7 +31,7 @@ def run_check(args) -> int:
 
     try:
         config = load_config(getattr(args, "config", None))
-        validate(config)  # what worker and beat check at start, nothing more, nothing less
+        validate(config, profiles=None)  # what worker (any profile) and beat check at start
     except ConfigError as exc:
         from utilitarian.log import mask_text
 

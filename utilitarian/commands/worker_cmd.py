@@ -64,7 +64,8 @@ def prepare(args: argparse.Namespace, config):
     from utilitarian.validation import validate
 
     plan = build_plan(config, options_from(args))
-    registry = validate(config, plan.imports)  # the same checks as `config check` and beat
+    # The same checks as `config check` and beat, plus this profile's own imports.
+    registry = validate(config, plan.imports, profiles=[plan.profile] if plan.profile else ())
     return plan, settings_from_config(config), registry
 
 

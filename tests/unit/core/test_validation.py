@@ -17,11 +17,19 @@ def test_every_problem_at_once(tmp_path):
                     '[schedule.nightly]\ncron = "0 2 * * *"\ntask = "utilitarian.pong"\n'
                     '[workers.daily]\nimports = ["no_such_site_module"]\n'
                     '[[workers.daily.pools]]\nqueues = ["amr.scheduled.daily"]\n')
+    config = load_config(str(path))
     with pytest.raises(ConfigErrors) as err:
-        validate(load_config(str(path)))
+        validate(config, profiles=None)  # config check: every profile
     keys = sorted(e.key for e in err.value.errors)
     assert keys == ["database.url", "schedule.nightly.task", "workers.daily.imports"]
     assert all(e.file == str(path) for e in err.value.errors)
+    # beat and the other profiles' workers do not need the daily profile's site module
+    with pytest.raises(ConfigErrors) as err:
+        validate(config)
+    assert sorted(e.key for e in err.value.errors) == ["database.url", "schedule.nightly.task"]
+    with pytest.raises(ConfigErrors) as err:
+        validate(config, profiles=["daily"])
+    assert "workers.daily.imports" in [e.key for e in err.value.errors]
 
 
 def test_the_registry_is_the_processes_and_extra_modules_never_change_the_verdict(tmp_path):
