@@ -31,7 +31,8 @@ def run_check(args) -> int:
 
     try:
         config = load_config(getattr(args, "config", None))
-        validate(config, profiles=None)  # what worker (any profile) and beat check at start
+        # What beat and the worker of every profile (or of the one named) check at start.
+        validate(config, profiles=None if args.profile is None else [args.profile])
     except ConfigError as exc:
         from utilitarian.log import mask_text
 
