@@ -80,7 +80,7 @@ systemd-sysusers "$LIBDIR/sysusers.d/utilitarian.conf"
 #    units get a copy through LoadCredential=.
 install -d -m 0750 -o root -g utilitarian "$ETC"
 if [ ! -e "$ETC/utilitarian.toml" ]; then
-    say "writing $ETC/utilitarian.toml (edit it, then: utilitarian config check)"
+    say "writing $ETC/utilitarian.toml (edit it, then: utilitarian config check --connect)"
     tmp=$(mktemp)
     "$PREFIX/bin/python" - "$HERE/etc/utilitarian.server.toml" "$broker_url" >"$tmp" <<'PY'
 import json, re, sys
@@ -115,6 +115,17 @@ install -m 0644 "$HERE/docs/operations.md" "$HERE/etc/utilitarian.toml" "$HERE/e
 systemctl daemon-reload
 
 say "utilitarian $(cat "$doc/VERSION") installed in $PREFIX; units in $UNITDIR"
+# With a password in place (a re-install, an upgrade), ask the broker now rather than let the units
+# fail later with 78; this never fails the install, which starts nothing.
+if [ -s "$ETC/broker-password" ]; then
+    if /usr/local/bin/utilitarian config check --connect --quiet; then
+        say "the broker accepts $ETC/utilitarian.toml (utilitarian config check --connect)"
+    else
+        say "WARNING: utilitarian config check --connect failed (see above): fix it before starting the units"
+    fi
+else
+    say "next: the broker password into $ETC/broker-password, then: utilitarian config check --connect"
+fi
 active=$(systemctl list-units --state=active --no-legend --plain 'utilitarian-worker@*' 'utilitarian-beat.service' \
     | wc -l)
 if [ "$active" -gt 0 ]; then

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "utilitarian.commands.call_cmd",
     "utilitarian.commands.worker_cmd",
     "utilitarian.commands.status_cmd",
+    "utilitarian.commands.control_cmd",
+    "utilitarian.commands.dashboard_cmd",
     "utilitarian.commands.dlq_cmd",
     "utilitarian.commands.beat_cmd",
     "utilitarian.commands.schedule_cmd",
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UtilitarianError as exc:
-        print(f"utilitarian: {exc}", file=sys.stderr)
+        from utilitarian.log import mask_text
+
+        print(f"utilitarian: {mask_text(str(exc))}", file=sys.stderr)  # errors may quote a URL
         return exc.exit_code
     except KeyboardInterrupt:
         return EX_INTERRUPTED

@@ -165,6 +165,8 @@ class BeatConfig:
     retry_jitter: float = setting(1.0, min=0.0, max=600.0)
     builtin_schedules: bool = setting(True, doc="include the AMR and cleanup schedules")
     max_catch_up: int = setting(1000, min=1, doc="most missed slots one entry fires at once")
+    metrics_port: int | None = setting(None, min=0, max=65535, doc="serve the beat's Prometheus metrics here")
+    metrics_host: str = setting("127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -352,31 +354,33 @@ def expand_path(path: str, config_file: str | None) -> str:
 
 def _resolve_broker_url(config: Config) -> str:
     b = config.broker
-    file = config.source
     if b.url_file:
-        path = expand_path(b.url_file, file)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                url = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path!r}: {exc.strerror}", file=file, key="broker.url_file") from None
+        path = expand_path(b.url_file, config.source)
+        url = _read_file(path, config.source, "broker.url_file").strip()
         reason = _check_broker_url(url)
         if reason:
-            raise ConfigError(f"{reason} (in {path})", file=file, key="broker.url_file")
+            raise ConfigError(f"{reason} (in {path})", file=config.source, key="broker.url_file")
     else:
         url = b.url or os.environ.get("UTILITARIAN_BROKER_URL") or DEFAULT_BROKER_URL
     if b.password_file:
-        path = expand_path(b.password_file, file)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                password = fh.read().strip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path!r}: {exc.strerror}", file=file,
-                              key="broker.password_file") from None
+        path = expand_path(b.password_file, config.source)
+        password = _read_file(path, config.source, "broker.password_file").strip("\r\n")
         from utilitarian.broker.connection import replace_password
 
         url = replace_password(url, password)
     return url
+
+
+def _read_file(path: str, file: str | None, key: str) -> str:
+    """A secret file's text; unreadable or not UTF-8 is a ConfigError (exit 78: a traceback's 70
+    made systemd restart-loop). The content is never quoted: it is a password or a URL."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path!r}: {exc.strerror}", file=file, key=key) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path!r} is not UTF-8 text (byte {exc.start})", file=file, key=key) from None
 
 
 def _default_dir(env_name: str, system: str, kind: str) -> str:

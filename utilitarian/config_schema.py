@@ -208,7 +208,9 @@ def masked_items(obj: Any, path: str = "") -> list[tuple[str, Any]]:
 
 
 def mask_secret(value: Any) -> str:
-    from utilitarian.log import mask_url
+    """A secret field as shown: a URL keeps where it points (scheme, user, hosts, path), its
+    password and every query value masked; anything else is all mask."""
+    from utilitarian.log import MASK, mask_url
 
     text = str(value)
-    return mask_url(text) if "://" in text else "****"
+    return mask_url(text, secret=True) if "://" in text else MASK

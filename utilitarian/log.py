@@ -8,13 +8,48 @@ import re
 import sys
 import urllib.parse
 
-# user:password@ in any URL-looking text; the password part is replaced.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+# URL-looking runs in free text (log lines, error messages); each is masked by mask_url.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
+# Query parameters that carry credentials in URLs we did not mark secret (a webhook in a log line).
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|pwd|sig|auth|credential|session", re.IGNORECASE)
+MASK = "****"
 
 
-def mask_url(url: str) -> str:
-    """`amqp://guest:secret@host/` -> `amqp://guest:****@host/`."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:****@", url)
+def mask_url(url: str, *, secret: bool = False) -> str:
+    """One URL with its secrets replaced: `amqp://guest:****@host/`. The one masker for every output.
+
+    The user info ends at the LAST '@' before the query, so a password holding a raw '@' or '/' is
+    masked whole (the old pattern stopped at its first '@' and printed the rest). Query values of
+    credential-like parameters (token, key, sig, ...) are masked; with `secret` (a field marked
+    secret, such as `amr.publish.webhook_url`) every query value is.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return MASK if secret else url
+    rest, hash_, fragment = rest.partition("#")
+    head, question, query = rest.partition("?")
+    userinfo, at, hostpart = head.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            head = f"{user}:{MASK}@{hostpart}"
+    if query:
+        query = "&".join(_mask_param(p, secret) for p in query.split("&"))
+    if fragment and secret:
+        fragment = MASK
+    return f"{scheme}://{head}{question}{query}{hash_}{fragment}"
+
+
+def _mask_param(pair: str, everything: bool) -> str:
+    name, eq, value = pair.partition("=")
+    if not eq:
+        return MASK if everything and name else pair
+    return f"{name}={MASK}" if value and (everything or _SECRET_PARAM.search(name)) else pair
+
+
+def mask_text(text: str) -> str:
+    """Every URL in `text` (a log line, an error message) through mask_url."""
+    return _URL.sub(lambda m: mask_url(m.group(0)), text) if "://" in text else text
 
 
 def url_host(url: str) -> str:
@@ -37,7 +72,10 @@ class MaskingFilter(logging.Filter):
             except (TypeError, ValueError):
                 return True
         if isinstance(record.msg, str) and "://" in record.msg:
-            record.msg = mask_url(record.msg)
+            record.msg = mask_text(record.msg)
+        if record.exc_info and not record.exc_text:
+            # An exception's text may quote a URL too; formatted once here, the handler reuses it.
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 
@@ -110,5 +148,19 @@ class _JsonFormatter(logging.Formatter):
         if task:
             doc["task"] = task.strip(" []")
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)  # masked by MaskingFilter
         return json.dumps(doc, ensure_ascii=False)
+
+
+def flush_all() -> None:
+    """Before os._exit in a forked process: what the handlers and std streams hold would be lost."""
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # a closed stream at exit: nothing more to save
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass

@@ -7,6 +7,10 @@ Groups (declare them in the extending package's `pyproject.toml`):
   utilitarian.tasks         NAME = "pkg.tasks_module"     a module of @task functions every worker imports
   utilitarian.idle_probes   NAME = "pkg.module:func"      `func(app, queues) -> bool`: work for these queues
                             is still due later (`--exit-when-idle` waits for it; supervisor/idle_probe.py)
+  utilitarian.dashboard_panels NAME = "pkg.module:func" `func(config, now) -> dict`: a panel of the
+                            status page (`utilitarian dashboard`; docs/plugins.md gives its shape)
+  utilitarian.metrics_collectors NAME = "pkg.module:func" `func(app, queues)`: set utilitarian.telemetry
+                            gauges from a slow source (a store) every 15 s, on a thread of its own
   utilitarian.environments  NAME = "pkg.env_module"       an execution environment (module with CALLS, PROTOCOLS)
   utilitarian.meter_types   NAME = "pkg.module:LOADER"    register maps: a callable returning {name: MeterType}
   utilitarian.read_schemes  NAME = "pkg.module:PROTOCOL"  meter URL schemes of one protocol (a UrlProtocol)
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 CONFIG_GROUP = "utilitarian.config"
 TASKS_GROUP = "utilitarian.tasks"
 IDLE_PROBES_GROUP = "utilitarian.idle_probes"
+DASHBOARD_PANELS_GROUP = "utilitarian.dashboard_panels"
+METRICS_COLLECTORS_GROUP = "utilitarian.metrics_collectors"
 ENVIRONMENTS_GROUP = "utilitarian.environments"
 METER_TYPES_GROUP = "utilitarian.meter_types"
 READ_SCHEMES_GROUP = "utilitarian.read_schemes"
@@ -42,10 +48,14 @@ class ConfigSection:
     checks reported with their key path), or None for a free-form table kept as a dict.
     `check(value, file)` returns further ConfigErrors (cross-field rules); it runs for `config
     check` and every process alike, because both load the file through the same code.
+    `check_config(config)` returns ConfigErrors about what the plugin does with the rest of the
+    file (AMR: the `[database] url` its store opens); `utilitarian.validation` runs it at `config
+    check` and at the start of every process.
     """
 
     schema: type | None
     check: Callable[[Any, str | None], list[ConfigError]] | None = None
+    check_config: Callable[[Any], list[ConfigError]] | None = None
     default: Callable[[], Any] = dict  # the value when the file has no such table (schema None)
 
 
@@ -133,10 +143,20 @@ def clear_caches() -> None:
 
 def idle_probes() -> list[tuple[str, Callable[..., bool]]]:
     """(name, probe) of the `utilitarian.idle_probes` group."""
-    probes = []
-    for plugin in declared(IDLE_PROBES_GROUP):
-        probe = load(plugin, IDLE_PROBES_GROUP)
-        if not callable(probe):
-            raise ConfigError(f"plugin {IDLE_PROBES_GROUP}:{plugin.name} ({plugin.value}) is not callable")
-        probes.append((plugin.name, probe))
-    return probes
+    return callables(IDLE_PROBES_GROUP)
+
+
+def dashboard_panels() -> list[tuple[str, Callable[..., dict]]]:
+    """(name, panel) of the `utilitarian.dashboard_panels` group."""
+    return callables(DASHBOARD_PANELS_GROUP)
+
+
+def callables(group: str) -> list[tuple[str, Callable]]:
+    """(name, function) of every plugin of `group`; one that is not callable is a ConfigError."""
+    found = []
+    for plugin in declared(group):
+        func = load(plugin, group)
+        if not callable(func):
+            raise ConfigError(f"plugin {group}:{plugin.name} ({plugin.value}) is not callable")
+        found.append((plugin.name, func))
+    return found

@@ -90,3 +90,17 @@ def test_worker_with_an_untrusted_certificate_exits_78_without_respawning(tls_no
                    "worker", "-Q", "default", "-c", "2")
     assert proc.returncode == 78
     assert proc.stderr.count("spawned child") == 2 and "certificate was not accepted" in proc.stderr
+
+
+def test_config_check_connect_over_tls(tls_node, tmp_path):
+    node, ssl_port, certs = tls_node
+    url = f"amqps://guest:guest@localhost:{ssl_port}/"
+    # Our CA: connected over TLS with the certificate verified.
+    proc = run_cli(tmp_path, url, f'ca = "{certs / "ca.pem"}"', "config", "check", "--connect")
+    assert proc.returncode == 0, proc.stderr
+    assert "over TLS (certificate verified)" in proc.stdout
+    # A CA the broker's certificate does not chain to: refused (78), saying what to check.
+    proc = run_cli(tmp_path, url, f'ca = "{certs / "other.pem"}"', "config", "check", "--connect")
+    assert proc.returncode == 78
+    assert "TLS certificate was not accepted" in proc.stderr and "[broker.tls] ca" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -123,9 +123,19 @@ def ran_counts(path: pathlib.Path) -> collections.Counter:
 
 
 def children_of(pid: int) -> list[int]:
+    """The worker children of a master: its control agent (process name util-control) is not one."""
     import psutil
 
     try:
-        return [c.pid for c in psutil.Process(pid).children()]
+        kids = psutil.Process(pid).children()
     except psutil.Error:
         return []
+    out = []
+    for c in kids:
+        try:
+            if c.name() == "util-control":
+                continue
+        except psutil.Error:
+            continue
+        out.append(c.pid)
+    return out

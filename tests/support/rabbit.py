@@ -232,3 +232,18 @@ def _mask(url: str) -> str:
     from utilitarian.log import mask_url
 
     return mask_url(url)
+
+
+def running_private_node():
+    """A started PrivateNode for one test, stopped and removed afterwards (a generator for a pytest
+    fixture); skips without the rabbitmq-server binary."""
+    import pytest
+
+    if not shutil.which("rabbitmq-server"):
+        pytest.skip("no rabbitmq-server binary for a private node")
+    node = PrivateNode()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()

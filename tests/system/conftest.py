@@ -97,10 +97,12 @@ def machine(rabbit, tmp_path_factory) -> MachineRun:
     rabbit.ctl("add_user", user, password)
     rabbit.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
     url = f"amqp://{user}@127.0.0.1:5672/{vhost}"
-    for section, name in (("install", bundle.name), ("backup", bundle.name), ("upgrade", upgrade_bundle.name),
-                          ("uninstall", upgrade_bundle.name)):
+    for section, name in (("install", bundle.name), ("backup", bundle.name), ("restore", bundle.name),
+                          ("upgrade", upgrade_bundle.name), ("uninstall", upgrade_bundle.name)):
         (inbox / f"{section}.sh").write_text(script(section, {"BUNDLE": name, "BROKER_URL": url}))
-    (inbox / "params.json").write_text(json.dumps({"broker_password": password, "vhost": vhost,
+    # UTIL_SYSTEM_ONLY=restore,reload_broken runs the install, then only those scenarios (development).
+    only = [n for n in os.environ.get("UTIL_SYSTEM_ONLY", "").split(",") if n]
+    (inbox / "params.json").write_text(json.dumps({"broker_password": password, "vhost": vhost, "only": only,
                                                    "upgrade_version": upgrade_bundle.name[len("utilitarian-"):-7]}))
     name = f"utiltest{secrets.token_hex(3)}"
     cmd = ["timeout", "--kill-after=10", str(BOOT_TIMEOUT), "systemd-nspawn", "--quiet", "--volatile=yes", "-D", "/",

@@ -40,7 +40,7 @@ def seconds(text: str) -> float:
 
 def test_doc_has_every_tested_section_and_only_values_in_the_site_block():
     found = docsteps.blocks()
-    assert set(found) == {"site", "install", "backup", "upgrade", "uninstall"}
+    assert set(found) == {"site", "install", "backup", "restore", "upgrade", "uninstall"}
     assert set(docsteps.site_values()) == {"BUNDLE", "BROKER_URL"}
     script = docsteps.script("install", {"BUNDLE": "b.tar.gz", "BROKER_URL": "amqp://u@h/v"})
     assert "deploy/install.sh" in script and "systemctl enable --now" in script

@@ -207,6 +207,7 @@ def test_serial_dropin_refuses_other_devices(machine):
 def test_restarting_the_target_restarts_everything(machine):
     r = machine.scenario("target_restart")
     assert r["restart"]["rc"] == 0, r["restart"]
+    assert all(r["old_gone_at_return"].values()), r["old_gone_at_return"]  # drained before it returned
     for unit, before in r["before"].items():
         after = r["after"][unit]
         assert after["ActiveState"] == "active" and after["MainPID"] != before, (unit, before, after)
@@ -232,6 +233,8 @@ def test_documented_upgrade_installs_the_new_release_and_restarts_what_ran(machi
         assert r["after"][unit]["ActiveState"] == "active" and r["after"][unit]["MainPID"] != before, unit
     assert r["test_worker_status"].startswith("2/2 children")
     assert r["config_kept"]
+    # install.sh, with a password in place, asked the broker before anything started again.
+    assert "the broker accepts /etc/utilitarian/utilitarian.toml" in r["doc"]["stdout"], r["doc"]["stdout"][-2000:]
 
 
 def test_documented_uninstall_removes_the_program_and_keeps_the_data(machine):

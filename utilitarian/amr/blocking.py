@@ -18,6 +18,8 @@ import time
 import weakref
 from typing import Callable, Iterator
 
+from utilitarian.amr.metrics import BLOCK_WAITS
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05  # seconds between tries while waiting; doubles up to POLL_MAX
@@ -166,20 +168,28 @@ def interface_lock(store, interface_id: int, interface_name: str, job_id: str, *
     holder = holder_name(job_id)
     deadline = monotonic() + wait
     delay = POLL_INTERVAL
-    while True:
-        if store.acquire_block(interface_id, holder, lease=lease):
-            break
-        current = store.block_holder(interface_id)
-        if current is not None and _holder_is_dead(current[0]):
-            if store.take_over_block(interface_id, current[0], holder, lease=lease):
-                log.warning("interface %s was held by %s, a process that no longer exists; block taken over",
-                            interface_name, current[0])
+    waiting = False  # counted in amr_interface_blocks_waiting while this job waits
+    try:
+        while True:
+            if store.acquire_block(interface_id, holder, lease=lease):
                 break
-            continue
-        if monotonic() >= deadline:
-            raise InterfaceBusy(interface_name, current[0] if current else None)
-        sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - monotonic()) + 0.001))
-        delay = min(delay * 2, POLL_MAX)
+            current = store.block_holder(interface_id)
+            if current is not None and _holder_is_dead(current[0]):
+                if store.take_over_block(interface_id, current[0], holder, lease=lease):
+                    log.warning("interface %s was held by %s, a process that no longer exists; block taken over",
+                                interface_name, current[0])
+                    break
+                continue
+            if monotonic() >= deadline:
+                raise InterfaceBusy(interface_name, current[0] if current else None)
+            if not waiting:
+                waiting = True
+                BLOCK_WAITS.inc()
+            sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - monotonic()) + 0.001))
+            delay = min(delay * 2, POLL_MAX)
+    finally:
+        if waiting:
+            BLOCK_WAITS.dec()
     renewer = renewer or renewer_for(store)
     held = renewer.hold(interface_id, interface_name, holder, lease)
     try:

@@ -126,9 +126,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def status_rounds(config, now: dt.datetime | None = None, *, limit: int = 10) -> dict:
+def status_rounds(config, now: dt.datetime | None = None, *, limit: int = 10, failures: int = 0) -> dict:
     """`utilitarian status`'s part about rounds: `rounds` (lines) and `progress_numbers` (per
-    round: total, done, failed, pending, started, eta, ...). Empty on a host without a store."""
+    round: total, done, failed, pending, started, eta, ...). Empty on a host without a store.
+    With `failures`, each round's numbers list up to that many failed jobs (meter, task, error)."""
     import os
 
     from utilitarian.amr.store import Store, check_version
@@ -141,7 +142,35 @@ def status_rounds(config, now: dt.datetime | None = None, *, limit: int = 10) ->
     with Store(backend) as store:
         check_version(backend)
         rounds = round_progress(store, now, limit=limit)
-    return {"rounds": format_progress(rounds), "progress_numbers": progress_numbers(rounds, now)}
+        numbers = progress_numbers(rounds, now)
+        for p, doc in zip(rounds, numbers):
+            if failures and p.failed:
+                doc["failures"] = [{"meter": r.meter, "task": r.amr_task, "error": r.error}
+                                   for r in store.list_runs(p.round_id, outcome="failed", limit=failures)]
+    return {"rounds": format_progress(rounds), "progress_numbers": numbers}
+
+
+def foreign_store_note(config, command: str) -> str | None:
+    """Opening another user's SQLite store could leave files it cannot use (a WAL created by
+    root): say whom to run as instead of touching it."""
+    import os
+    import pwd
+
+    url = config.database_url()
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split(":///", 1)[-1]
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return None
+    if owner == os.geteuid():
+        return None
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    return f"round progress: run as the store's owner (sudo -u {name} {command})"
 
 
 PENDING_GRACE = 3600.0  # a round silent this long with jobs pending is not waited for

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from utilitarian.config_schema import setting
+from utilitarian.errors import ConfigError
 from utilitarian.plugins import ConfigSection
 
 STAMP_CHOICES = ("slot", "poll")
@@ -21,10 +22,13 @@ def _check_http_url(url: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        return f"not a URL ({exc})"
+        port = parts.port
+    except ValueError:  # the exception's text may quote the URL, token and all
+        return "not a URL (a bad port or a bracket without its pair)"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
+    if port == 0:
+        return "port must be between 1 and 65535"
     return None
 
 
@@ -78,8 +82,24 @@ class AmrConfig:
     store_pool_size: int = setting(8, min=1, max=200, doc="database connections per process")
     store_timeout: float = setting(30.0, min=0.1, max=3600.0,
                                    doc="wait for a connection or a lock before failing")
+    store_unready_retry: float = setting(
+        60.0, min=0.1, max=3600.0,
+        doc="a store not ready (schema behind or ahead while `db migrate` runs, SQLite store of another "
+            "host): jobs are deferred this long each time, up to 1000 times (~17 h), never dead-lettered for it")
     publish: PublishSettings = field(default_factory=PublishSettings)
 
 
+def check_config(config) -> list[ConfigError]:
+    """At `config check` and every process start (utilitarian.validation): a database URL the
+    store cannot open. Found at run time it was "not retryable": every job of a round dead-lettered."""
+    from utilitarian.amr.store.backend import database_location
+
+    try:
+        database_location(config.database_url())
+    except ConfigError as exc:
+        return [ConfigError(exc.reason, file=config.source, key="database.url")]
+    return []
+
+
 # Registered as the `[amr]` table through the `utilitarian.config` entry-point group.
-CONFIG_SECTION = ConfigSection(AmrConfig)
+CONFIG_SECTION = ConfigSection(AmrConfig, check_config=check_config)

@@ -298,9 +298,11 @@ def parse_meter_url(url: str, *, secret: str | None = None) -> MeterTarget:
         try:
             host, port = parts.hostname, parts.port
         except ValueError:
-            raise fail("port must be a number between 0 and 65535") from None
+            raise fail("port must be a number between 1 and 65535") from None
         if not host:
             raise fail(f"{scheme} needs host:port")
+        if port == 0:  # urlsplit accepts it; nothing listens on port 0 (it crashed meters import)
+            raise fail("port must be a number between 1 and 65535")
         if port is None:
             port = spec.default_port
             if port is None:

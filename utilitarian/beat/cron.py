@@ -65,17 +65,24 @@ class CronSchedule:
         return f"CronSchedule({self.expr!r}, {self.tz.key!r})"
 
     def slots(self, after: dt.datetime) -> Iterator[dt.datetime]:
-        """Slots strictly after `after` (aware), in increasing UTC order, forever."""
+        """Slots strictly after `after` (aware), in increasing UTC order, until the calendar ends
+        (year 9999: croniter and datetime raise OverflowError past it; the iterator just stops)."""
         from croniter import croniter
 
         after = after.astimezone(UTC)
-        wall_start = after.astimezone(self.tz).replace(tzinfo=None)
+        try:
+            wall_start = after.astimezone(self.tz).replace(tzinfo=None)
+        except OverflowError:  # within a day of year 1 or 9999: no wall clock there
+            return
         # Sub-second precision does not exist in cron; start from the whole second.
         it = croniter(self.expr, wall_start.replace(microsecond=0))
         last: dt.datetime | None = None
         while True:
-            wall = it.get_next(dt.datetime)
-            instant = self.instant_of(wall)
+            try:
+                wall = it.get_next(dt.datetime)
+                instant = self.instant_of(wall)
+            except (OverflowError, ValueError):  # past 9999-12-31 (`schedule show --at 9999-...`)
+                return
             if instant <= after or instant == last:
                 continue
             last = instant

@@ -16,6 +16,7 @@ from utilitarian.broker.connection import BrokerSettings, connect_blocking, tran
 from utilitarian.broker.publisher import Outgoing
 from utilitarian.broker.topology import declare_all
 from utilitarian.errors import BrokerUnavailable
+from utilitarian.fleet.protocol import CONTROL_EXCHANGE, Request, declare_control
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class BeatConnection:
         self.control = None
         self.lock_channel = None
         self.events: list[BeatEvent] = []
+        self.requests: list[tuple[Request, str]] = []  # fleet control requests and their reply queues
         self.returned: list[str] = []
 
     # --- connection ------------------------------------------------------------------------
@@ -82,6 +84,11 @@ class BeatConnection:
             queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(queue, EVENTS_EXCHANGE)
             channel.basic_consume(queue, self.on_event, auto_ack=True)
+            # Fleet control (`status --all`): requests wait here until the loop answers them.
+            declare_control(channel)
+            control_queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.queue_bind(control_queue, CONTROL_EXCHANGE)
+            channel.basic_consume(control_queue, self.on_control, auto_ack=True)
         except Exception as exc:  # pika raises many types; translate decides fatal or retry
             self.close()
             raise translate(exc, self.settings) from None
@@ -189,6 +196,21 @@ class BeatConnection:
         event = BeatEvent.decode(body)
         if event is not None and event.holder != self.identity:
             self.events.append(event)
+
+    def on_control(self, _channel, _method, props, body) -> None:
+        request = Request.decode(body)
+        if request is not None and props.reply_to:
+            self.requests.append((request, props.reply_to))
+
+    def send(self, exchange: str, routing_key: str, body: bytes, correlation_id: str | None = None) -> None:
+        """A fleet reply or roster announcement on the control channel (no confirm: best effort)."""
+        import pika
+
+        try:
+            self.control.basic_publish(exchange, routing_key, body, pika.BasicProperties(
+                content_type="application/json", correlation_id=correlation_id))
+        except Exception as exc:
+            raise LockLost(f"cannot publish on the control channel: {translate(exc, self.settings)}") from None
 
     def on_return(self, _channel, method, props, _body) -> None:
         headers = props.headers or {}

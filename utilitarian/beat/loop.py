@@ -73,6 +73,17 @@ class Beat:
         self.ever_connected = False
         self.last_clock: tuple[float, float] | None = None
         self.fired = 0
+        self.last_error: str | None = None  # why the connection or the lock was last lost
+        from utilitarian.beat.metrics import BeatMetrics
+
+        self.metrics = BeatMetrics()
+        from utilitarian import __version__
+        from utilitarian.beat.presence import BeatPresence
+        from utilitarian.fleet.protocol import Member
+        from utilitarian.hostname import host_name
+
+        host = host_name()
+        self.presence = BeatPresence(Member(f"beat@{host}", "beat", host, None, os.getpid(), __version__), clock=clock)
 
     # --- signals ---------------------------------------------------------------------------------
     def request_stop(self, how: str = "term") -> None:
@@ -115,6 +126,7 @@ class Beat:
         self.standby_since = self.now()
         self.holder = None
         self.contend_now = True  # contend at once after (re)connecting
+        self.presence.reset()
         log.info("connected to %s as %s; contending for the beat lock", self.settings.where, self.identity)
 
     def serve(self) -> None:
@@ -128,12 +140,14 @@ class Beat:
     def lose(self, exc: Exception, delay: float) -> None:
         """Fail closed: whatever we were, we fire nothing more until the lock is ours again."""
         was = self.role
+        self.last_error = str(exc)
         self.role = "disconnected"
         self.leader_since = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
         if was == "leader":
+            self.metrics.lost_lock()
             log.error("lost the beat lock (%s): fires stopped; reconnecting in %.1fs to contend again", exc, delay)
         else:
             log.warning("%s; reconnecting in %.1fs", exc, delay)
@@ -146,6 +160,8 @@ class Beat:
         conn, self.conn = self.conn, None
         if conn is None:
             return
+        if conn.is_open:
+            self.presence.goodbye(conn)
         if self.role == "leader" and conn.is_open:
             try:
                 conn.release(self.leader_since)
@@ -192,6 +208,7 @@ class Beat:
     # --- leader -----------------------------------------------------------------------------------
     def become_leader(self, state: BeatState) -> None:
         self.term += 1
+        self.metrics.took_lock()
         self.role = "leader"
         self.leader_since = self.now()
         self.state = state
@@ -259,6 +276,9 @@ class Beat:
 
     def log_fires(self, fires, committed: dt.datetime) -> None:
         """One line per fire with its lateness (commit done minus slot), or one per burst."""
+        for due in fires:
+            self.metrics.record_fire(due.entry.name, due.slot.timestamp(), (committed - due.slot).total_seconds(),
+                                     committed.timestamp())
         if len(fires) > LOG_EACH_FIRE:
             log.info("fired %d catch-up slots from %s to %s", len(fires), slot_iso(fires[0].slot),
                      slot_iso(fires[-1].slot))
@@ -273,6 +293,14 @@ class Beat:
         if self.next:
             text += f", next {self.next[1].name} at {slot_iso(self.next[0])}"
         return text
+
+    def status_doc(self) -> dict:
+        """What `status --all` shows of this beat."""
+        return {"role": self.role, "identity": self.identity, "leader_since": _iso(self.leader_since)
+                if self.leader_since else None, "holder": self.holder.holder if self.holder else None,
+                "entries": len(self.entries), "fired": self.fired, "term": self.term,
+                "next_fire": {"entry": self.next[1].name, "slot": slot_iso(self.next[0])} if self.next else None,
+                "last_error": self.last_error, "broker": self.settings.where}
 
     # --- time -------------------------------------------------------------------------------------
     def now(self) -> dt.datetime:
@@ -295,6 +323,7 @@ class Beat:
     def wait(self, seconds: float) -> None:
         """Sleep on the connection (heartbeats and events keep flowing) for at most `seconds`."""
         self.on_events(self.conn.pump(max(0.0, seconds)))
+        self.presence.serve(self.conn, self.status_doc)
         self.ping_watchdog()
 
     def idle(self, seconds: float) -> None:

@@ -91,6 +91,9 @@ def parse_url(url: str) -> tuple[str, tuple[tuple[str, int], ...], str, str, str
     if scheme not in SCHEMES:
         raise ValueError(f"broker URL scheme must be amqp or amqps, not {scheme!r}")
     netloc, _, path = rest.partition("/")
+    if "@" not in netloc and "@" in path:
+        # Said without quoting: any part of this URL may be a piece of the password.
+        raise ValueError("broker URL: a '/' in the user name or password must be percent-encoded (%2F)")
     path, _, _query = path.partition("?")
     userinfo, at, hostpart = netloc.rpartition("@")
     if not at:
@@ -104,10 +107,17 @@ def parse_url(url: str) -> tuple[str, tuple[tuple[str, int], ...], str, str, str
         if not item:
             raise ValueError("broker URL has an empty host")
         if item.startswith("["):  # [ipv6]:port
-            host, _, port_text = item[1:].partition("]")
-            port_text = port_text.lstrip(":")
+            host, bracket, after = item[1:].partition("]")
+            if not bracket or (after and not after.startswith(":")):
+                # "[::1:5672" passed before and failed at every connect: the job's whole round
+                # was dead-lettered while `config check` said the file was fine.
+                raise ValueError(f"broker URL host {item!r} is not [IPv6 address] or [IPv6 address]:port")
+            _check_ipv6(host)
+            port_text = after[1:]
         else:
             host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError("broker URL has an empty host")
         try:
             port = int(port_text) if port_text else SCHEMES[scheme]
         except ValueError:
@@ -117,6 +127,15 @@ def parse_url(url: str) -> tuple[str, tuple[tuple[str, int], ...], str, str, str
         hosts.append((host, port))
     vhost = urllib.parse.unquote(path) if path else "/"
     return scheme, tuple(hosts), user, password, vhost
+
+
+def _check_ipv6(host: str) -> None:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(host.partition("%")[0])  # a zone (fe80::1%eth0) is the kernel's
+    except ValueError:
+        raise ValueError(f"broker URL host [{host}] is not an IPv6 address") from None
 
 
 def replace_password(url: str, password: str) -> str:

@@ -19,6 +19,7 @@ from utilitarian import queues
 from utilitarian.broker import delay
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
 from utilitarian.errors import TopologyError
+from utilitarian.fleet.protocol import CONTROL_EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def declare_all(channel, task_queues=queues.QUEUES, queue_type: str = "classic")
     delay.declare(channel, list(task_queues) + [queues.DEAD_LETTER], queue_type,
                   declare=lambda ch, name, level: declare_checked(
                       ch, name, queue_type, lambda t: delay.level_arguments(level, t)))
+    # Fleet control (utilitarian/fleet): workers' agents, beats and clients declare it too, and the
+    # roster stream next to it, so a broker whose marker predates it still gets it.
+    channel.exchange_declare(CONTROL_EXCHANGE, exchange_type="fanout", durable=True)
     channel.exchange_declare(marker_for(queue_type), exchange_type="fanout", durable=True)
 
 
@@ -120,7 +124,7 @@ def declare_topology(settings: BrokerSettings, task_queues=queues.QUEUES, *, att
         except Exception as exc:  # ours (QueueTypeMismatch) pass through translate unchanged
             raise translate(exc, settings) from None
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def ensure_topology(settings: BrokerSettings, *, attempts: int | None = 3) -> None:
@@ -132,7 +136,7 @@ def ensure_topology(settings: BrokerSettings, *, attempts: int | None = 3) -> No
         except Exception as exc:
             raise translate(exc, settings) from None
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def expected_arguments(name: str) -> dict[str, dict]:
@@ -182,12 +186,20 @@ def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3,
                    types: bool = False) -> list[QueueState]:
     """Depth and consumer count per queue by passive declare (no management plugin needed); with
     `types`, each queue's type too (probed, see probe_queue_type)."""
+    connection = connect_blocking(settings, name="utilitarian inspect", attempts=attempts)
+    try:
+        return queue_states(connection, settings, names, types=types)
+    finally:
+        close_quietly(connection)
+
+
+def queue_states(connection, settings: BrokerSettings, names, *, types: bool = False) -> list[QueueState]:
+    """`inspect_queues` on a connection the caller keeps (the dashboard samples every few seconds)."""
     import pika.exceptions
 
-    connection = connect_blocking(settings, name="utilitarian inspect", attempts=attempts)
     out = []
+    channel = connection.channel()
     try:
-        channel = connection.channel()
         for name in names:
             try:
                 ok = channel.queue_declare(name, passive=True)
@@ -205,11 +217,12 @@ def inspect_queues(settings: BrokerSettings, names, *, attempts: int | None = 3,
                     raise translate(exc, settings) from None
             out.append(QueueState(name, ok.method.message_count, ok.method.consumer_count, kind))
     finally:
-        _close_quietly(connection)
+        if channel.is_open:
+            channel.close()
     return out
 
 
-def _close_quietly(connection) -> None:
+def close_quietly(connection) -> None:
     try:
         if connection.is_open:
             connection.close()

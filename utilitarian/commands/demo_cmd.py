@@ -37,6 +37,8 @@ def register(sub, parent) -> None:
     p.add_argument("--broker", help="AMQP URL (default: the local RabbitMQ, guest/guest)")
     p.add_argument("--dir", help="working directory (default: a new temporary one, removed at the end)")
     p.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+    p.add_argument("--dashboard-port", type=int, default=8480,
+                   help="port of the status page on 127.0.0.1 (default 8480, a free one if taken; -1: none)")
     p.set_defaults(handler=run)
 
 
@@ -317,6 +319,7 @@ def run(args) -> int:
     procs = Processes(workdir, config_path)
     started = []
     code = EX_OK
+    dashboard = None
     try:
         settings = settings_from_config(config)
         declare_topology(settings)
@@ -332,6 +335,7 @@ def run(args) -> int:
               f"{tasks} AMR tasks; rounds every {args.interval} s and every minute. Ctrl-C stops.")
         procs.start("worker", "worker", "-c", "2", "--threads", "25")
         procs.start("beat", "beat")
+        dashboard = _dashboard(config, args.dashboard_port)
         deadline = time.monotonic() + args.duration if args.duration else None
         state: dict = {}
         with store_for_config(config) as store:
@@ -345,6 +349,8 @@ def run(args) -> int:
                 time.sleep(1.0)
         print("stopping: beat, then worker (in-flight polls finish), then the simulated meters ...")
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         for line in procs.stop():
             print(f"  {line}")
         for part in reversed(started):
@@ -355,6 +361,20 @@ def run(args) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print("demo stopped cleanly" if code == 0 else "demo stopped after an error")
     return code
+
+
+def _dashboard(config, port: int):
+    """The status page beside the terminal view (threads of this process), on localhost only."""
+    from utilitarian.dashboard import server
+
+    if port < 0:
+        return None
+    try:
+        running = server.start(config, port=port)
+    except OSError:  # the port is taken (another demo, a real dashboard): any free one will do
+        running = server.start(config, port=0)
+    print(f"status page: {running.url}  (open it in a browser beside this view)")
+    return running
 
 
 def _purge(settings) -> None:

@@ -58,12 +58,18 @@ def register(sub, parent) -> None:
     p.add_argument("--since", help="ISO 8601 time (inclusive; default: everything)")
     p.add_argument("--until", help="ISO 8601 time (exclusive)")
     p.add_argument("--meter")
-    p.add_argument("--format", choices=("csv",), default="csv")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("-o", "--output", help="file (default: standard output)")
     p.set_defaults(handler=run_export)
-    p = readings.add_parser("events", parents=[parent], help="latest meter system events")
+    p = readings.add_parser("events", parents=[parent],
+                            help="meter system events: the latest as text, or exported as CSV or JSON")
     p.add_argument("--meter")
-    p.add_argument("-n", type=int, default=20)
+    p.add_argument("-n", type=int, default=20, help="how many of the latest (text only; default 20)")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                   help="csv/json: every event in [--since, --until), ordered by time, like `readings export`")
+    p.add_argument("--since", help="ISO 8601 time (inclusive; csv/json)")
+    p.add_argument("--until", help="ISO 8601 time (exclusive; csv/json)")
+    p.add_argument("-o", "--output", help="file (default: standard output)")
     p.set_defaults(handler=run_events)
 
     p = sub.add_parser("poll", parents=[parent], help="poll one meter now (an on-demand job on amr.on_demand)")
@@ -128,14 +134,14 @@ def _dry_run_without_store(args, config) -> int:
 
 def run_import(args) -> int:
     from utilitarian.amr.registry_import import load_meter_list
-    from utilitarian.amr.store import store_for_config
+    from utilitarian.amr.store import StoreError, store_for_config
     from utilitarian.commands.common import load
     from utilitarian.errors import ConfigError
 
     config = load(args)
     try:
         store = store_for_config(config)
-    except ConfigError:
+    except (ConfigError, StoreError):  # not migrated, or not even there to open (a new host)
         if args.dry_run:
             return _dry_run_without_store(args, config)
         raise
@@ -302,34 +308,43 @@ def run_tail(args) -> int:
 
 
 def run_export(args) -> int:
-    from utilitarian.amr.model import iso_utc
+    from utilitarian.amr.export import READING_FIELDS, reading_rows
 
     since, until = _utc(args.since, "--since"), _utc(args.until, "--until")
     _, store = _open(args)
+    with store:
+        rows = reading_rows(store.iter_readings(since=since, until=until, meter=args.meter))
+        return _export(args, READING_FIELDS, rows, "readings")
+
+
+def run_events(args) -> int:
+    from utilitarian.amr.export import EVENT_FIELDS, event_rows
+    from utilitarian.amr.model import iso_utc
+
+    since, until = _utc(args.since, "--since"), _utc(args.until, "--until")
+    if args.format == "text" and (since or until or args.output):
+        raise UsageError("--since, --until and -o go with --format csv or json")
+    _, store = _open(args)
+    with store:
+        if args.format != "text":
+            rows = event_rows(store.iter_events(since=since, until=until, meter=args.meter))
+            return _export(args, EVENT_FIELDS, rows, "events")
+        for e in reversed(store.list_events(meter=args.meter, limit=args.n)):
+            print(f"{iso_utc(e.timestamp)}  {e.meter:<24} {e.title}: {e.content}")
+    return 0
+
+
+def _export(args, fields, rows, what: str) -> int:
+    from utilitarian.amr.export import write_rows
+
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    count = 0
     try:
-        with store:
-            writer = csv.writer(out)
-            writer.writerow(("timestamp", "meter", "series", "value", "unit"))
-            for r in store.iter_readings(since=since, until=until, meter=args.meter):
-                writer.writerow((iso_utc(r.timestamp), r.meter, r.series, r.value, r.unit or ""))
-                count += 1
+        count = write_rows(out, args.format, fields, rows)
     finally:
         if args.output:
             out.close()
     if args.output:
-        print(f"{count} readings written to {args.output}", file=sys.stderr)
-    return 0
-
-
-def run_events(args) -> int:
-    from utilitarian.amr.model import iso_utc
-
-    _, store = _open(args)
-    with store:
-        for e in reversed(store.list_events(meter=args.meter, limit=args.n)):
-            print(f"{iso_utc(e.timestamp)}  {e.meter:<24} {e.title}: {e.content}")
+        print(f"{count} {what} written to {args.output}", file=sys.stderr)
     return 0
 
 

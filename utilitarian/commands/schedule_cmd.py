@@ -38,11 +38,10 @@ def _instant(text: str, option: str) -> dt.datetime:
 def _entries(args):
     from utilitarian.beat.schedule import entries_from_config
     from utilitarian.commands.common import load
-    from utilitarian.tasks import Registry
+    from utilitarian.validation import validate
 
     config = load(args)
-    registry = Registry.for_config(config)
-    entries_from_config(config, registry)  # exit 78 on an unknown task in an enabled entry
+    registry = validate(config)  # exit 78 on what beat would refuse (an unknown task in an enabled entry)
     return config, registry, {e.name: e for e in entries_from_config(config, registry, include_disabled=True)}
 
 

@@ -14,6 +14,9 @@ def register(sub, parent) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--socket", action="append", metavar="PATH", help="query this control socket (repeatable)")
     p.add_argument("--no-queues", action="store_true", help="do not ask the broker for queue depths")
+    p.add_argument("--all", action="store_true", help="every worker and beat on the broker, every host "
+                   "(over the control exchange; silent ones listed as such)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S", help="--all: seconds to wait for answers")
     p.set_defaults(handler=run)
 
 
@@ -64,10 +67,10 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
             except BrokerError as exc:
                 result["queues_error"] = str(exc)
     try:
-        from utilitarian.amr.progress import status_rounds
+        from utilitarian.amr.progress import foreign_store_note, status_rounds
     except ImportError:
-        status_rounds = None
-    owner_note = _foreign_sqlite(config)
+        status_rounds = foreign_store_note = None
+    owner_note = foreign_store_note(config, "utilitarian status") if foreign_store_note else None
     if owner_note:
         result["rounds_error"] = owner_note
     elif status_rounds is not None:
@@ -78,33 +81,27 @@ def gather(config, sockets: list[str] | None, with_queues: bool) -> dict:
     return result
 
 
-def _foreign_sqlite(config) -> str | None:
-    """Opening another user's SQLite store could leave files it cannot use (a WAL created by
-    root): say whom to run as instead of touching it."""
-    import os
-    import pwd
+def run_all(config, args) -> int:
+    from utilitarian.commands.control_cmd import fleet_exit_code, print_fleet
+    from utilitarian.errors import UsageError
+    from utilitarian.fleet.inspect import inspect_fleet
 
-    url = config.database_url()
-    if not url.startswith("sqlite:"):
-        return None
-    path = url.split(":///", 1)[-1]
-    try:
-        owner = os.stat(path).st_uid
-    except OSError:
-        return None
-    if owner == os.geteuid():
-        return None
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        name = str(owner)
-    return f"round progress: run as the store's owner (sudo -u {name} utilitarian status)"
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    reports = inspect_fleet(config, args.timeout)
+    if args.json:
+        print(json.dumps({"members": reports}, indent=2, default=str))
+    else:
+        print_fleet(reports)
+    return fleet_exit_code(reports)
 
 
 def run(args) -> int:
     from utilitarian.commands.common import load
 
     config = load(args)
+    if args.all:
+        return run_all(config, args)
     result = gather(config, args.socket, not args.no_queues)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -117,14 +114,19 @@ def run(args) -> int:
               f"{w['rate_per_s']}/s over the last minute  restarts {w['restarts']}")
         print(f"  tasks: {t['done']} done, {t['failed']} failed, {t['retried']} retried, "
               f"{t['refused']} refused, {t['deferred']} deferred")
+        if w.get("reload_error"):
+            print(f"  reload failed, running the old configuration: {w['reload_error']}")
         causes = {k: n for k, n in (w.get("restarts_by_cause") or {}).items() if n}
         if causes or w.get("reconnects") or w.get("consumer_cancels") or w.get("dead_letter_failures"):
             print(f"  replaced: {', '.join(f'{n} {k}' for k, n in causes.items()) or 'none'}; "
                   f"{w.get('reconnects', 0)} reconnects, {w.get('consumer_cancels', 0)} consumer cancels, "
                   f"{w.get('dead_letter_failures', 0)} failed dead letters/retries (requeued after a backoff)")
         for pool in w["pools"]:
-            short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"])
+            short = ", ".join(q.removeprefix("utilitarian.tasks.") for q in pool["queues"]) or "-"
             print(f"  pool {pool['name']}: {pool['processes']} x {pool['threads']} threads on {short}")
+        if w.get("drained"):
+            print(f"  drained (utilitarian control resume QUEUE): "
+                  f"{', '.join(q.removeprefix('utilitarian.tasks.') for q in w['drained'])}")
         print(f"    {'pid':>7} {'pool':<10} {'state':<9} {'rss':>6} {'done':>8} {'failed':>7} {'retried':>7} "
               f"{'inflight':>8} {'uptime':>7} {'reconn':>6} {'cancels':>7}  consuming")
         for c in w["children"]:

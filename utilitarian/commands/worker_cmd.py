@@ -66,11 +66,29 @@ def prepare(args: argparse.Namespace, config):
     """(plan, settings, registry) for this command line and config; raises ConfigError/UsageError."""
     from utilitarian.broker.connection import settings_from_config
     from utilitarian.supervisor.plan import build_plan
-    from utilitarian.tasks import Registry
+    from utilitarian.validation import validate
 
     plan = build_plan(config, options_from(args))
-    registry = Registry.for_config(config, plan.imports)
+    # The same checks as `config check` and beat, plus this profile's own imports.
+    registry = validate(config, plan.imports, profiles=[plan.profile] if plan.profile else ())
     return plan, settings_from_config(config), registry
+
+
+def control_agent(plan, settings, control: str | None, loglevel: str, log_format: str):
+    """The sidecar that answers `status --all` and `utilitarian control` for this worker over the
+    broker (fleet/agent.py); none without a control socket, its only way to the master."""
+    import os
+
+    from utilitarian import __version__
+    from utilitarian.fleet.agent import agent_main
+    from utilitarian.fleet.protocol import Member
+    from utilitarian.fleet.sidecar import AgentSidecar
+    from utilitarian.hostname import host_name
+
+    if control is None:
+        return None
+    member = Member(plan.name, "worker", host_name(), plan.profile, os.getpid(), __version__)
+    return AgentSidecar(agent_main, (settings, member, control, loglevel, log_format))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,17 +129,23 @@ def run(args: argparse.Namespace) -> int:
 
     control = args.control_socket or config.worker.control_socket or socket_path(config.runtime_dir(), plan.name)
     metrics = None
-    port = args.metrics_port if args.metrics_port is not None else config.worker.metrics_port
-    if port is not None:
-        from utilitarian.supervisor.metrics import MetricsServer
+    from utilitarian.supervisor.metrics import MetricsServer, port_for
 
-        metrics = MetricsServer(config.worker.metrics_host, port)
-        log.info("metrics on http://%s:%d/metrics", config.worker.metrics_host, metrics.port)
+    port = args.metrics_port if args.metrics_port is not None else \
+        port_for(config.worker.metrics_port, config.workers, plan.profile)
+    if port is not None:
+        try:
+            metrics = MetricsServer(config.worker.metrics_host, port)
+            log.info("metrics on %s", metrics.where)
+        except OSError as exc:  # e.g. EADDRINUSE: tasks matter more than the metrics page
+            log.error("cannot serve metrics on %s:%d (%s); running without a metrics page (Prometheus will "
+                      "report this target down)", config.worker.metrics_host, port, exc.strerror or exc)
     try:
         os.makedirs(os.path.dirname(control), exist_ok=True)
     except OSError as exc:
         log.warning("no control socket (%s): `utilitarian status` will not see this worker", exc)
         control = None
     arbiter = Arbiter(plan, config=config, registry=registry, settings=settings, loglevel=loglevel,
-                      reload=reload, notifier=Notifier(), control_path=control, metrics=metrics)
+                      reload=reload, notifier=Notifier(), control_path=control, metrics=metrics,
+                      agent=control_agent(plan, settings, control, loglevel, config.logging.format))
     return arbiter.run()

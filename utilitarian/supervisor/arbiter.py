@@ -15,6 +15,7 @@ from utilitarian.errors import EX_SOFTWARE
 from utilitarian.supervisor import events as ev
 from utilitarian.supervisor.child import ChildSpec, child_main
 from utilitarian.supervisor.clients import wait_io
+from utilitarian.supervisor.commands import check_command, describe
 from utilitarian.supervisor.heartbeat import StatusReader
 from utilitarian.supervisor.plan import WorkerPlan
 from utilitarian.supervisor.report import metrics_text, status_doc
@@ -40,7 +41,7 @@ class Handle:
 
 class Arbiter:
     def __init__(self, plan: WorkerPlan, *, config, registry, settings, loglevel: str, reload=None,
-                 notifier=None, control_path: str | None = None, metrics=None, clock=time.monotonic,
+                 notifier=None, control_path: str | None = None, metrics=None, agent=None, clock=time.monotonic,
                  wall_clock=time.time):
         self.config = config
         self.registry = registry
@@ -52,7 +53,12 @@ class Arbiter:
         self.control = None
         self.metrics = metrics
         self.clock = clock
+        self.wall_clock = wall_clock
         self.started_wall = wall_clock()
+        self.last_error: dict | None = None  # the latest warning or error the rules logged, for status
+        self.metrics_where = getattr(metrics, "where", None)
+        self.observed: dict = {}  # the control agent's latest "observed" report
+        self.agent = agent  # the control agent's sidecar (fleet/sidecar.py), or None
         self.signals = SignalQueue()
         enabled = bool(notifier and notifier.enabled)
         self.sup = Supervisor(plan, config.worker, clock(), notify=enabled,
@@ -73,6 +79,8 @@ class Arbiter:
             from utilitarian.supervisor.control import ControlServer
 
             self.control = ControlServer(self.control_path)
+        else:
+            self.agent = None  # the agent talks to the master only through the control socket
         log.info("worker %s starting: %s", self.plan.name, self.describe_plan())
         code = EX_SOFTWARE
         readable: set = set()
@@ -85,6 +93,8 @@ class Arbiter:
                     code = done
                     break
                 self.serve_clients(readable, writable, now)
+                if self.agent is not None:
+                    self.agent.check(now, self.inherited_fds())
                 readable, writable = self.wait(now)
         except Exception:  # the master must not die with children left behind
             log.exception("master loop failed; killing children")
@@ -94,6 +104,8 @@ class Arbiter:
         finally:
             if self.notifier:
                 self.notifier.stopping("stopped")
+            if self.agent is not None:
+                self.agent.stop()
             for server in self.servers():
                 server.close()
         log.info("worker %s stopped (exit %d)", self.plan.name, code)
@@ -112,6 +124,9 @@ class Arbiter:
             reads += server.read_fds()
             writes += server.write_fds()
             deadline = min(deadline, server.next_deadline())
+        if self.agent is not None:
+            reads += self.agent.fds()
+            deadline = min(deadline, self.agent.next_start)
         timeout = 0.0 if self.feedback else min(deadline - now, self.sup.wake_by(now))
         return wait_io(reads, writes, timeout)
 
@@ -138,7 +153,8 @@ class Arbiter:
         if self.control is not None:
             self.control.serve(readable, writable, now, self.answer)
         if self.metrics is not None:
-            self.metrics.serve(readable, writable, now, lambda: metrics_text(self.sup, self.clock()))
+            self.metrics.serve(readable, writable, now,
+                               lambda: metrics_text(self.sup, self.clock(), observed=self.observed))
 
     # --- carrying out actions ------------------------------------------------------------------
     def execute(self, actions) -> int | None:
@@ -146,6 +162,8 @@ class Arbiter:
         for action in actions:
             if isinstance(action, ev.Log):
                 rules_log.log(action.level, action.msg, *action.args)
+                if action.level >= logging.WARNING:
+                    self.last_error = {"at": self.wall_clock(), "message": action.render()}
             elif isinstance(action, ev.Spawn):
                 self.spawn_child(action)
             elif isinstance(action, ev.Kill):
@@ -170,12 +188,7 @@ class Arbiter:
                          graceful_timeout=self.plan.graceful_timeout, loglevel=self.loglevel,
                          boot_may_fail=action.boot_may_fail, probe_pending=bool(self.plan.exit_when_idle))
         r_fd, w_fd = os.pipe()
-        # The child must not hold the master's descriptors: a client socket kept open by a child
-        # would never see the master close it.
-        close_fds = [r_fd, self.signals.wake_r, self.signals.wake_w]
-        close_fds += [h.reader.fd for h in self.handles.values()]
-        for server in self.servers():
-            close_fds += server.read_fds() + server.write_fds()
+        close_fds = [r_fd] + self.inherited_fds()
         process = self.ctx.Process(target=child_main, args=(spec, w_fd, close_fds, self.signals.uninstall_in_child),
                                    name=f"{action.pool.name}-{action.index}", daemon=False)
         try:
@@ -190,6 +203,14 @@ class Arbiter:
         self.handles[action.cid] = Handle(process, StatusReader(r_fd))
         self.sup.started_pid(action.cid, process.pid)
         log.info("spawned child %d (pool %s, %d threads)", process.pid, action.pool.name, action.pool.threads)
+
+    def inherited_fds(self) -> list[int]:
+        """The master's descriptors a forked process must close: a client socket kept open by a
+        child would never see the master close it."""
+        fds = [self.signals.wake_r, self.signals.wake_w] + [h.reader.fd for h in self.handles.values()]
+        for server in self.servers():
+            fds += server.read_fds() + server.write_fds()
+        return fds
 
     @staticmethod
     def send(handle: Handle, signum: int) -> None:
@@ -232,10 +253,24 @@ class Arbiter:
 
     # --- answers to local clients ------------------------------------------------------------
     def answer(self, request: dict) -> dict:
+        """Status, ping, or an operator's change: checked now (an error changes nothing), carried
+        out by the rules next turn."""
         cmd = request.get("cmd", "status")
-        if cmd != "status":
-            return {"error": f"unknown command {cmd!r}"}
-        return status_doc(self.sup, self.clock(), pid=os.getpid(), started_wall=self.started_wall)
+        if cmd == "status":
+            doc = status_doc(self.sup, self.clock(), pid=os.getpid(), started_wall=self.started_wall)
+            doc["last_error"] = self.last_error
+            doc["metrics"] = self.metrics_where
+            return doc
+        if cmd == "ping":
+            return {"pong": True, "worker": self.plan.name, "pid": os.getpid()}
+        if cmd == "observed":  # the control agent's broker view (connection, queue depths), for metrics
+            self.observed = {**request, "at": self.clock()}
+            return {"ok": True}
+        error, command = check_command(self.sup, request)
+        if error:
+            return {"error": error}
+        self.feedback.append(command)
+        return {"ok": True, "accepted": describe(command)}
 
     def describe_plan(self) -> str:
         return "; ".join(f"pool {p.name}: {p.processes}x{p.threads} on "

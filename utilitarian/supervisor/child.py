@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -122,6 +121,7 @@ class Child:
         from utilitarian.supervisor.heartbeat import StatusWriter
         from utilitarian.supervisor.runner import TaskRunner
         from utilitarian.supervisor.stats import TaskStats
+        from utilitarian import telemetry
 
         spec = self.spec
         pool = spec.pool
@@ -148,6 +148,9 @@ class Child:
         from utilitarian.supervisor.idle_probe import PendingLaterProbe
 
         later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
+        from utilitarian.supervisor.collectors import MetricsCollectors
+
+        collectors = MetricsCollectors.for_child(app, pool.queues).start()
 
         def on_consuming() -> None:
             if not self.ready_sent:
@@ -165,7 +168,8 @@ class Child:
                              idle=round(runner.idle_for(), 3), why=consumer.why if not self.stop else "draining",
                              reconnects=rules.reconnects, cancels=rules.cancels,
                              dead_letter_failures=runner.dead_letter_failures,
-                             pending_later=later.pending_later or runner.held > 0)
+                             pending_later=later.pending_later or runner.held > 0,
+                             telemetry=telemetry.REGISTRY.snapshot() if telemetry.REGISTRY.families else None)
 
         def tick() -> None:
             nonlocal last_beat
@@ -221,6 +225,7 @@ class Child:
                 code = EX_SOFTWARE
         finally:
             later.stop()
+            collectors.stop()
             beat()
             runner.shutdown()
             try:
@@ -255,11 +260,7 @@ def child_main(spec: ChildSpec, status_fd: int, close_fds: list[int], before_run
     except BaseException:  # last resort: report and exit with a code the master decodes
         logging.getLogger(__name__).exception("child crashed during start-up")
     finally:
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:
-                pass
-        sys.stdout.flush()
-        sys.stderr.flush()
+        from utilitarian.log import flush_all
+
+        flush_all()
         os._exit(code)

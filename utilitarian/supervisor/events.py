@@ -48,6 +48,17 @@ class Reloaded:
 
 
 @dataclass(frozen=True)
+class ControlCommand:
+    """An operator's change (`utilitarian control`), checked by supervisor/commands.py before it
+    was accepted: "grow"/"shrink" `pool` by `n` processes, "drain"/"resume" `queue`."""
+
+    cmd: str
+    pool: str | None = None
+    queue: str | None = None
+    n: int = 0
+
+
+@dataclass(frozen=True)
 class ReloadFailed:
     reason: str
 

@@ -72,12 +72,65 @@ def render(worker: str, counts, hist, children: list[dict], restarts: int, *, by
     return "\n".join(lines) + "\n"
 
 
+def port_for(base: int | None, profiles, profile: str | None) -> int | None:
+    """The metrics port of one worker: `[worker] metrics_port` for a worker without a profile, that
+    plus the profile's position (1, 2, ...) in the TOML file for a profile, so that every profile of
+    a host has a port of its own (0 stays 0: any free port)."""
+    if not base or profile is None:
+        return base
+    names = list(profiles)
+    return base + 1 + names.index(profile) if profile in names else base
+
+
+OBSERVED_STALE = 30.0  # seconds: older broker observations of the control agent are not shown
+
+
+def render_fleet_view(worker: str, profile: str | None, pools, observed: dict, now: float, *,
+                      crashes_in_window: int, crash_loop_limit: int) -> list[str]:
+    """The worker's identity, pools (wanted / consuming), crash-loop state, and what its control
+    agent sees of the broker: connected or not, and queue depths. Observations older than
+    OBSERVED_STALE (agent gone or hung) count as disconnected, without depths."""
+    from utilitarian import __version__
+    from utilitarian.hostname import host_name
+
+    w = _label(worker)
+    lines = ["# HELP utilitarian_worker_info The worker's identity (value 1).", "# TYPE utilitarian_worker_info gauge",
+             f'utilitarian_worker_info{{worker="{w}",profile="{_label(profile or "")}",host="{_label(host_name())}",'
+             f'version="{__version__}"}} 1',
+             "# HELP utilitarian_pool_processes Children a pool should run (0 while all its queues are drained).",
+             "# TYPE utilitarian_pool_processes gauge"]
+    lines += [f'utilitarian_pool_processes{{worker="{w}",pool="{_label(n)}"}} {wanted}' for n, wanted, _ in pools]
+    lines += ["# HELP utilitarian_pool_consuming_children Children of a pool consuming their queues now.",
+              "# TYPE utilitarian_pool_consuming_children gauge"]
+    lines += [f'utilitarian_pool_consuming_children{{worker="{w}",pool="{_label(n)}"}} {c}' for n, _, c in pools]
+    lines += ["# HELP utilitarian_crash_loop_crashes Child crashes within the crash-loop window (the master "
+              "stops with exit 70 at utilitarian_crash_loop_limit).", "# TYPE utilitarian_crash_loop_crashes gauge",
+              f'utilitarian_crash_loop_crashes{{worker="{w}"}} {crashes_in_window}',
+              "# HELP utilitarian_crash_loop_limit Crashes within the window that stop the worker.",
+              "# TYPE utilitarian_crash_loop_limit gauge", f'utilitarian_crash_loop_limit{{worker="{w}"}} {crash_loop_limit}']
+    fresh = bool(observed) and now - float(observed.get("at", float("-inf"))) <= OBSERVED_STALE
+    connected = 1 if fresh and observed.get("connected") else 0
+    lines += ["# HELP utilitarian_broker_connected 1 while the worker's control agent holds a broker connection "
+              "(0: broker down, refused, or the agent not reporting).", "# TYPE utilitarian_broker_connected gauge",
+              f'utilitarian_broker_connected{{worker="{w}"}} {connected}']
+    if fresh and connected:
+        lines += ["# HELP utilitarian_queue_messages Messages ready in a queue this worker consumes (and the "
+                  "dead-letter queue), read by passive declare every 10 s.", "# TYPE utilitarian_queue_messages gauge"]
+        rows = [r for r in observed.get("queues") or () if isinstance(r, list) and len(r) == 3 and r[1] is not None]
+        lines += [f'utilitarian_queue_messages{{worker="{w}",queue="{_label(q)}"}} {m}' for q, m, _ in rows]
+        lines += ["# HELP utilitarian_queue_consumers Consumers of that queue on the broker (every worker's).",
+                  "# TYPE utilitarian_queue_consumers gauge"]
+        lines += [f'utilitarian_queue_consumers{{worker="{w}",queue="{_label(q)}"}} {c}' for q, _, c in rows]
+    return lines
+
+
 class MetricsServer(ClientServer):
     what = "metrics"
 
     def __init__(self, host: str, port: int):
         super().__init__(socket.create_server((host, port), reuse_port=False, backlog=64))
         self.port = self.sock.getsockname()[1]
+        self.where = f"http://{host}:{self.port}/metrics"
 
     def complete(self, data: bytes, eof: bool) -> bool:
         return b"\r\n\r\n" in data or b"\n\n" in data or (eof and bool(data))

@@ -4,6 +4,7 @@ last known figures, a pool's respawn state, and the tunables."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ class ChildRecord:
     idle: float = 0.0
     pending_later: bool = False  # the child holds work for later (exit-when-idle must wait)
     stats: dict = field(default_factory=dict)
+    telemetry: dict | None = None  # what task code counted (utilitarian.telemetry), cumulative
     counters: dict = field(default_factory=lambda: dict.fromkeys(CHILD_COUNTERS, 0))
     rss: int | None = None
     cause: str | None = None  # why it is leaving (a CAUSES entry, "shrink" or "stop")
@@ -114,6 +116,8 @@ class ChildRecord:
         for key in CHILD_COUNTERS:
             if key in doc:
                 self.counters[key] = as_int(doc.get(key))
+        if isinstance(doc.get("telemetry"), dict):
+            self.telemetry = doc["telemetry"]
         if isinstance(doc.get("stats"), dict):
             self.stats = doc["stats"]
             return True
@@ -125,7 +129,7 @@ class ChildRecord:
 
 @dataclass
 class PoolRecord:
-    spec: PoolSpec
+    spec: PoolSpec  # what runs: `configured` without the drained queues (no queue left: 0 processes)
     generation: int = 0
     next_index: int = 0
     crashes: int = 0  # consecutive crashes since a child of this pool was last ready
@@ -133,6 +137,20 @@ class PoolRecord:
     restarts: collections.Counter = field(default_factory=collections.Counter)
     # Why capacity was lost and not yet restored, oldest first: the next spawn is "for" that cause.
     owed: collections.deque = field(default_factory=collections.deque)
+    configured: PoolSpec | None = None  # from the plan, grown or shrunk by signals and control commands
+
+    def __post_init__(self):
+        self.configured = self.configured or self.spec
+
+    def configure(self, spec: PoolSpec, drained) -> bool:
+        """Take `spec` as configured; the running spec leaves out `drained` queues. Returns whether
+        the queues changed (its children must be rolled to consume the new set)."""
+        self.configured = spec
+        queues = tuple(q for q in spec.queues if q not in drained)
+        running = dataclasses.replace(spec, queues=queues, processes=spec.processes if queues else 0)
+        changed = running.queues != self.spec.queues
+        self.spec = running
+        return changed
 
 
 def as_int(value) -> int:

@@ -31,7 +31,9 @@ def status_doc(sup: Supervisor, now: float, *, pid: int, started_wall: float) ->
         "uptime": round(now - sup.started, 1), "started": started_wall,
         "state": f"stopping ({sup.stop})" if sup.stop else "running",
         "pools": [{"name": p.spec.name, "queues": list(p.spec.queues), "processes": p.spec.processes,
+                   "configured_queues": list(p.configured.queues), "configured_processes": p.configured.processes,
                    "threads": p.spec.threads, "restarts": by_cause(p.restarts)} for p in sup.pools.values()],
+        "drained": sorted(sup.drained),
         "children": children_status(sup, now), "totals": sup.stats.totals(),
         "rate_per_s": round(sup.stats.rate(), 2),
         # `restarts`: unexpected exits (crashes and heartbeat kills), as before; by cause: every
@@ -40,16 +42,25 @@ def status_doc(sup: Supervisor, now: float, *, pid: int, started_wall: float) ->
         "restarts_by_cause": by_cause(sup.restarts),
         "reconnects": sup.counter_total("reconnects"), "consumer_cancels": sup.counter_total("cancels"),
         "dead_letter_failures": sup.counter_total("dead_letter_failures"), "ever_ready": sup.ever_ready,
+        "reload_error": sup.reload_error, "reloads": {"ok": sup.reloads["ok"], "failed": sup.reloads["failed"]},
     }
 
 
-def metrics_text(sup: Supervisor, now: float) -> str:
-    from utilitarian.supervisor.metrics import render
+def metrics_text(sup: Supervisor, now: float, *, observed: dict | None = None) -> str:
+    from utilitarian import telemetry
+    from utilitarian.supervisor.metrics import render, render_fleet_view
 
     counts, hist = sup.stats.merged()
     unexpected = sup.restarts["crash"] + sup.restarts["heartbeat"]
-    return render(sup.plan.name, counts, hist, children_status(sup, now), unexpected,
+    children = children_status(sup, now)
+    text = render(sup.plan.name, counts, hist, children, unexpected,
                   by_pool={name: by_cause(p.restarts) for name, p in sup.pools.items()},
                   totals={"reconnects": sup.counter_total("reconnects"),
                           "consumer_cancels": sup.counter_total("cancels"),
                           "dead_letter_failures": sup.counter_total("dead_letter_failures")})
+    pools = [(name, p.spec.processes, sum(1 for c in children if c["pool"] == name and c["consuming"]))
+             for name, p in sup.pools.items()]
+    lines = render_fleet_view(sup.plan.name, sup.plan.profile, pools, observed or {}, now,
+                              crashes_in_window=len(sup.crash_times), crash_loop_limit=sup.limits.crash_loop_limit)
+    lines += telemetry.render(sup.plan.name, sup.telemetry)
+    return text + "\n".join(lines) + "\n"

@@ -10,12 +10,13 @@ import signal
 
 from utilitarian.errors import EX_CONFIG, EX_OK, EX_SOFTWARE
 from utilitarian.supervisor import events as ev
-from utilitarian.supervisor import duties, exits
+from utilitarian.supervisor import commands, duties, exits
 from utilitarian.supervisor.events import ERROR, INFO, WARNING, log
 from utilitarian.supervisor.plan import WorkerPlan
 from utilitarian.supervisor.records import (ACTIVE, CAUSES, CHILD_COUNTERS, ChildRecord, Limits, PoolRecord,
                                             State, as_float, as_int)
 from utilitarian.supervisor.stats import Aggregate
+from utilitarian.telemetry import Merged
 
 
 class Supervisor:
@@ -30,9 +31,11 @@ class Supervisor:
         self.pools: dict[str, PoolRecord] = {p.name: PoolRecord(p) for p in plan.pools}
         self.children: dict[int, ChildRecord] = {}
         self.stats = Aggregate()
+        self.telemetry = Merged()  # metrics task code counted in the children (AMR polls, readings...)
         self.retired_counters: collections.Counter = collections.Counter()
         self.restarts: collections.Counter = collections.Counter()  # by cause, every pool
         self.crash_times: list[float] = []
+        self.drained: set[str] = set()  # queues no pool consumes until resumed (`utilitarian control drain`)
         self.ever_ready = False  # any child ready since the master started: 78 is no longer a boot failure
         self.stop: str | None = None  # None | "graceful" | "quick"
         self.stop_deadline = float("inf")
@@ -41,6 +44,10 @@ class Supervisor:
         self.started = now
         self.next_cid = 1
         self.announced_ready = False
+        # The last HUP's refusal, shown in STATUS= and `utilitarian status` until a reload succeeds:
+        # the journal line alone scrolls away while the worker keeps running the old configuration.
+        self.reload_error: str | None = None
+        self.reloads: collections.Counter = collections.Counter()  # "ok"/"failed": reload_client waits on them
         self.last_rss = self.last_sample = self.last_status = self.last_watchdog = float("-inf")
         self._out: list = []
 
@@ -86,6 +93,7 @@ class Supervisor:
             rec = self.children.pop(event.cid, None)
             if rec is not None:
                 self.stats.retire(rec.cid)
+                self.telemetry.retire(rec.cid)
                 for key in CHILD_COUNTERS:
                     self.retired_counters[key] += rec.counters[key]
                 self.on_exit(now, rec, event.code)
@@ -95,7 +103,11 @@ class Supervisor:
                 self.on_memory(rec, event.rss)
         elif isinstance(event, ev.Reloaded):
             self.on_reloaded(event.plan, event.worker)
+        elif isinstance(event, ev.ControlCommand):
+            commands.apply_command(self, event)
         elif isinstance(event, ev.ReloadFailed):
+            self.reload_error = event.reason
+            self.reloads["failed"] += 1
             self.emit(log(ERROR, "reload failed, keeping the running configuration: %s", event.reason))
             self.emit(ev.Notify("ready", self.status_line()))
         else:
@@ -160,6 +172,8 @@ class Supervisor:
         if kind == "hb":
             if rec.take_heartbeat(doc):
                 self.stats.update(rec.cid, rec.stats)
+            if rec.telemetry is not None:
+                self.telemetry.update(rec.cid, rec.telemetry)
         elif kind == "ready":
             self.on_ready(rec, doc)
         elif kind == "consuming":
@@ -297,18 +311,24 @@ class Supervisor:
         if self.stop:
             return
         for name, pool in self.pools.items():
-            size = max(1, pool.spec.processes + delta)
-            if size != pool.spec.processes:
-                self.emit(log(INFO, "pool %s: %d -> %d processes", name, pool.spec.processes, size))
-                pool.spec = dataclasses.replace(pool.spec, processes=size)
-        self.plan = dataclasses.replace(self.plan, pools=tuple(p.spec for p in self.pools.values()))
+            size = max(1, pool.configured.processes + delta)
+            if size != pool.configured.processes:
+                self.emit(log(INFO, "pool %s: %d -> %d processes", name, pool.configured.processes, size))
+                pool.configure(dataclasses.replace(pool.configured, processes=size), self.drained)
+        self.replan()
+
+    def replan(self) -> None:
+        """The plan (status, reload comparisons) follows what the pools are configured to run."""
+        self.plan = dataclasses.replace(self.plan, pools=tuple(p.configured for p in self.pools.values()))
 
     def on_reloaded(self, plan: WorkerPlan, worker) -> None:
+        self.reloads["ok"] += 1
         if self.stop:
             return
         self.emit(log(INFO, "configuration reloaded; rolling children one by one: %s",
                       "; ".join(f"{p.name} {p.processes}x{p.threads}" for p in plan.pools)))
         self.plan, self.worker, self.limits = plan, worker, Limits.of(plan, worker)
+        self.reload_error = None
         new_pools = {p.name: p for p in plan.pools}
         for name in list(self.pools):
             if name not in new_pools:
@@ -319,10 +339,10 @@ class Supervisor:
         for name, spec in new_pools.items():
             pool = self.pools.get(name)
             if pool is None:
-                self.pools[name] = PoolRecord(spec)
+                pool = self.pools[name] = PoolRecord(spec)
             else:
-                pool.spec = spec
                 pool.generation += 1
+            pool.configure(spec, self.drained)
         self.emit(ev.Notify("ready", self.status_line()))
 
     # --- figures ------------------------------------------------------------------------------
@@ -340,5 +360,8 @@ class Supervisor:
         if self.stop:
             return f"stopping ({self.stop}): {len(self.children)} children left, {inflight} in flight"
         t = self.stats.totals()
-        return (f"{self.running()}/{self.wanted()} children, {inflight} in flight, {t['done']} done, "
+        line = (f"{self.running()}/{self.wanted()} children, {inflight} in flight, {t['done']} done, "
                 f"{t['failed']} failed, {t['retried']} retried, {self.stats.rate():.1f}/s")
+        if self.reload_error:
+            line += f"; reload failed, old configuration kept: {self.reload_error.splitlines()[0][:200]}"
+        return line

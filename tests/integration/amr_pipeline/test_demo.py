@@ -3,7 +3,10 @@ only, as a terminal sends it) stops worker, beat and simulators cleanly; no brok
 
 from __future__ import annotations
 
+import json
+import re
 import signal
+import urllib.request
 
 from support.amr_harness import wait_for
 from support.procs import Proc
@@ -11,7 +14,7 @@ from support.procs import Proc
 
 def test_demo_shows_rounds_and_stops_cleanly_on_ctrl_c(tmp_path, broker_url):
     demo = Proc(["demo", "--broker", broker_url, "--modbus", "40", "--iec", "10", "--dlms", "2", "--mbus", "3",
-                 "--interval", "10", "--dir", str(tmp_path / "demo")], log=tmp_path / "demo.log")
+                 "--interval", "10", "--dir", str(tmp_path / "demo"), "--dashboard-port", "0"], log=tmp_path / "demo.log")
     try:
         wait_for(lambda: "finished in" in demo.output() or not demo.alive(), timeout=60, interval=0.5,
                  what="a round to finish in the demo")
@@ -22,6 +25,11 @@ def test_demo_shows_rounds_and_stops_cleanly_on_ctrl_c(tmp_path, broker_url):
         wait_for(lambda: {"modbus", "iec", "dlms", "mbus"} <= reporting(tmp_path / "demo"), timeout=60,
                  interval=0.5, what="readings from every protocol")
         assert "dlms-0002" in {m for m in meters_with_readings(tmp_path / "demo")}
+        # the status page beside the terminal view shows the demo's rounds
+        url = re.search(r"status page: (http://127\.0\.0\.1:\d+/)", out).group(1)
+        with urllib.request.urlopen(url + "api/state", timeout=30) as resp:
+            rounds = {p["name"]: p for p in json.load(resp)["panels"]}["rounds"]
+        assert rounds["ok"] and any(bar["label"].startswith("quarterly") for bar in rounds["bars"]), rounds
         demo.signal(signal.SIGINT)
         assert demo.wait(90) == 0, demo.output()[-3000:]
         out = demo.output()

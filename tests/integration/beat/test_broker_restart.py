@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import shutil
 import signal
 import time
 
 import pytest
 
 from support.beat_harness import BeatProcess, FireConsumer, contiguous_seconds, wait_quiet, wait_until, write_config
-from support.rabbit import PrivateNode
+from support.rabbit import running_private_node
 from utilitarian import queues
 from utilitarian.broker.connection import settings_from_url
 from utilitarian.broker.topology import declare_topology
@@ -24,14 +23,7 @@ BEAT = {"retry_interval": 1.0, "retry_jitter": 0.3, "lock_heartbeat": 5.0}
 
 @pytest.fixture
 def node():
-    if not shutil.which("rabbitmq-server"):
-        pytest.skip("no rabbitmq-server binary for a private node")
-    node = PrivateNode()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
+    yield from running_private_node()
 
 
 def _plus(iso: str, seconds: float) -> str:

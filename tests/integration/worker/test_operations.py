@@ -60,12 +60,55 @@ def test_hup_rolls_children_with_the_new_thread_count_losing_nothing(kit):
     wait_for(lambda: set(ran_counts(kit.sink)) >= set(ids), timeout=60, what="tasks sent around the reload")
     assert max(ran_counts(kit.sink).values()) == 1
     assert "configuration reloaded" in worker.output()
-    # a broken file on HUP keeps the running configuration
+    # a broken file on HUP keeps the running configuration and its children,
+    good = kit.config_path.read_text()
+    rolled_pids = {c["pid"] for c in status(kit)["workers"][0]["children"]}
     kit.config_path.write_text("[worker\n")
     worker.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed, keeping the running configuration" in worker.output(), timeout=10,
              what="the reload to be refused")
     assert worker.alive()
+    kit.config_path.write_text(good)  # for `utilitarian status`, which reads it too (no HUP: nothing reloads)
+    # and says so in `utilitarian status` until a reload succeeds.
+    doc = status(kit)["workers"][0]
+    assert doc["reload_error"] and str(kit.config_path) in doc["reload_error"], doc["reload_error"]
+    assert {c["pid"] for c in doc["children"]} == rolled_pids and doc["pools"][0]["threads"] == 5
+    assert "reload failed, running the old configuration" in cli(kit, "status", "--no-queues").stdout
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def reload_client(kit, pid: int) -> subprocess.CompletedProcess:
+    """What the unit's ExecReload= runs, as systemd runs it ($RUNTIME_DIRECTORY set)."""
+    import os
+
+    return subprocess.run([sys.executable, "-m", "utilitarian.supervisor.reload_client", str(pid)],
+                          capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "RUNTIME_DIRECTORY": str(kit.control_socket())})
+
+
+def test_reload_client_waits_for_the_masters_answer(kit):
+    profile = '[[workers.rc.pools]]\nqueues = ["default"]\nprocesses = 1\nthreads = {threads}\n'
+    kit.configure(profile.format(threads=2))
+    worker = kit.worker("--profile", "rc")
+    wait_for(lambda: ready_children(kit) == 1, timeout=30, what="a ready child")
+    good = kit.config_path.read_text()
+    # A broken file: the reload fails with 78 and the reason, and the worker runs on unchanged,
+    kit.config_path.write_text(good.replace("[[workers.rc.pools]]", "[[workers.rc.pools]", 1))
+    refused = reload_client(kit, worker.pid)
+    assert refused.returncode == 78, refused
+    assert "reload refused" in refused.stderr and str(kit.config_path) in refused.stderr
+    kit.config_path.write_text(good)
+    doc = status(kit)["workers"][0]
+    assert doc["reloads"] == {"ok": 0, "failed": 1} and doc["pools"][0]["threads"] == 2
+    assert worker.alive()
+    # a good one is accepted (exit 0) and the children roll to it.
+    kit.configure(profile.format(threads=3))
+    accepted = reload_client(kit, worker.pid)
+    assert accepted.returncode == 0, accepted
+    doc = status(kit)["workers"][0]
+    assert doc["reloads"] == {"ok": 1, "failed": 1} and doc["reload_error"] is None
+    assert doc["pools"][0]["threads"] == 3
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
 

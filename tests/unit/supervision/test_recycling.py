@@ -96,6 +96,14 @@ def test_a_failed_reload_keeps_the_running_configuration(sim):
     out = s.step(1.0, ev.ReloadFailed("utilitarian.toml: bad"))
     assert "reload failed, keeping the running configuration" in s.logs(out)
     assert s.notes(out, "ready") and s.sup.pools["main"].generation == 0
+    # The refusal stays visible (STATUS=, `utilitarian status`) while the old configuration runs,
+    (ready,) = s.notes(out, "ready")
+    assert "reload failed, old configuration kept: utilitarian.toml: bad" in ready.text
+    assert s.sup.reload_error == "utilitarian.toml: bad" and s.sup.reloads == {"failed": 1}
+    # until a reload succeeds.
+    out = s.step(2.0, ev.Reloaded(s.sup.plan, s.worker))
+    assert s.sup.reload_error is None and "reload failed" not in s.notes(out, "ready")[0].text
+    assert s.sup.reloads == {"failed": 1, "ok": 1}
 
 
 def test_reload_removing_a_pool_drains_its_children_without_replacing_them(sim):
@@ -131,3 +139,13 @@ def test_ttin_grows_and_ttou_shrinks_draining_the_oldest(sim):
     for t in (4.0, 5.0, 6.0):  # never below one process
         s.step(t, s.sig(signal.SIGTTOU))
     assert s.sup.pools["main"].spec.processes == 1
+
+
+def test_reload_client_verdict_from_the_masters_counters():
+    from utilitarian.supervisor.reload_client import verdict
+
+    assert verdict({}, {}) is None
+    assert verdict({"ok": 2, "failed": 1}, {"ok": 2, "failed": 1}) is None  # still loading
+    assert verdict({"ok": 2}, {"ok": 3}) == "ok"
+    assert verdict({"failed": 0}, {"failed": 1}) == "failed"
+    assert verdict({"ok": 0, "failed": 0}, {"ok": 1, "failed": 1}) == "failed"  # a refusal is never hidden

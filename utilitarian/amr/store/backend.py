@@ -191,14 +191,22 @@ class SqliteBackend(Backend):
     def connect(self):
         import sqlite3
 
-        if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
-        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-        conn.execute("PRAGMA foreign_keys=ON")
+        # Translated here: the pool opens connections outside transaction()'s handler, and a raw
+        # sqlite3/OS error there was "not retryable", so the job was dead-lettered.
+        conn = None
+        try:
+            if self.path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return conn
 
     def ts(self, moment: dt.datetime | None) -> Any:
@@ -240,10 +248,10 @@ class SqliteBackend(Backend):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
-                conn.execute("COMMIT")
             finally:
                 if fd is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -255,11 +263,28 @@ class SqliteBackend(Backend):
 
         return (sqlite3.OperationalError,)
 
+    def is_broken(self, conn) -> bool:
+        return conn.in_transaction  # its ROLLBACK failed: never hand it out again
+
     def close(self) -> None:
         super().close()
         if self._lock_fd is not None and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _rollback(conn) -> None:
+    """Roll back what the error left open. After an I/O error or a full disk SQLite has already
+    rolled back by itself, and an unconditional ROLLBACK raised "cannot rollback - no transaction
+    is active", hiding the real cause; a failing ROLLBACK is logged, the cause still raised."""
+    import sqlite3
+
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("SQLite ROLLBACK failed (%s); the connection will be closed", exc)
 
 
 def _flock(fd: int) -> None:
@@ -327,9 +352,11 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
-def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Backend:
-    """sqlite:///abs/path, sqlite:///:memory: (tests) or postgresql://..."""
-    scheme = url.split(":", 1)[0].lower()
+def database_location(url: str) -> tuple[str, str]:
+    """("sqlite", path) or ("postgresql", url); ConfigError for anything else. Pure: startup
+    validation (utilitarian.validation, through [amr]'s check) and open_backend share it, so a URL
+    `config check` accepts is one every process can open."""
+    scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
     if scheme == "sqlite":
         path = unquote(urlsplit(url).path)
         if url.startswith("sqlite:////"):
@@ -337,10 +364,29 @@ def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Back
         if not path or path == "/":
             raise ConfigError("sqlite URL needs a path: sqlite:///var/lib/utilitarian/db.sqlite3",
                               key="database.url")
-        if path == "/:memory:":
-            path = ":memory:"  # one connection only: every connection would be its own empty database
-        return SqliteBackend(url, path, pool_size=pool_size, timeout=timeout)
+        return "sqlite", ":memory:" if path == "/:memory:" else path
     if scheme in ("postgresql", "postgres"):
-        return PostgresBackend(url, pool_size=pool_size, timeout=timeout)
-    raise ConfigError(f"unsupported database URL scheme {scheme!r}; use sqlite:/// or postgresql://",
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = 0
+        if port == 0:  # the text is not quoted: it may hold the password
+            raise ConfigError("postgresql URL port must be a number between 1 and 65535", key="database.url")
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("database.url is postgresql:// but psycopg is not installed "
+                              "(pip install 'utilitarian[postgres]')", key="database.url")
+        return "postgresql", url
+    shown = f"scheme {scheme!r}" if scheme else "URL without a scheme"
+    raise ConfigError(f"unsupported database {shown}; use sqlite:///path or postgresql://",
                       key="database.url")
+
+
+def open_backend(url: str, *, pool_size: int = 8, timeout: float = 30.0) -> Backend:
+    """sqlite:///abs/path, sqlite:///:memory: (tests; one connection only: every connection would
+    be its own empty database) or postgresql://..."""
+    dialect, where = database_location(url)
+    if dialect == "sqlite":
+        return SqliteBackend(url, where, pool_size=pool_size, timeout=timeout)
+    return PostgresBackend(url, pool_size=pool_size, timeout=timeout)

@@ -286,6 +286,34 @@ class ReadingStore:
                                      "ON m.id = r.meter_id WHERE m.name = ?", (meter,), 0))
             return int(tx.scalar("SELECT count(*) FROM meter_reading", default=0))
 
+    def iter_events(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                    meter: str | None = None, batch: int = 5000) -> Iterator[MeterSystemEvent]:
+        """Every event in [since, until) ordered by (timestamp, id), fetched in pages (`readings
+        events --format csv|json`, like iter_readings for `readings export`)."""
+        b = self.backend
+        last: tuple | None = None
+        while True:
+            where, params = [], []
+            for clause, value in (("ts >= ?", since), ("ts < ?", until)):
+                if value is not None:
+                    where.append(clause)
+                    params.append(b.ts(value))
+            if meter:
+                where.append("meter_name = ?")
+                params.append(meter)
+            if last is not None:  # keyset paging, as iter_readings
+                where.append("(ts > ? OR (ts = ? AND id > ?))")
+                params += [last[0], last[0], last[1]]
+            with b.transaction() as tx:
+                rows = tx.all("SELECT id, meter_name, title, content, ts FROM meter_system_event"
+                              + (" WHERE " + " AND ".join(where) if where else "")
+                              + f" ORDER BY ts, id LIMIT {int(batch)}", params)
+            for i, m, t, c, ts in rows:
+                yield MeterSystemEvent(i, m, t, c, b.from_ts(ts))
+            if len(rows) < batch:
+                return
+            last = (rows[-1][4], rows[-1][0])
+
     def list_events(self, *, meter: str | None = None, limit: int = 100) -> list[MeterSystemEvent]:
         b = self.backend
         where, params = "", []

@@ -187,12 +187,15 @@ class RunStore:
             return None
         return AmrTaskRun(row[0], row[1], row[2], row[3], row[4], row[5], row[6], int(row[7]), b.from_ts(row[8]))
 
-    def list_runs(self, round_id: str) -> list[AmrTaskRun]:
+    def list_runs(self, round_id: str, *, outcome: str | None = None, limit: int | None = None) -> list[AmrTaskRun]:
+        """The round's runs by meter; with `outcome`, only those (the dashboard lists the failed ones)."""
         b = self.backend
+        where, params = ("round_id = ?", [round_id]) if outcome is None else \
+            ("round_id = ? AND outcome = ?", [round_id, outcome])
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
         with b.transaction() as tx:
             rows = tx.all("SELECT job_id, meter_name, amr_task, outcome, round_id, error, duration, attempts, "
-                          "finished_at FROM amr_task_run WHERE round_id = ? ORDER BY meter_name, amr_task",
-                          (round_id,))
+                          f"finished_at FROM amr_task_run WHERE {where} ORDER BY meter_name, amr_task{tail}", params)
         return [AmrTaskRun(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), b.from_ts(r[8])) for r in rows]
 
     # --- interface blocks --------------------------------------------------------------------------

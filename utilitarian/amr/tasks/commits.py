@@ -73,6 +73,11 @@ def save_meter_readings(ctx, readings: list, job_id: str | None = None) -> dict:
     store = store_of(ctx.app)
     owner = ctx.id if publishing(ctx.app) else None
     result = store.commit_readings(batch, now=utc_now(), publish_as=owner)
+    from utilitarian.amr.metrics import READINGS
+
+    for outcome in ("inserted", "changed", "unchanged", "staged", "rejected"):
+        if getattr(result, outcome):
+            READINGS.inc(outcome, n=getattr(result, outcome))
     faultpoint("commit.readings_after_store")
     published = 0
     if owner:

@@ -4,12 +4,15 @@ built after the fork), chunking, and how the tasks read the clock."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import random
 from typing import Iterator, Sequence, TypeVar
 
 from utilitarian.amr.settings import AmrConfig
 
 UTC = dt.timezone.utc
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> dt.datetime:
@@ -23,9 +26,37 @@ def settings_of(app) -> AmrConfig:
 
 
 def store_of(app):
+    """The process's store. One it cannot use yet (schema behind or ahead of this release while
+    `db migrate` runs during an upgrade, a SQLite store claimed by another host) defers the job
+    instead of failing it: those ConfigErrors were "not retryable", so every job of a round was
+    dead-lettered while a migration lagged (issue 11 item 6). Static mistakes in `[database]` never
+    get here: `utilitarian.validation` refuses them when the worker starts (exit 78)."""
     from utilitarian.amr.store import store_for
+    from utilitarian.errors import ConfigError
+    from utilitarian.tasks import Defer
 
-    return store_for(app)
+    try:
+        store = store_for(app)
+    except ConfigError as exc:
+        wait = settings_of(app).store_unready_retry
+        _note_store_state(f"{exc.reason}; jobs that need the store are deferred by {wait:g}s each time "
+                          f"until it is ready (`utilitarian status` counts them as deferred)")
+        raise Defer(f"store not ready: {exc.reason}", countdown=wait * random.uniform(0.75, 1.25)) from None
+    _note_store_state(None)
+    return store
+
+
+_store_state: list[str | None] = [None]  # the last thing said about the store (one line per change)
+
+
+def _note_store_state(problem: str | None) -> None:
+    if problem == _store_state[0]:
+        return
+    if problem is not None:
+        log.warning("AMR store not ready: %s", problem)
+    else:
+        log.warning("AMR store ready again: deferred jobs run at their next attempt")
+    _store_state[0] = problem
 
 
 def meter_types_of(app) -> dict:

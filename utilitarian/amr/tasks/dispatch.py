@@ -50,6 +50,10 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
     jobs = plan_jobs(store.jobs_for_schedule(schedule), slot_time)
     rnd = DispatchRound(round_id(schedule, slot_time), schedule, slot_time, len(jobs), now)
     todo = store.record_round(rnd, jobs, now=now)
+    if len(todo) == len(jobs):  # a repeated dispatch of the same round is not a new round
+        from utilitarian.amr.metrics import DISPATCHED
+
+        DISPATCHED.inc(schedule)
     faultpoint("dispatch.after_record")
     if len(todo) < len(jobs):
         log.info("round %s was dispatched before; publishing the %d of %d jobs it did not publish",

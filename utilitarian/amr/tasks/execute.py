@@ -12,6 +12,7 @@ import random
 import time
 
 from utilitarian import queues
+from utilitarian.amr import metrics
 from utilitarian.amr.blocking import InterfaceBusy, interface_lock
 from utilitarian.amr.errors import MeterError, MeterTimeout
 from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
@@ -60,6 +61,7 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
     settings = settings_of(ctx.app)
     started = time.monotonic()
     label = amr_task or task_call or "?"
+    etype = execution_type
     try:
         device, call, kwargs, etype = _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type)
         meter = device.name  # the invoke body may name it by UUID; readings carry the name
@@ -83,19 +85,28 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
         else:
             result = _poll(ctx.app, etype, call, target, kwargs, stamp, device)
     except JobFailed as exc:
+        metrics.POLLS.inc(metrics.protocol_of(etype), "failed")
+        metrics.POLL_FAILURES.inc(metrics.protocol_of(etype), "job")
         _finish(ctx, meter, amr_task, round_id, "failed", str(exc), started, events=[
             _event(ctx, meter, "Poll failed", f"{label}: {exc}")])
         return {"outcome": "failed", "error": str(exc)}
     except (MeterError, SoftTimeLimitExceeded) as exc:
         kind = getattr(exc, "kind", "timeout")
         text = f"{kind}: {exc}" if str(exc) else kind
+        protocol = metrics.protocol_of(etype)
+        metrics.POLL_FAILURES.inc(protocol, kind)
+        metrics.POLL_SECONDS.observe(protocol, value=time.monotonic() - started)
         if isinstance(exc, RETRY_FOR) and ctx.retries < _max_retries(ctx):
+            metrics.POLLS.inc(protocol, "retried")
             log.info("poll of %s (%s) failed (%s); attempt %d will be retried", meter, label, text, ctx.retries + 1)
             raise
         log.warning("poll of %s (%s) failed after %d attempt(s): %s", meter, label, ctx.retries + 1, text)
+        metrics.POLLS.inc(protocol, "failed")
         _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
+    metrics.POLLS.inc(metrics.protocol_of(etype), "done")
+    metrics.POLL_SECONDS.observe(metrics.protocol_of(etype), value=time.monotonic() - started)
     faultpoint("execute.after_poll")
     readings = [MeterReading(meter, r.series, r.timestamp, r.value, r.unit) for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
@@ -214,4 +225,6 @@ def _finish(ctx, meter, amr_task, round_id, outcome, error, started, *, readings
     run = {"job_id": ctx.id, "meter": meter, "amr_task": amr_task, "round_id": round_id, "outcome": outcome,
            "error": (error or "")[:500] or None, "duration": duration, "attempts": ctx.retries + 1,
            "finished_at": iso_utc(utc_now())}
+    for e in events:
+        metrics.EVENTS.inc("poll_failed" if e.get("title") == "Poll failed" else "meter")
     outbox_of(ctx.app).send(readings=list(readings), events=list(events), run=run)

@@ -1,0 +1,1 @@
+"""Fleet control over the broker: `status --all`, `utilitarian control` (protocol, agent, client)."""
