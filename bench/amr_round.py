@@ -209,7 +209,9 @@ def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout:
             with store.backend.transaction() as tx:
                 return tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome <> 'pending'", default=0) >= n
         wait_until(outcomes, timeout, "every poll to finish", 0.2)
-        wait_until(lambda: store.count_readings() >= n * len(series), timeout, "every reading", 0.2)
+        with store.backend.transaction() as tx:  # a failed poll stores no readings
+            done = tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome = 'done'", default=0)
+        wait_until(lambda: store.count_readings() >= done * len(series), timeout, "every reading", 0.2)
         b = store.backend
         with b.transaction() as tx:
             last_poll = b.from_ts(tx.scalar("SELECT max(finished_at) FROM amr_task_run"))
@@ -217,7 +219,7 @@ def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout:
             last_c = b.from_ts(tx.scalar("SELECT max(committed_at) FROM meter_reading"))
             failed = tx.scalar("SELECT count(*) FROM amr_task_run WHERE outcome = 'failed'", default=0)
         rnd = store.get_round(round_id) if round_id else None
-    readings = n * len(series)
+    readings = max(1, done * len(series))
     return {"round": last_poll.timestamp() - t0, "stored": last_c.timestamp() - t0,
             "commit_rate": readings / max(1e-3, (last_c - first_c).total_seconds()), "failed": failed,
             "dispatch": rnd.dispatch_seconds if rnd else None}
