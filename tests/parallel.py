@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Balanced from `--durations=0` of a full run; keep each group's wall time near the others'.
 # Private broker nodes (cluster) and the nspawn machine (system) live in one group of their own.
 GROUPS = {
-    "system+cluster": ["tests/system", "tests/integration/cluster"],
+    "system+cluster": ["tests/system", "tests/integration/cluster", "tests/integration/beat",
+                       "tests/integration/dashboard"],
     "amr": ["tests/integration/amr_faults", "tests/integration/amr_pipeline", "tests/integration/amr",
             "tests/unit"],
 }
