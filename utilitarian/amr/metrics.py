@@ -81,3 +81,11 @@ def collect_round_metrics(app, queues) -> None:
     now = dt.datetime.now(UTC)
     rounds = [r for r in round_progress(store_for(app), now, limit=20) if r.schedule in schedules]
     set_round_gauges(rounds, now)
+
+
+def count_committed(result) -> None:
+    """A store CommitResult into `amr_readings_committed_total`, wherever the commit ran (a commit
+    task, or the polling process committing its group's results itself)."""
+    for outcome in ("inserted", "changed", "unchanged", "staged", "rejected"):
+        if getattr(result, outcome, 0):
+            READINGS.inc(outcome, n=getattr(result, outcome))

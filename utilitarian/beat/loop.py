@@ -18,7 +18,7 @@ from utilitarian.beat.lock import BeatConnection, BeatEvent
 from utilitarian.beat.schedule import ON_TIME, Entry, Plan, next_due, plan
 from utilitarian.beat.state import BeatState, encode_state
 from utilitarian.broker.connection import Backoff, BrokerSettings
-from utilitarian.errors import EX_SOFTWARE, AuthenticationRefused, BrokerUnavailable, UtilitarianError
+from utilitarian.errors import EX_SOFTWARE, AuthenticationRefused, BrokerUnavailable, TopologyError, UtilitarianError
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,11 @@ class Beat:
                     self.connect()
                     backoff.reset()
                     self.serve()
-                except AuthenticationRefused as exc:
+                except (AuthenticationRefused, TopologyError) as exc:
                     # Refused before we ever got in is a configuration fault (exit 78); refused
-                    # later is a broker still booting after a restart, so keep trying.
+                    # later is a broker still booting after a restart (access, or a 404 for a
+                    # durable queue whose home node is not up yet), so keep trying: the consumers'
+                    # rule (broker/recovery.py).
                     if not self.ever_connected:
                         raise
                     self.lose(exc, backoff.next_delay())

@@ -81,7 +81,7 @@ def test_poison_is_dead_lettered_after_max_deliveries(queue_type, broker_url, tm
     # One thread: a sibling delivered with the poison dies with it and is counted too (on both
     # queue types: the count cannot tell the killer from the bystander), which is not under test.
     worker = Proc(["worker", "--config", str(config), "-I", "support.cluster_tasks", "-Q", "default", "-c", "1",
-                   "--threads", "1"], env={"UTIL_TEST_SINK": str(sink)}, log=tmp_path / "worker.log")
+                   "--threads", "1", "--prefetch-multiplier", "1"], env={"UTIL_TEST_SINK": str(sink)}, log=tmp_path / "worker.log")
     try:
         wait_for(lambda: inspect_queues(settings, [queues.DEAD_LETTER])[0].messages >= 1, timeout=120,
                  what="the poison message in the dead-letter queue")

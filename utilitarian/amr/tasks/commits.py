@@ -73,11 +73,9 @@ def save_meter_readings(ctx, readings: list, job_id: str | None = None) -> dict:
     store = store_of(ctx.app)
     owner = ctx.id if publishing(ctx.app) else None
     result = store.commit_readings(batch, now=utc_now(), publish_as=owner)
-    from utilitarian.amr.metrics import READINGS
+    from utilitarian.amr.metrics import count_committed
 
-    for outcome in ("inserted", "changed", "unchanged", "staged", "rejected"):
-        if getattr(result, outcome):
-            READINGS.inc(outcome, n=getattr(result, outcome))
+    count_committed(result)
     faultpoint("commit.readings_after_store")
     published = 0
     if owner:

@@ -78,10 +78,12 @@ class CommitOutbox:
         from utilitarian.amr.tasks.commits import event_from_wire, publishing, run_from_wire
         from utilitarian.amr.tasks.common import store_of, utc_now
 
-        store_of(self.app).commit_results(
+        from utilitarian.amr.metrics import count_committed
+
+        count_committed(store_of(self.app).commit_results(
             [(run["job_id"], readings) for readings, _, run in group],
             [event_from_wire(e) for _, events, _ in group for e in events],
-            [run_from_wire(run) for _, _, run in group], now=utc_now(), publish=publishing(self.app))
+            [run_from_wire(run) for _, _, run in group], now=utc_now(), publish=publishing(self.app)))
 
     def _publish_outbox(self, owners: list[str]) -> None:
         """Publish what these jobs committed, this time or in an earlier attempt that did not get
