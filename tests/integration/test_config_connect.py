@@ -20,12 +20,7 @@ PASSWORD = "s3cret-" + secrets.token_hex(6)  # distinctive: must never appear in
 
 @pytest.fixture
 def user(rabbit, vhost):
-    """A broker user with full permissions on the test's vhost (like a site's `utilitarian` user)."""
-    name = f"fsx-{secrets.token_hex(4)}"
-    rabbit.ctl("add_user", name, PASSWORD)
-    rabbit.ctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
-    yield name
-    rabbit.ctl("delete_user", name, check=False)
+    yield from rabbit.user_on(vhost, PASSWORD, "fsx")
 
 
 def check(tmp_path, capsys, url: str, password: str, *extra: str, queue_type: str = "classic"):

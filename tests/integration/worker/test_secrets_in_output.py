@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import urllib.parse
-import uuid
 
 import pytest
 
@@ -28,11 +27,7 @@ def leaks(text: str) -> list[str]:
 
 @pytest.fixture
 def meter_user(rabbit, vhost):
-    user = f"meter-{uuid.uuid4().hex[:8]}"
-    rabbit.ctl("add_user", user, PASSWORD)
-    rabbit.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    yield user
-    rabbit.ctl("delete_user", user, check=False)
+    yield from rabbit.user_on(vhost, PASSWORD, "meter")
 
 
 def config_for(tmp_path, rabbit, vhost, user: str, password: str, *, raw_at: bool = False):
