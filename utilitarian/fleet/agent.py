@@ -208,6 +208,9 @@ def agent_main(settings, member: Member, control_path: str, loglevel: str, log_f
         from utilitarian.supervisor.child import set_process_name
 
         set_process_name("util-control")  # first: tools that count a master's worker children skip it
+        # The master's signal wake-up fd came with the fork and is closed below: a signal written
+        # to it would print "Exception ignored ... Bad file descriptor" with a traceback.
+        signal.set_wakeup_fd(-1)
         for fd in close_fds:
             try:
                 os.close(fd)
