@@ -71,7 +71,8 @@ def dead_letters(broker_url: str) -> int:
 
 def worker_totals(amr) -> dict:
     code, out = amr.cli("status", "--json", "--no-queues", name="status")
-    assert code == 0, out
+    # 3: no worker answers yet (still starting on a loaded machine); the caller waits on the counts
+    assert code in (0, 3), out
     doc = json.loads(out[out.index("{"):])
     return {"deferred": sum(w["totals"]["deferred"] for w in doc["workers"]),
             "failed": sum(w["totals"]["failed"] for w in doc["workers"]), "rounds_error": doc.get("rounds_error")}
