@@ -93,7 +93,8 @@ def machine(rabbit, tmp_path_factory) -> MachineRun:
     upgrade_bundle = build_bundle(newer, base / "dist")
     # A broker user and vhost like a site's: the password reaches the units only via LoadCredential.
     vhost = rabbit.add_vhost("sys")
-    user, password = f"utilsys-{secrets.token_hex(4)}", "p" + secrets.token_urlsafe(16)  # never a leading "-" (rabbitmqctl would read an option)
+    # Never a leading "-" in the password: rabbitmqctl add_user would read it as an option.
+    user, password = f"utilsys-{secrets.token_hex(4)}", "p" + secrets.token_urlsafe(16)
     rabbit.ctl("add_user", user, password)
     rabbit.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
     url = f"amqp://{user}@127.0.0.1:5672/{vhost}"
