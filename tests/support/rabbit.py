@@ -212,15 +212,6 @@ class ContainerRabbit(Rabbit):
             raise subprocess.CalledProcessError(code, args, result.stdout)
         return result
 
-    def user_on(self, vhost: str, password: str, prefix: str = "u"):
-        """A generator for fixtures: a new broker user with full permissions on `vhost` (like a
-        site's `utilitarian` user), deleted afterwards."""
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.ctl("add_user", name, password)
-        self.ctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
-        yield name
-        self.ctl("delete_user", name, check=False)
-
     def delete_vhost(self, vhost: str, wait: bool = False) -> None:
         self.ctl("delete_vhost", vhost, check=False)
 
