@@ -5,12 +5,12 @@ conversation handed to a `serve(line, gateway)` callback on its own thread, sess
 from __future__ import annotations
 
 import logging
-import socket
 import termios
 import threading
 import time
 from typing import Callable
 
+from utilitarian_sim.acceptor import Acceptor, Conversations
 from utilitarian_sim.iec_engine import LineClosed
 from utilitarian_sim.iec_server import PtyLine, SocketLine
 from utilitarian_sim.sessions import SessionLog
@@ -48,62 +48,42 @@ class LineServer:
         self.ports: list[int] = []
         self.devices: list[str] = []
         self.stop_event = threading.Event()
-        self._listeners: list[socket.socket] = []
+        self._acceptor: Acceptor | None = None
+        self._names: list[str] = []
         self._lines: list[PtyLine] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._conversations = Conversations(f"{name}-line")
 
     def start(self) -> None:
-        for gateway in range(self.gateways):
-            if self.transport == "tcp":
-                listener = socket.create_server((self.host, self._wanted[gateway]))
-                listener.settimeout(0.2)
-                self._listeners.append(listener)
-                self.ports.append(listener.getsockname()[1])
-                target, args = self._accept_loop, (gateway,)
-            else:
-                line = ResettingPtyLine()
-                self._lines.append(line)
-                self.devices.append(line.path)
-                target, args = self._run, (line, gateway, False)
-            self._spawn(target, args)
-
-    def _spawn(self, target, args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-line")
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+        if self.transport == "tcp":
+            self._acceptor = Acceptor(self.host, self._wanted, self._accepted, name=f"{self.name}-accept")
+            self.ports = self._acceptor.listen()
+        else:
+            self._lines = [ResettingPtyLine() for _ in range(self.gateways)]
+            self.devices = [line.path for line in self._lines]
+        self._names = self.interfaces()
+        if self._acceptor is not None:
+            self._acceptor.start()
+        for gateway, line in enumerate(self._lines):
+            self._conversations.spawn(self._run, line, gateway, False)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
-        for listener in self._listeners:
-            listener.close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
+        if self._acceptor is not None:
+            self._acceptor.stop(timeout)
+        self._conversations.join(timeout)
         for line in self._lines:
             line.close()
+
+    def _accepted(self, gateway: int, conn) -> None:
+        self._conversations.spawn(self._run, SocketLine(conn), gateway, True)
 
     def interfaces(self) -> list[str]:
         if self.transport == "pty":
             return list(self.devices)
         return [f"{self.host}:{p}" for p in self.ports]
 
-    def _accept_loop(self, gateway: int) -> None:
-        listener = self._listeners[gateway]
-        while not self.stop_event.is_set():
-            try:
-                conn, _peer = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self._spawn(self._run, (SocketLine(conn), gateway, True))
-
     def _run(self, line, gateway: int, closes: bool) -> None:
-        name = self.interfaces()[gateway]
+        name = self._names[gateway]
         self.sessions.started(name)
         try:
             self.serve(line, gateway, self.stop_event)

@@ -1,0 +1,99 @@
+"""Benchmark: CPU of the IEC 62056-21 protocol per poll, without sockets or a broker.
+
+A mode C readout session runs against an in-memory line that answers like the simulator (or a
+larger meter: --lines), so the figure is the protocol alone: request and option select built,
+identification and data message extracted (BCC checked), data lines parsed, readings made.
+`--chunk` splits the data message into TCP-sized pieces (a gateway at 9600 baud delivers a readout
+in many small reads, which is where a parser that rescans its buffer pays).
+
+    .venv/bin/python bench/iec_protocol_cpu.py [--polls 5000] [--lines 12] [--chunk 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+from datetime import datetime, timezone
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from utilitarian.amr.environments.iec6205621 import datasets_to_result  # noqa: E402
+from utilitarian.amr.protocols.iec62056_21 import Iec62056Session  # noqa: E402
+from utilitarian.amr.target import parse_meter_url  # noqa: E402
+
+
+def readout_message(lines: int) -> bytes:
+    """A data message like the simulator's: ids, clock, error register, then energy registers."""
+    rows = ["0.0.0(10000001)", "F.F(00000000)", "0.9.1(12:00:00)", "0.9.2(26-11-29)",
+            "1.8.0(00012345.678*kWh)", "2.8.0(00000123.456*kWh)", "1.6.0(0001.234*kW)(23-01-05 12:15)"]
+    n = 0
+    while len(rows) < lines:
+        n += 1
+        rows.append(f"{n % 99}.8.{n % 5}(0001{n:03d}.123*kWh)")
+    payload = ("\r\n".join(rows[:max(lines, 1)]) + "\r\n!\r\n").encode("ascii")
+    body = payload + b"\x03"
+    check = 0
+    for byte in body:
+        check ^= byte
+    return b"\x02" + body + bytes([check])
+
+
+class ScriptedLine:
+    """An opened transport whose reads return the next scripted answer, in `chunk`-byte pieces."""
+
+    can_switch_baud = False
+
+    def __init__(self, message: bytes, chunk: int):
+        self.answers = [b"/SIm5SIM62056\r\n"] + [message[i:i + chunk] for i in range(0, len(message), chunk)]
+        self.pos = 0
+
+    def open(self, timeout: float) -> None:
+        self.pos = 0
+
+    def close(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def read(self, timeout: float) -> bytes:
+        answer = self.answers[self.pos]
+        self.pos += 1
+        return answer
+
+    def drain(self) -> None:
+        pass
+
+    def set_baudrate(self, baudrate: int) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--polls", type=int, default=5000)
+    parser.add_argument("--lines", type=int, default=12, help="data lines per readout (simulator: 12)")
+    parser.add_argument("--chunk", type=int, default=4096, help="bytes per read of the data message")
+    args = parser.parse_args()
+    target = parse_meter_url("iec62056-21+tcp://127.0.0.1:1?address=10000001")
+    message = readout_message(args.lines)
+    line = ScriptedLine(message, args.chunk)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    only = {"1.8.0", "2.8.0"}
+    readings = 0
+    began = time.process_time()
+    for _ in range(args.polls):
+        with Iec62056Session(target, transport=line, sleep=lambda s: None) as session:
+            result = session.readout()
+        readings += len(datasets_to_result(result.datasets, now, only).readings)
+    spent = time.process_time() - began
+    print(f"# IEC 62056-21 readout, {args.lines} data lines ({len(message)} bytes) in reads of "
+          f"{args.chunk} bytes; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"protocol CPU per poll: {spent / args.polls * 1e6:.0f} us ({args.polls} polls, "
+          f"{readings / args.polls:.1f} readings each)")
+
+
+if __name__ == "__main__":
+    main()
