@@ -47,8 +47,9 @@ _ALLOWED = bytes(range(32, 127)) + b"\r\n"
 # "!", "/"), then values "(value)" or "(value*unit)" within the length bounds, then the line end or
 # the next data set. Lines this does not cover exactly go through parse_data_line, which accepts
 # the same and more (blanks around addresses) and names the fault of anything else.
-_DATA_SET = re.compile(r"([^()!/ \n]{0,%d})((?:\([^()*\n]{0,%d}(?:\*[^()*\n]{0,%d})?\))+)(\n?)"
-                       % (MAX_ADDRESS, MAX_VALUE, MAX_UNIT))
+_VALUE = r"\(([^()*\n]{0,%d})(?:\*([^()*\n]{0,%d}))?\)" % (MAX_VALUE, MAX_UNIT)
+_MORE_VALUES = r"((?:\([^()*\n]{0,%d}(?:\*[^()*\n]{0,%d})?\))*)" % (MAX_VALUE, MAX_UNIT)
+_DATA_SET = re.compile(r"([^()!/ \n]{0,%d})" % MAX_ADDRESS + _VALUE + _MORE_VALUES + r"(\n?)")
 
 
 def _decode(payload: bytes) -> str:
@@ -95,13 +96,15 @@ def parse_data_line(line: str, line_no: int = 1) -> list[DataSet]:
     return sets
 
 
-def _values(text: str) -> tuple[DataValue, ...]:
-    """`(v*u)(v)...` already matched by _DATA_SET."""
+def _more_values(text: str) -> list[DataValue]:
+    """The values after the first, `(v*u)(v)...`, already matched by _DATA_SET."""
+    if not text:
+        return []
     values = []
     for content in text[1:-1].split(")("):
         value, _star, unit = content.partition("*")
         values.append(DataValue(value, unit or None))
-    return tuple(values)
+    return values
 
 
 def _fast_lines(text: str) -> list[list[DataSet]] | None:
@@ -112,8 +115,9 @@ def _fast_lines(text: str) -> list[list[DataSet]] | None:
     for match in _DATA_SET.finditer(text):
         if match.start() != pos:
             return None
-        address, values, line_end = match.groups()
-        current.append(DataSet(address, _values(values)))
+        address, value, unit, more, line_end = match.groups()
+        first = DataValue(value, unit or None)
+        current.append(DataSet(address, (first, *_more_values(more)) if more else (first,)))
         if line_end:
             lines.append(current)
             current = []
