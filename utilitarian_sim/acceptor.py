@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import select
 import selectors
 import socket
@@ -26,6 +27,22 @@ BACKLOG = 1024
 # How long the loop sleeps when the process is out of file descriptors (EMFILE), so connections that
 # close free some; an accept loop that gave up there left its port dead until the simulator restarted.
 FD_PAUSE = 0.05
+
+
+def ensure_descriptors(listeners: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (up to the hard limit) so `listeners` ports and as many
+    conversations fit: many systems start processes at 1,024, which 2,000 simulated gateways
+    overrun before the first poll."""
+    wanted = 2 * listeners + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            log.info("open files limit raised from %d to %d for %d ports", soft, new, listeners)
+        if new < wanted:
+            log.warning("open files limit %d (hard) is below the %d that %d ports need",
+                        new, wanted, listeners)
 
 
 def readable(fd: int, timeout: float) -> bool:
@@ -58,6 +75,7 @@ class Acceptor:
         """Bind every port (connections queue in the backlog until `start`); the bound ports."""
         if self._selector is not None:
             return self.ports
+        ensure_descriptors(len(self._wanted))
         selector = selectors.DefaultSelector()
         try:
             for index, port in enumerate(self._wanted):
