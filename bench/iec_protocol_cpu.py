@@ -13,6 +13,11 @@ what a poll costs in the protocol layer.
 
     .venv/bin/python bench/iec_protocol_cpu.py [--polls 5000] [--lines 12] [--chunk 4096]
     .venv/bin/python bench/iec_protocol_cpu.py --url 'iec62056-21+tcp://127.0.0.1:40100?address=10000001' --polls 300
+
+`--split DIR` reads the worker profile of a round instead (`bench/amr_round.py --protocol iec
+--profile DIR`) and splits the IEC poll's share of the children's CPU: framing and parsing, the
+sockets, and everything else. Shares, not absolute times: the profiler inflates Python calls more
+than system calls.
 """
 
 from __future__ import annotations
@@ -77,13 +82,52 @@ class ScriptedLine:
         pass
 
 
+SPLIT = [  # (label, file suffix, function); cumulative CPU of each
+    ("IEC session + readings (environment readout)", "environments/iec6205621.py", "readout"),
+    ("  framing: identification, frames, BCC", "protocols/iec_frames.py", "extract_frame"),
+    ("", "protocols/iec_frames.py", "__call__"),
+    ("  readout parsing (data sets)", "protocols/iec_datasets.py", "parse_readout"),
+    ("  readings from data sets", "environments/iec6205621.py", "datasets_to_result"),
+    ("  sockets: connect", "protocols/transport.py", "open"),
+    ("  sockets: send", "protocols/transport.py", "write"),
+    ("  sockets: receive", "protocols/transport.py", "read"),
+    ("  sockets: close", "protocols/transport.py", "close"),
+]
+
+
+def split(directory: str) -> None:
+    import glob
+    import pstats
+
+    stats = pstats.Stats(*glob.glob(f"{directory}/child-*.pstats"))
+    found: dict[str, float] = {}
+    label = ""
+    for row_label, suffix, func in SPLIT:
+        label = row_label or label
+        for (path, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+            if name == func and path.endswith(suffix):
+                found[label] = found.get(label, 0.0) + ct
+    total = stats.total_tt
+    for row_label, _, _ in SPLIT:
+        if row_label:
+            print(f"{row_label:<48} {found.get(row_label, 0.0) / total:>6.1%}")
+    session = found.get(SPLIT[0][0], 0.0)
+    sockets = sum(v for k, v in found.items() if "sockets" in k)
+    print(f"{'protocol without sockets':<48} {(session - sockets) / total:>6.1%}")
+    print(f"{'everything outside the IEC session':<48} {1 - session / total:>6.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--polls", type=int, default=5000)
     parser.add_argument("--lines", type=int, default=12, help="data lines per readout (simulator: 12)")
     parser.add_argument("--chunk", type=int, default=4096, help="bytes per read of the data message")
     parser.add_argument("--url", help="poll this meter over TCP instead of the in-memory line")
+    parser.add_argument("--split", metavar="DIR", help="split a round's worker profile instead")
     args = parser.parse_args()
+    if args.split:
+        split(args.split)
+        return
     target = parse_meter_url(args.url or "iec62056-21+tcp://127.0.0.1:1?address=10000001")
     message = readout_message(args.lines)
     line = None if args.url else ScriptedLine(message, args.chunk)
