@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from utilitarian_sim.acceptor import Acceptor, Conversations
+from utilitarian_sim.gateways import Conversations, Gateways
 from utilitarian_sim.corus_meter import PERIODS, RECORDS_PER_FRAME, CorusModel, SimCorusMeter, crc, unpack_date
 from utilitarian_sim.iec_engine import LineClosed
 
@@ -244,33 +244,26 @@ class CorusSimulator:
         self._busy = [threading.Lock() for _ in self.models]
         self._stop = threading.Event()
         self._conversations = Conversations("corus-sim")
-        self._acceptor: Acceptor | None = None
-        self._lines = []
+        from utilitarian_sim.iec_server import PtyLine
+
+        self._gateways = Gateways(len(self.models), self.transport, host=self.host,
+                                  on_accept=self._accepted, open_pty=PtyLine, name="corus-sim")
         self.ports: list[int] = []
         self.devices: list[str] = []
 
     def __enter__(self) -> CorusSimulator:
-        from utilitarian_sim.iec_server import PtyLine
-
-        if self.transport == "pty":
-            for model in self.models:
-                line = PtyLine()
-                self._lines.append(line)
-                self.devices.append(line.path)
-                self._conversations.spawn(self._serve_line, line, model)
-        else:
-            self._acceptor = Acceptor(self.host, [0] * len(self.models), self._accepted,
-                                      name="corus-sim-accept")
-            self.ports = self._acceptor.start()
+        self._gateways.open()
+        self.ports, self.devices = self._gateways.ports, self._gateways.devices
+        self._gateways.serve()
+        for line, model in zip(self._gateways.lines, self.models):
+            self._conversations.spawn(self._serve_line, line, model)
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
-        if self._acceptor is not None:
-            self._acceptor.stop()
+        self._gateways.stop_accepting()
         self._conversations.join(5.0)
-        for line in self._lines:
-            line.close()
+        self._gateways.close_lines()
 
     def _accepted(self, index: int, conn) -> None:
         from utilitarian_sim.iec_server import SocketLine

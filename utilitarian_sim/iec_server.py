@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from utilitarian_sim.acceptor import Acceptor, Conversations, readable
+from utilitarian_sim.gateways import Conversations, Gateways, readable
 from utilitarian_sim.iec_engine import IecEngine, LineClosed, LineObservation
 from utilitarian_sim.iec_meter import GenericMeterModel, SimIecMeter
 from utilitarian_sim.lis200_meter import Lis200Model
@@ -132,14 +132,11 @@ class IecSimulator:
     def __init__(self, meters: Sequence[SimIecMeter], *, transport: str = "tcp",
                  host: str = "127.0.0.1", ports: Sequence[int] | None = None,
                  clock: Callable[[], float] = time.time):
-        if transport not in ("tcp", "pty"):
-            raise ValueError("transport must be 'tcp' or 'pty'")
         self.transport = transport
         self.host = host
         self.clock = clock
         self.meters = tuple(meters)
         self.gateways = max([1, *(m.gateway + 1 for m in meters)])
-        self._wanted_ports = list(ports) if ports is not None else [0] * self.gateways
         started = clock()
         self.models: dict[tuple[int, str], GenericMeterModel | Lis200Model] = {}
         for number, meter in enumerate(self.meters, start=1):
@@ -158,7 +155,8 @@ class IecSimulator:
         self.devices: list[str] = []
         self._stop = threading.Event()
         self._conversations = Conversations("iec-sim")
-        self._acceptor: Acceptor | None = None
+        self._gateways = Gateways(self.gateways, transport, host=host, ports=ports,
+                                  on_accept=self._accepted, open_pty=PtyLine, name="iec-sim")
         self._names: list[str] = []
         self._lines: list = []
         self._lock = threading.Lock()
@@ -172,15 +170,9 @@ class IecSimulator:
         self.stop()
 
     def start(self) -> None:
-        if self.transport == "tcp":
-            self._acceptor = Acceptor(self.host, self._wanted_ports, self._accepted, name="iec-sim-accept")
-            self.ports = self._acceptor.listen()
-        else:
-            self._lines = [PtyLine() for _ in range(self.gateways)]
-            self.devices = [line.path for line in self._lines]
-        self._names = self.interfaces()
-        if self._acceptor is not None:
-            self._acceptor.start()
+        self._names = self._gateways.open()
+        self.ports, self.devices, self._lines = self._gateways.ports, self._gateways.devices, self._gateways.lines
+        self._gateways.serve()
         for gateway in range(len(self._lines)):
             self._conversations.spawn(self._pty_loop, gateway)
         log.info("IEC simulator: %d meters on %d %s gateways", len(self.meters), self.gateways,
@@ -188,11 +180,9 @@ class IecSimulator:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._acceptor is not None:
-            self._acceptor.stop(timeout)
+        self._gateways.stop_accepting(timeout)
         self._conversations.join(timeout)
-        for line in self._lines:
-            line.close()
+        self._gateways.close_lines()
 
     def _accepted(self, gateway: int, conn: socket.socket) -> None:
         line = SocketLine(conn)
@@ -236,9 +226,7 @@ class IecSimulator:
             log.exception("simulated IEC pty %s failed; the line is dead", line.path)
 
     def interfaces(self) -> list[str]:
-        if self.transport == "pty":
-            return list(self.devices)
-        return [f"{self.host}:{p}" for p in self.ports]
+        return list(self._gateways.names)
 
     def model(self, meter: SimIecMeter):
         return self.models[(meter.gateway, meter.address)]

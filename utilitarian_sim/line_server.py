@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from utilitarian_sim.acceptor import Acceptor, Conversations
+from utilitarian_sim.gateways import Conversations, Gateways
 from utilitarian_sim.iec_engine import LineClosed
 from utilitarian_sim.iec_server import PtyLine, SocketLine
 from utilitarian_sim.sessions import SessionLog
@@ -40,47 +40,34 @@ class LineServer:
     def __init__(self, gateways: int, serve: Callable[[object, int, threading.Event], None], *,
                  transport: str = "tcp", host: str = "127.0.0.1", ports=None, name: str = "sim",
                  clock: Callable[[], float] = time.time):
-        if transport not in ("tcp", "pty"):
-            raise ValueError("transport must be 'tcp' or 'pty'")
         self.gateways, self.serve, self.transport, self.host, self.name = gateways, serve, transport, host, name
-        self._wanted = list(ports) if ports is not None else [0] * gateways
+        self._gateways = Gateways(gateways, transport, host=host, ports=ports, on_accept=self._accepted,
+                                  open_pty=ResettingPtyLine, name=name)
         self.sessions = SessionLog(clock)
         self.ports: list[int] = []
         self.devices: list[str] = []
         self.stop_event = threading.Event()
-        self._acceptor: Acceptor | None = None
         self._names: list[str] = []
-        self._lines: list[PtyLine] = []
         self._conversations = Conversations(f"{name}-line")
 
     def start(self) -> None:
-        if self.transport == "tcp":
-            self._acceptor = Acceptor(self.host, self._wanted, self._accepted, name=f"{self.name}-accept")
-            self.ports = self._acceptor.listen()
-        else:
-            self._lines = [ResettingPtyLine() for _ in range(self.gateways)]
-            self.devices = [line.path for line in self._lines]
-        self._names = self.interfaces()
-        if self._acceptor is not None:
-            self._acceptor.start()
-        for gateway, line in enumerate(self._lines):
+        self._names = self._gateways.open()
+        self.ports, self.devices = self._gateways.ports, self._gateways.devices
+        self._gateways.serve()
+        for gateway, line in enumerate(self._gateways.lines):
             self._conversations.spawn(self._run, line, gateway, False)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
-        if self._acceptor is not None:
-            self._acceptor.stop(timeout)
+        self._gateways.stop_accepting(timeout)
         self._conversations.join(timeout)
-        for line in self._lines:
-            line.close()
+        self._gateways.close_lines()
 
     def _accepted(self, gateway: int, conn) -> None:
         self._conversations.spawn(self._run, SocketLine(conn), gateway, True)
 
     def interfaces(self) -> list[str]:
-        if self.transport == "pty":
-            return list(self.devices)
-        return [f"{self.host}:{p}" for p in self.ports]
+        return list(self._gateways.names)
 
     def _run(self, line, gateway: int, closes: bool) -> None:
         name = self._names[gateway]

@@ -1,4 +1,5 @@
-"""One thread accepting TCP connections for all the ports of a simulator.
+"""How a simulator serves its gateways: TCP ports accepted by one thread for all of them, or ptys;
+each conversation on a thread of its own.
 
 The simulators used to run one accept thread per port, each waking every 0.2 s to look at its stop
 flag: with 2,000 simulated gateways that is 2,000 threads and 10,000 wake-ups a second before a
@@ -157,3 +158,47 @@ class Conversations:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+
+class Gateways:
+    """A simulator's gateways: `count` TCP ports served by one Acceptor (transport "tcp"), or one
+    pty line each ("pty", lines from `open_pty`). `open()` makes them and names them (`names`, as
+    clients address them); `serve()` starts taking connections, each handed to
+    `on_accept(index, conn)`; `close()` stops that and closes the ptys."""
+
+    def __init__(self, count: int, transport: str, *, host: str = "127.0.0.1", ports=None,
+                 on_accept: Callable[[int, socket.socket], None] | None = None,
+                 open_pty: Callable[[], object] | None = None, name: str = "sim"):
+        if transport not in ("tcp", "pty"):
+            raise ValueError("transport must be 'tcp' or 'pty'")
+        self.count, self.transport, self.host = count, transport, host
+        self._wanted = list(ports) if ports is not None else [0] * count
+        self._on_accept, self._open_pty, self.name = on_accept, open_pty, name
+        self.ports: list[int] = []
+        self.devices: list[str] = []
+        self.lines: list = []
+        self.names: list[str] = []
+        self._acceptor: Acceptor | None = None
+
+    def open(self) -> list[str]:
+        if self.transport == "tcp":
+            self._acceptor = Acceptor(self.host, self._wanted, self._on_accept, name=f"{self.name}-accept")
+            self.ports = self._acceptor.listen()
+            self.names = [f"{self.host}:{p}" for p in self.ports]
+        else:
+            self.lines = [self._open_pty() for _ in range(self.count)]
+            self.devices = [line.path for line in self.lines]
+            self.names = list(self.devices)
+        return self.names
+
+    def serve(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.start()
+
+    def stop_accepting(self, timeout: float = 5.0) -> None:
+        if self._acceptor is not None:
+            self._acceptor.stop(timeout)
+
+    def close_lines(self) -> None:
+        for line in self.lines:
+            line.close()
