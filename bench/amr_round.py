@@ -407,6 +407,8 @@ def main() -> None:
           f"{args.gateways} gateways; {os.cpu_count()} CPUs")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, REPO), 'bench/amr_round.py', *sys.argv[1:]])}")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.protocol == "iec":
+        print("\n".join(iec_notes(args, answers, slots)))
     rows = []
     try:
         ours = run_ours(args, meters_file)
@@ -436,8 +438,6 @@ def main() -> None:
               f"(goal <= 0.45 ms); "
               f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB: "
               f"{' + '.join(f'{x:.0f}' for x in ours.get('rss_parts', []))})")
-        if args.protocol == "iec":
-            print("\n".join(iec_notes(args, answers, slots)))
         if len(rows) > 1:
             print(f"# round vs celery: {rows[1][1]['round'] / ours['round']:.1f}x faster")
 
