@@ -147,6 +147,10 @@ class Consumer:
 
     def _on_message(self, channel, method, properties, body) -> None:
         """A delivery through pika's own path (before the fast path was installed, or one it left)."""
+        if self._cancel_soon:
+            # A cancel asked for in the read callback: send it now, before pika dispatches more
+            # (basic_cancel requeues the deliveries still waiting in the BlockingChannel).
+            self.cancel()
         queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
         self._outstanding.add(method.delivery_tag)
         self.on_delivery(Delivery(queue, method.delivery_tag, method.redelivered, body, properties,
