@@ -242,13 +242,15 @@ class Consumer:
         self._cancel_soon = False
         self._cancelled_by_us = True
         self._resume_at = {}
+        # Forgotten first: while basic_cancel waits for its cancel-ok, deliveries still arrive and
+        # the fast path must leave them to pika, which requeues them (as it did before the cancel).
+        tags, self._consumer_tags = list(self._consumer_tags), {}
         if self.channel is not None and self.channel.is_open:
-            for tag in list(self._consumer_tags):
+            for tag in tags:
                 try:
                     self.channel.basic_cancel(tag)
                 except Exception as exc:  # a dying channel: nothing more will be delivered anyway
                     log.debug("basic_cancel failed: %s", exc)
-        self._consumer_tags = {}
 
     def stop(self, how: str = "drain") -> None:
         """Ask the pump to stop: "drain" finishes in-flight work first, "now" closes at once."""
