@@ -28,6 +28,11 @@ _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _FRAME_END = 0xCE
 _P = BasicProperties
+# The short-string properties between priority and timestamp, and after timestamp, in wire order.
+_SHORTS_MIDDLE = (("correlation_id", _P.FLAG_CORRELATION_ID), ("reply_to", _P.FLAG_REPLY_TO),
+                  ("expiration", _P.FLAG_EXPIRATION), ("message_id", _P.FLAG_MESSAGE_ID))
+_SHORTS_LAST = (("type", _P.FLAG_TYPE), ("user_id", _P.FLAG_USER_ID), ("app_id", _P.FLAG_APP_ID),
+                ("cluster_id", _P.FLAG_CLUSTER_ID))
 
 
 def _short(buf: bytes, offset: int) -> tuple:
@@ -73,8 +78,7 @@ def decode_properties(buf: bytes, offset: int) -> BasicProperties:
         offset += 1
     else:
         d["priority"] = None
-    for name, flag in (("correlation_id", _P.FLAG_CORRELATION_ID), ("reply_to", _P.FLAG_REPLY_TO),
-                       ("expiration", _P.FLAG_EXPIRATION), ("message_id", _P.FLAG_MESSAGE_ID)):
+    for name, flag in _SHORTS_MIDDLE:
         if flags & flag:
             d[name], offset = _short(buf, offset)
         else:
@@ -84,8 +88,7 @@ def decode_properties(buf: bytes, offset: int) -> BasicProperties:
         offset += 8
     else:
         d["timestamp"] = None
-    for name, flag in (("type", _P.FLAG_TYPE), ("user_id", _P.FLAG_USER_ID), ("app_id", _P.FLAG_APP_ID),
-                       ("cluster_id", _P.FLAG_CLUSTER_ID)):
+    for name, flag in _SHORTS_LAST:
         if flags & flag:
             d[name], offset = _short(buf, offset)
         else:
