@@ -2,7 +2,10 @@
 task threads settle their deliveries through `settle()`, which hands the ack to the pump with
 `add_callback_threadsafe`, on the channel that delivered, and only if that channel still lives.
 What to do after a refusal, a loss or a broker-side cancel is decided by `recovery.ConnectionRules`
-and which frames settle a batch by `acks.plan_flush`; this module only makes the pika calls."""
+and which frames settle a batch by `acks.plan_flush`; this module only makes the pika calls.
+Deliveries of our live consumers are parsed straight from pika's read buffer (deliver_frames.py)
+and handed over inside pika's read callback, where no pika call may be made: a cancel asked for
+there is sent by the run loop, or by the next delivery pika dispatches itself."""
 
 from __future__ import annotations
 
