@@ -127,6 +127,38 @@ def cpu_seconds(pids) -> float:
     return total
 
 
+def tree_usage(pid: int) -> tuple[float, float, int, int]:
+    """User and system CPU seconds and voluntary and involuntary context switches so far of a
+    process and its live descendants (every thread): the round's CPU split into Python work and
+    the kernel's, and how often its threads went to sleep (GIL and socket waits) or were preempted."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0.0, 0.0, 0, 0
+    user = system = 0.0
+    voluntary = involuntary = 0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        user, system = user + t.user, system + t.system
+        # /proc/PID/status counts the main thread's switches only: every thread's, from its task dir
+        for status in pathlib.Path(f"/proc/{p.pid}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        involuntary += int(line.split()[1])
+            except OSError:
+                continue
+    return user, system, voluntary, involuntary
+
+
 def broker_pids() -> list[int]:
     import psutil
 
@@ -280,6 +312,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
 
             before = (cpu_seconds([args.sim_pid]), cpu_seconds(broker_pids()))
             worker_before = tree_cpu(worker.pid)  # start-up (imports, connecting) excluded
+            usage_before = tree_usage(worker.pid)
             t0 = time.time()
             app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
             app.close()
@@ -288,6 +321,7 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             result["sim_cpu"] = cpu_seconds([args.sim_pid]) - before[0]
             result["broker_cpu"] = cpu_seconds(broker_pids()) - before[1]
             result["round_cpu"] = tree_cpu(worker.pid) - worker_before
+            result["usage"] = [b - a for a, b in zip(usage_before, tree_usage(worker.pid))]
         finally:
             rss.stop.set()
             from common import stop
@@ -438,6 +472,9 @@ def main() -> None:
               f"(goal <= 0.45 ms); "
               f"peak RSS {ours['rss']:.0f} MiB (goal <= 150 MiB: "
               f"{' + '.join(f'{x:.0f}' for x in ours.get('rss_parts', []))})")
+        user, system, voluntary, involuntary = (x / args.meters for x in ours["usage"])
+        print(f"# per poll from the dispatch on: user {user * 1e3:.3f} ms, system {system * 1e3:.3f} ms; context "
+              f"switches {voluntary:.1f} voluntary, {involuntary:.2f} involuntary (whole worker tree)")
         if len(rows) > 1:
             print(f"# round vs celery: {rows[1][1]['round'] / ours['round']:.1f}x faster")
 

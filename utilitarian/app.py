@@ -98,6 +98,9 @@ class App:
     def resource(self, name: str, factory):
         """A per-process object built once on first use (a database store, an HTTP session):
         `factory(app)` runs in the process that uses it, never before a fork."""
+        found = self._resources.get(name)
+        if found is not None:  # every poll asks several times: no shared lock once it exists
+            return found
         with self._lock:
             if name not in self._resources:
                 self._resources[name] = factory(self)

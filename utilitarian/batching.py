@@ -9,8 +9,6 @@ import logging
 import os
 import queue
 import threading
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -21,6 +19,49 @@ class Failed:
 
     def __init__(self, error: BaseException):
         self.error = error
+
+
+class _Slot:
+    """One submitted item and its outcome. Cheaper than a Future, which a hundred task threads
+    paid for on every job (a Condition over an RLock, a waiter lock, a lock hand-over each way):
+    the submitter waits on one lock that the batcher's thread releases once the outcome is set."""
+
+    __slots__ = ("item", "_claim", "_done", "_value", "_error")
+
+    def __init__(self, item: Any):
+        self.item = item
+        self._claim = [True]  # popped once (list.pop is atomic): by the group starting, or by a withdrawal
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def start(self) -> bool:
+        """The batcher thread takes the item into a group; False if it was withdrawn first."""
+        return self._take()
+
+    def withdraw(self) -> bool:
+        """The submitter gives up; False if its group started first (its outcome will still come)."""
+        return self._take()
+
+    def _take(self) -> bool:
+        try:
+            self._claim.pop()
+            return True
+        except IndexError:
+            return False
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.acquire(timeout=timeout)
+
+    def outcome(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class Batcher:
@@ -47,26 +88,28 @@ class Batcher:
         is the outcome unknown (the caller's task retries, so `handle_group`'s work must be
         idempotent, as every store write and commit message of the AMR pipeline is)."""
         self._ensure_thread()
-        future: Future = Future()
-        self._queue.put((item, future))
+        slot = _Slot(item)
+        self._queue.put(slot)
         try:
             # A stuck group must not hold task threads forever: fail this caller, its task retries.
-            return future.result(self.timeout)
-        except FutureTimeout:
-            if future.cancel():
-                # Still queued: its group skips it (set_running_or_notify_cancel), so the error
-                # below is the whole truth. Before this, an item that timed out in the queue was
-                # still committed (or published) by a later group (issue 11).
-                raise self.on_timeout() from None
+            finished = slot.wait(self.timeout)
         except BaseException:  # an async exception (soft time limit) in this caller: withdraw too
-            future.cancel()
+            slot.withdraw()
             raise
-        try:
-            return future.result(self.timeout)
-        except FutureTimeout:
-            raise self.on_timeout() from None
+        if not finished:
+            if slot.withdraw():
+                # Still queued: its group skips it, so the error below is the whole truth. Before
+                # this, an item that timed out in the queue was still committed (or published) by
+                # a later group (issue 11).
+                raise self.on_timeout() from None
+            if not slot.wait(self.timeout):
+                raise self.on_timeout() from None
+        return slot.outcome()
 
     def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return  # every submit asks: no shared lock for the answer that is nearly always yes
         with self._lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 if self._pid != os.getpid():
@@ -90,20 +133,20 @@ class Batcher:
                     self._queue.put(None)  # stop after this group
                     break
                 group.append(more)
-            live = [(item, future) for item, future in group if future.set_running_or_notify_cancel()]
+            live = [slot for slot in group if slot.start()]
             if live:
                 self._settle(live)
 
-    def _settle(self, live: list) -> None:
+    def _settle(self, live: list[_Slot]) -> None:
         try:
-            outcomes = self.handle_group([item for item, _ in live])
+            outcomes = self.handle_group([slot.item for slot in live])
         except Exception as exc:  # the whole group fails with it; the loop goes on
             outcomes = [Failed(exc)] * len(live)
-        for (_, future), outcome in zip(live, outcomes):
+        for slot, outcome in zip(live, outcomes):
             if isinstance(outcome, Failed):
-                future.set_exception(outcome.error)
+                slot.settle(error=outcome.error)
             else:
-                future.set_result(outcome)
+                slot.settle(outcome)
 
     def close(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():

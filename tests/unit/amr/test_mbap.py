@@ -64,6 +64,9 @@ class FakeSocket:
     def settimeout(self, seconds):
         pass
 
+    def setsockopt(self, level, option, value):
+        pass
+
     def recv(self, size, flags=0):
         return self.chunks.pop(0) if self.chunks else b""
 

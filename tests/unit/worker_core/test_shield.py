@@ -244,7 +244,7 @@ def test_the_store_write_lock_and_transaction_are_immune(store):
     assert not backend._write_lock.locked()
     with backend.transaction() as tx:
         assert tx.scalar("SELECT count(*) FROM t") == 1
-    idle = list(backend._idle.queue)
+    idle = list(backend._idle)
     assert idle and not any(conn.in_transaction for conn in idle)
 
 

@@ -9,6 +9,7 @@ import difflib
 import functools
 import inspect
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType, ModuleType
 from typing import Mapping
@@ -152,6 +153,34 @@ def _accepted(func) -> frozenset[str] | None:
     return frozenset(p.name for p in params)
 
 
+@dataclass(frozen=True)
+class PreparedCall:
+    """A task call checked and its kwargs bound, ready to run against any meter the environment
+    drives; what a poll would otherwise work out again from the AmrTask each time."""
+
+    execution_type: str
+    task_call: str
+    call: Call
+    kwargs: Mapping
+    accepted: frozenset[str] | None
+    protocols: tuple[str, ...]
+    declared: tuple  # the environments' entry points it was prepared among
+
+    def current(self) -> bool:
+        """False once the registered environments changed (plugins.clear_caches)."""
+        return plugins.declared(plugins.ENVIRONMENTS_GROUP) is self.declared
+
+
+def prepare_call(execution_type: str, task_call: str, task_kwargs) -> PreparedCall:
+    """Check (execution type, task_call, task_kwargs) without I/O; BadTaskCall names what is wrong."""
+    declared = plugins.declared(plugins.ENVIRONMENTS_GROUP)
+    execution_type = canonical_execution_type(execution_type)
+    call = resolve_call(execution_type, task_call)
+    kwargs = bind_kwargs(execution_type, call, task_kwargs)
+    return PreparedCall(execution_type, task_call, call, MappingProxyType(kwargs), _accepted(call.func),
+                        protocols_of(execution_type), declared)
+
+
 def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task_kwargs: dict,
                   *, meter_types: Mapping[str, MeterType] | None = None,
                   now: datetime | None = None, clock: datetime | None = None) -> PollResult:
@@ -164,7 +193,17 @@ def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task
     if target.protocol not in protocols_of(execution_type):
         raise BadTaskCall(execution_type, task_call,
                           f"cannot drive a {target.protocol} meter ({target})")
-    kwargs = bind_kwargs(execution_type, call, task_kwargs)
+    return run_prepared(prepare_call(execution_type, task_call, task_kwargs), target, meter_types=meter_types,
+                        now=now, clock=clock)
+
+
+def run_prepared(prepared: PreparedCall, target: MeterTarget, *, meter_types: Mapping[str, MeterType] | None = None,
+                 now: datetime | None = None, clock: datetime | None = None) -> PollResult:
+    """run_task_call with the call prepared once (prepare_call) for many meters."""
+    execution_type, task_call = prepared.execution_type, prepared.task_call
+    if target.protocol not in prepared.protocols:
+        raise BadTaskCall(execution_type, task_call,
+                          f"cannot drive a {target.protocol} meter ({target})")
     for name, moment in (("now", now), ("clock", clock)):
         if moment is not None and moment.tzinfo is None:
             raise BadTaskCall(execution_type, task_call, f"{name} must be timezone-aware")
@@ -174,11 +213,14 @@ def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task
         now = clock
     types = meter_types if meter_types is not None else _default_meter_types()
     extras = {"meter_types": types, "now": now, "clock": clock}
-    accepted = _accepted(call.func)
+    accepted = prepared.accepted
     if accepted is not None:
         extras = {k: v for k, v in extras.items() if k in accepted}
     try:
-        return call.func(target, kwargs, **extras)
+        # Copies (lists and tables too): an environment may change its kwargs; the prepared ones
+        # serve the next meter.
+        kwargs = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in prepared.kwargs.items()}
+        return prepared.call.func(target, kwargs, **extras)
     except MeterError:
         raise
     except Exception as exc:  # the contract is "only MeterError"; a bug still gets a traceback

@@ -46,6 +46,11 @@ class ExceptionAnswer(Exception):
         self.code = code
 
 
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
 def read_request(tid: int, unit: int, function: int, address: int, count: int) -> bytes:
     return _REQUEST.pack(tid, 0, 6, unit, function, address, count)
 
@@ -86,11 +91,27 @@ class MbapConnection:
         self.received = False   # bytes seen since the last request (tells garbage from silence)
         self.last_used = 0.0    # pool clock when it was last returned
         self._tid = 0
+        self._wait = -1.0       # the socket's SO_RCVTIMEO in seconds
 
     def connect(self) -> bool:
-        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Blocking, with the answer timeout kept by the kernel (SO_RCVTIMEO): a Python timeout
+        # costs a poll() before every recv and send plus an ioctl per settimeout, each one a GIL
+        # hand-over that a hundred poll threads queue for; this way a read is a send and a recv.
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
+        self.sock = sock
+        self._wait = -1.0
+        self._set_wait(self.timeout)
         return True
+
+    def _set_wait(self, seconds: float) -> None:
+        """How long the next recv may block (the kernel's SO_RCVTIMEO; 0 there means forever)."""
+        seconds = max(seconds, 0.001)
+        if seconds != self._wait:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._wait = seconds
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -106,8 +127,7 @@ class MbapConnection:
         if self.sock is None:
             return False
         try:
-            self.sock.settimeout(0.0)  # a socket with a timeout would wait for data before peeking
-            self.sock.recv(1, _PEEK)
+            self.sock.recv(1, _PEEK)  # MSG_DONTWAIT: the blocking socket does not wait here
         except BlockingIOError:
             return True
         except OSError:
@@ -133,6 +153,8 @@ class MbapConnection:
 
     def _answer(self, tid: int, unit: int, function: int, count: int) -> list[int]:
         deadline = time.monotonic() + self.timeout
+        if self._wait != self.timeout:  # an earlier answer came in parts and shortened it
+            self._set_wait(self.timeout)
         buffer = b""
         while True:
             frame = split_frame(buffer)
@@ -146,10 +168,11 @@ class MbapConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Garbled("incomplete frame") if self.received else NoAnswer()
+            if left < self._wait - 0.01:  # a later recv of this answer: only what is left of it
+                self._set_wait(left)
             try:
-                self.sock.settimeout(left)
                 chunk = self.sock.recv(512)
-            except socket.timeout:
+            except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
                 continue
             except OSError as exc:
                 raise ConnectionLost(f"connection lost ({exc.strerror or exc})") from None

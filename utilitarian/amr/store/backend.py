@@ -11,8 +11,8 @@ import datetime as dt
 import fcntl
 import logging
 import os
-import queue
 import threading
+import time
 from typing import Any, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -72,7 +72,12 @@ class Backend:
         self.pool_size = pool_size
         self.timeout = timeout
         self._pid = os.getpid()
-        self._idle: queue.LifoQueue = queue.LifoQueue()
+        # Idle connections, newest last. A plain list (append and pop are atomic): every poll
+        # checks one out and in, and a queue.LifoQueue took its shared mutex twice each way; the
+        # Condition is only for callers waiting while the pool is exhausted.
+        self._idle: list = []
+        self._waiting = 0
+        self._freed = threading.Condition(threading.Lock())
         self._created = 0
         self._lock = threading.Lock()
         self._sql_cache: dict[str, str] = {}
@@ -99,10 +104,11 @@ class Backend:
         if self._pid != os.getpid():
             # Inherited through fork: the parent's connections must not be touched (closing a
             # psycopg connection here would end the parent's session), so they are abandoned.
-            self._idle, self._created, self._pid = queue.LifoQueue(), 0, os.getpid()
+            self._idle, self._created, self._pid = [], 0, os.getpid()
+            self._waiting, self._freed = 0, threading.Condition(threading.Lock())
         try:
-            return self._idle.get_nowait()
-        except queue.Empty:
+            return self._idle.pop()
+        except IndexError:
             pass
         with self._lock:
             if self._created < self.pool_size:
@@ -112,11 +118,11 @@ class Backend:
                 except BaseException:
                     self._created -= 1
                     raise
-        try:
-            return self._idle.get(timeout=self.timeout)
-        except queue.Empty:
+        conn = self._wait_for_idle()
+        if conn is None:
             raise StoreError(f"no database connection free within {self.timeout:g}s "
                              f"(pool of {self.pool_size}; raise [amr] store_pool_size)") from None
+        return conn
 
     def _checkin(self, conn, broken: bool) -> None:
         if broken:
@@ -125,7 +131,28 @@ class Backend:
             with contextlib.suppress(Exception):
                 conn.close()
             return
-        self._idle.put(conn)
+        self._idle.append(conn)
+        if self._waiting:
+            with self._freed:
+                self._freed.notify()
+
+    def _wait_for_idle(self):
+        """An idle connection once one is checked in, None after the pool's timeout."""
+        deadline = time.monotonic() + self.timeout
+        with self._freed:
+            self._waiting += 1  # before looking: a check-in after the look then notifies
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        pass
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._freed.wait(left)
+            finally:
+                self._waiting -= 1
 
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Tx]:
@@ -161,8 +188,8 @@ class Backend:
             return
         while True:
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
+                conn = self._idle.pop()
+            except IndexError:
                 break
             with contextlib.suppress(Exception):
                 conn.close()

@@ -30,6 +30,17 @@ _METER_AND_TASK_SELECT = (_METER_SELECT.replace("\nFROM meter_device m", """, a.
        a.meter_execution_type, a.task_kwargs, a.run_offset_seconds, a.is_active, a.uuid, a.description
 FROM meter_device m""") + "LEFT JOIN amr_task a ON a.name = ?\nWHERE m.name = ?")
 
+
+def _packed(select: str) -> str:
+    """The same row as one JSON array column (SQLite): Python's sqlite3 lets go of the GIL for
+    every column it reads, and with a hundred poll threads waiting for it each let-go is a thread
+    switch; one column is one switch instead of 32 (docs/benchmarks-amr.md, issue 16)."""
+    head, rest = select.split("\nFROM ", 1)
+    return head.replace("SELECT ", "SELECT json_array(", 1) + ")\nFROM " + rest
+
+
+_METER_AND_TASK_PACKED = _packed(_METER_AND_TASK_SELECT)
+
 # Every (meter, task) pair, direct or through a group; UNION removes a pair reachable both ways.
 _LINKS = """SELECT meter_id, task_id FROM meter_device_task
             UNION SELECT mg.meter_id, gt.task_id FROM meter_device_group mg
@@ -51,6 +62,35 @@ def _chunks(items: Sequence, size: int = 500):
         yield items[start:start + size]
 
 
+# The objects built from registry rows, by the row: every poll reads its meter and task from the
+# store, and a row read again unchanged (the task of every job of a round, the meter's next round)
+# gives the same object without parsing it again; a changed row is a new key, so nothing here can
+# go stale. Bounded: cleared when full (a registry larger than this builds some objects twice).
+_ROWS_KEPT = 20_000
+_task_rows: dict[tuple, AmrTask] = {}
+_part_rows: dict[tuple, object] = {}
+
+
+def _task_of_row(store, row: tuple) -> AmrTask:
+    """The AmrTask of a task row, the same object for the same row (callers copy its kwargs)."""
+    task = _task_rows.get(row)
+    if task is None:
+        if len(_task_rows) >= _ROWS_KEPT:
+            _task_rows.clear()
+        task = _task_rows[row] = store._task_from_row(row)
+    return task
+
+
+def _kept(key: tuple, build):
+    """A meter's shared parts (config, interface), one object per distinct row part."""
+    part = _part_rows.get(key)
+    if part is None:
+        if len(_part_rows) >= _ROWS_KEPT:
+            _part_rows.clear()
+        part = _part_rows[key] = build()
+    return part
+
+
 class RegistryStore:
     """Mixin of Store: `self.backend` is the connection pool."""
 
@@ -62,9 +102,11 @@ class RegistryStore:
          _cid, cname, tz, iid, host, port, can_block, muuid, org, ref, serial, ct, vt, record) = row
         interface = None
         if iid is not None:
-            interface = NetworkInterface(host, port or None, bool(can_block), iid)
+            interface = _kept(("interface", iid, host, port, can_block),
+                              lambda: NetworkInterface(host, port or None, bool(can_block), iid))
+        config = _kept(("config", cname, tz, series), lambda: MeterDeviceConfig(cname, tz, series))
         return MeterDevice(name=name, url=url, execution_type=execution_type, type_name=type_name,
-                           config=MeterDeviceConfig(cname, tz, series), interface=interface,
+                           config=config, interface=interface,
                            meter_type=meter_type, is_active=bool(active), id=mid, password=password,
                            uuid=muuid, organization=org, external_system_reference=ref,
                            manufacturer_serial=serial, ct_ratio=ct, vt_ratio=vt, platform_record=record)
@@ -94,11 +136,15 @@ class RegistryStore:
         with self.backend.transaction() as tx:
             if amr_task:
                 # The common case, a scheduled job by meter name, in one statement (every poll asks).
-                row = tx.one(_METER_AND_TASK_SELECT, (amr_task, meter))
+                if self.backend.dialect == "sqlite":
+                    packed = tx.one(_METER_AND_TASK_PACKED, (amr_task, meter))
+                    row = tuple(json.loads(packed[0])) if packed is not None else None
+                else:
+                    row = tx.one(_METER_AND_TASK_SELECT, (amr_task, meter))
                 if row is not None:
                     meter_row, task = row[:_METER_COLUMNS], row[_METER_COLUMNS:]
                     return (self._meter_from_row(meter_row, ()),
-                            self._task_from_row(task) if task[0] is not None else None)
+                            _task_of_row(self, task) if task[0] is not None else None)
             row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
             if row is None and (key := _uuid_text(meter)) is not None:
                 row = tx.one(_METER_SELECT + " WHERE m.uuid = ?", (key,))

@@ -63,7 +63,8 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
     label = amr_task or task_call or "?"
     etype = execution_type
     try:
-        device, call, kwargs, etype = _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type)
+        device, call, kwargs, etype, job_task = _resolve(store, meter, amr_task, task_call, task_kwargs,
+                                                         execution_type)
         meter = device.name  # the invoke body may name it by UUID; readings carry the name
         target = _target(device)
         stamp = utc_now()
@@ -77,13 +78,13 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
             try:
                 with interface_lock(store, iface.id, iface.name, ctx.id, lease=settings.interface_block_lease,
                                     wait=settings.interface_wait):
-                    result = _poll(ctx.app, etype, call, target, kwargs, stamp, device)
+                    result = _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
             except InterfaceBusy as exc:
                 countdown = settings.interface_defer * random.uniform(0.75, 1.5)
                 log.debug("%s; job for %s deferred %.1fs", exc, meter, countdown)
                 raise Defer(str(exc), countdown=countdown) from None
         else:
-            result = _poll(ctx.app, etype, call, target, kwargs, stamp, device)
+            result = _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
     except JobFailed as exc:
         metrics.POLLS.inc(metrics.protocol_of(etype), "failed")
         metrics.POLL_FAILURES.inc(metrics.protocol_of(etype), "job")
@@ -131,15 +132,35 @@ def _resolve(store, meter, amr_task, task_call, task_kwargs, execution_type):
     if amr_task:
         if found is None:
             raise JobFailed(f"AMR task {amr_task!r} no longer exists")
-        return device, found.task_call, dict(found.task_kwargs), found.meter_execution_type
+        return device, found.task_call, found.task_kwargs, found.meter_execution_type, found
     if not task_call:
         raise Reject("execute_meter_task needs amr_task or task_call")
     if task_kwargs is not None and not isinstance(task_kwargs, dict):
         raise Reject("task_kwargs must be an object")
-    return device, task_call, dict(task_kwargs or {}), execution_type or device.execution_type
+    return device, task_call, dict(task_kwargs or {}), execution_type or device.execution_type, None
+
+
+# Per-poll work kept by what it was computed from, so nothing here can go stale: a meter's
+# target by the registry fields it comes from (its next round's polls parse no URL), a task's
+# prepared call by the AmrTask object (the store gives the same object for the same task row).
+_KEPT = 20_000
+_targets: dict[tuple, object] = {}
+_prepared: dict[int, tuple] = {}
 
 
 def _target(device):
+    can_block = device.interface is not None and device.interface.can_block
+    key = (device.url, device.password, device.meter_type, device.config.timezone, can_block)
+    target = _targets.get(key)
+    if target is None:
+        target = _new_target(device)
+        if len(_targets) >= _KEPT:
+            _targets.clear()
+        _targets[key] = target
+    return target
+
+
+def _new_target(device):
     from utilitarian.amr.target import parse_meter_url
 
     try:
@@ -158,16 +179,32 @@ def _target(device):
     return dataclasses.replace(target, **changes) if changes else target
 
 
-def _poll(app, execution_type, call, target, kwargs, stamp, device):
+def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
     # Imported here: protocol drivers (pymodbus) must not load when the worker imports task modules.
-    from utilitarian.amr.environments import run_task_call
+    from utilitarian.amr.environments import run_prepared
     from utilitarian.amr.readings import apply_transformer_ratios
 
     # `now` stamps current values (the slot); set_time and "last N seconds" reads go by the true
     # clock, else a job run late would set the meter to the slot's time.
-    result = run_task_call(execution_type, call, target, kwargs, meter_types=meter_types_of(app), now=stamp,
-                           clock=utc_now())
+    result = run_prepared(_prepare(task, execution_type, call, kwargs), target, meter_types=meter_types_of(app),
+                          now=stamp, clock=utc_now())
     return apply_transformer_ratios(result, ct_ratio=device.ct_ratio, vt_ratio=device.vt_ratio)
+
+
+def _prepare(task, execution_type, call, kwargs):
+    """The call checked and bound once per AmrTask (None: an on-demand call, prepared each time)."""
+    from utilitarian.amr.environments import prepare_call
+
+    if task is None:
+        return prepare_call(execution_type, call, kwargs)
+    hit = _prepared.get(id(task))
+    if hit is not None and hit[0] is task and hit[1].current():
+        return hit[1]
+    prepared = prepare_call(execution_type, call, kwargs)
+    if len(_prepared) >= _KEPT:
+        _prepared.clear()
+    _prepared[id(task)] = (task, prepared)  # the task is kept with it: its id is not reused meanwhile
+    return prepared
 
 
 def _invoke_body(meter, meter_device, execution_type, meter_execution_type):
