@@ -75,3 +75,22 @@ def test_commands_go_only_to_workers_that_have_the_pool_or_queue():
     assert [r["member"] for r in check_targets(REPORTS, "grow", {"pool": "main", "n": 1}, None)] == ["alpha@host1"]
     assert [r["member"] for r in check_targets(REPORTS, "drain", {"queue": "commits"}, None)] == ["beta@host2"]
     assert len(check_targets(REPORTS, "ping", {}, None)) == 3
+
+
+def test_the_first_consuming_child_in_the_masters_order_is_on_duty():
+    from utilitarian.fleet.agent import first_consuming_child
+
+    status = {"children": [{"pid": 11, "consuming": False}, {"pid": 12, "consuming": True},
+                           {"pid": 13, "consuming": True}]}
+    assert first_consuming_child(status) == 12
+    assert first_consuming_child({"children": [{"pid": 11, "consuming": False}]}) is None
+    assert first_consuming_child({}) is None
+
+
+def test_a_workers_control_queue_is_its_own_and_its_masters():
+    from utilitarian.fleet.agent import control_queue
+
+    a = control_queue(Member("alpha@h1", "worker", "h1", "alpha", 100))
+    assert a.startswith("utilitarian.control.") and "alpha@h1" in a
+    assert a != control_queue(Member("alpha@h1", "worker", "h1", "alpha", 101))  # a restarted master
+    assert a != control_queue(Member("alpha@h1", "worker", "h2", "alpha", 100))  # a namesake elsewhere
