@@ -9,8 +9,9 @@ interpreter and everything the master imported before forking, so a forked agent
 RSS (13 MiB PSS) to hold one connection; a thread costs a connection and a stack. Why all children
 and one shared queue: when a child exits (recycled, crashed, shrunk) its siblings go on answering,
 with no hand-over and no word from the master. The periodic duties (the roster announcement, queue
-depths for the master's metrics) fall to one child, the first consuming one in the master's
-status, so the broker sees them once per worker. A child starts its agent once it consumes and
+depths for the master's metrics) fall to one child, the first running one in the master's status
+(ready once, not draining: a worker whose queues are all drained still reports), so the broker
+sees them once per worker. A child starts its agent once it consumes and
 stops it last, after its drain; an agent says goodbye on the roster only when the master itself is
 stopping."""
 
@@ -50,9 +51,10 @@ def control_queue(member: Member) -> str:
     return f"{CONTROL_EXCHANGE}.agent.{member.name}.{member.host}.{member.pid}"
 
 
-def first_consuming_child(status: dict) -> int | None:
-    """The child on duty for the periodic work: the master lists children by pool and age."""
-    return next((c.get("pid") for c in status.get("children") or () if c.get("consuming")), None)
+def child_on_duty(status: dict) -> int | None:
+    """The child on duty for the periodic work: the first running one (the master lists children by
+    pool and age; every running child was ready once, so it runs an agent)."""
+    return next((c.get("pid") for c in status.get("children") or () if c.get("state") == "running"), None)
 
 
 class ControlAgent:
@@ -124,8 +126,8 @@ class ControlAgent:
             except UtilitarianError as exc:
                 delay = backoff.next_delay()
                 if str(exc) != last_problem:  # once per new problem, not every retry
-                    log.warning("control agent: %s; `status --all` lists this worker as silent; retrying "
-                                "(every %.0fs at most)", exc, self.settings.retry_backoff_max)
+                    log.warning("control agent: %s; retrying (every %.0fs at most); `status --all` lists this "
+                                "worker as silent unless a sibling child answers", exc, self.settings.retry_backoff_max)
                 last_problem = str(exc)
                 self.close()
                 self.tell_master({"cmd": "observed", "connected": False, "why": str(exc)})
@@ -178,7 +180,7 @@ class ControlAgent:
         """Who is on duty, from the master's status; the one on duty reads the queue depths."""
         self.next_observe = self.clock() + OBSERVE_INTERVAL
         status = self.tell_master({"cmd": "status"}) or {}
-        was, self.on_duty = self.on_duty, first_consuming_child(status) == os.getpid()
+        was, self.on_duty = self.on_duty, child_on_duty(status) == os.getpid()
         if self.on_duty and not was:
             self.next_announce = self.last_announce + ANNOUNCE_INTERVAL
         elif not self.on_duty:

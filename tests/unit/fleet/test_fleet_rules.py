@@ -77,14 +77,14 @@ def test_commands_go_only_to_workers_that_have_the_pool_or_queue():
     assert len(check_targets(REPORTS, "ping", {}, None)) == 3
 
 
-def test_the_first_consuming_child_in_the_masters_order_is_on_duty():
-    from utilitarian.fleet.agent import first_consuming_child
+def test_the_first_running_child_in_the_masters_order_is_on_duty():
+    from utilitarian.fleet.agent import child_on_duty
 
-    status = {"children": [{"pid": 11, "consuming": False}, {"pid": 12, "consuming": True},
-                           {"pid": 13, "consuming": True}]}
-    assert first_consuming_child(status) == 12
-    assert first_consuming_child({"children": [{"pid": 11, "consuming": False}]}) is None
-    assert first_consuming_child({}) is None
+    status = {"children": [{"pid": 11, "state": "starting"}, {"pid": 12, "state": "draining"},
+                           {"pid": 13, "state": "running", "consuming": False}, {"pid": 14, "state": "running"}]}
+    assert child_on_duty(status) == 13  # running, though not consuming (its queues drained)
+    assert child_on_duty({"children": [{"pid": 11, "state": "starting"}]}) is None
+    assert child_on_duty({}) is None
 
 
 def test_a_workers_control_queue_is_its_own_and_its_masters():
