@@ -225,6 +225,24 @@ def measure_store(db_url: str, n: int, t0: float, round_id: str | None, timeout:
             "dispatch": rnd.dispatch_seconds if rnd else None}
 
 
+# --- IEC 62056-21 (--protocol iec) ------------------------------------------------------------------
+IEC_REACTION = 0.02  # the simulator's meters answer 20 ms after a request ("SIm": lower-case third letter)
+
+
+def iec_notes(args, answers: int, slots: int) -> list[str]:
+    """What the ideal leaves out for IEC: the standard's reaction times (the meter waits tr before
+    each of its answers, the client before its option select), and on shared gateways the bus, which
+    carries one session at a time (can_block), so its meters are polled one after the other."""
+    per_poll = answers * args.latency + (answers + 1) * IEC_REACTION
+    per_gateway = -(-args.meters // max(args.gateways, 1))
+    floor = max(args.meters * per_poll / slots, per_gateway * per_poll)
+    kind = ("one meter per port (IP modems)" if per_gateway == 1 else
+            f"{per_gateway} meters per port (RS-485 buses behind transparent gateways, one session at a time)")
+    return [f"# IEC: {kind}; a poll takes at least {per_poll * 1e3:.0f} ms on the line "
+            f"({answers} answers + {answers + 1} reaction times of {IEC_REACTION * 1e3:.0f} ms); "
+            f"round floor with those: {floor:.1f}s"]
+
+
 # --- the two systems --------------------------------------------------------------------------------
 def run_ours(args, meters_file: pathlib.Path) -> dict:
     from common import tmpdir, url_for, vhost
@@ -389,6 +407,8 @@ def main() -> None:
           f"{args.gateways} gateways; {os.cpu_count()} CPUs")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, REPO), 'bench/amr_round.py', *sys.argv[1:]])}")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.protocol == "iec":
+        print("\n".join(iec_notes(args, answers, slots)))
     rows = []
     try:
         ours = run_ours(args, meters_file)

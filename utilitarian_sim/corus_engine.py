@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from utilitarian_sim.gateways import Conversations, Gateways
 from utilitarian_sim.corus_meter import PERIODS, RECORDS_PER_FRAME, CorusModel, SimCorusMeter, crc, unpack_date
 from utilitarian_sim.iec_engine import LineClosed
 
@@ -238,61 +239,44 @@ class CorusSimulator:
 
     def __post_init__(self) -> None:
         self.models = [CorusModel(m) for m in self.meters]
+        # A device holds one conversation at a time, as its serial port does: a second client
+        # waits until the first has hung up.
+        self._busy = [threading.Lock() for _ in self.models]
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listeners = []
-        self._lines = []
+        self._conversations = Conversations("corus-sim")
+        from utilitarian_sim.iec_server import PtyLine
+
+        self._gateways = Gateways(len(self.models), self.transport, host=self.host,
+                                  on_accept=self._accepted, open_pty=PtyLine, name="corus-sim")
         self.ports: list[int] = []
         self.devices: list[str] = []
 
     def __enter__(self) -> CorusSimulator:
-        import socket
-
-        from utilitarian_sim.iec_server import PtyLine
-
-        for index, model in enumerate(self.models):
-            if self.transport == "pty":
-                line = PtyLine()
-                self._lines.append(line)
-                self.devices.append(line.path)
-                target, args = self._serve_line, (line, model)
-            else:
-                listener = socket.create_server((self.host, 0))
-                listener.settimeout(0.2)
-                self._listeners.append(listener)
-                self.ports.append(listener.getsockname()[1])
-                target, args = self._accept, (listener, model)
-            thread = threading.Thread(target=target, args=args, daemon=True, name=f"corus-sim-{index}")
-            thread.start()
-            self._threads.append(thread)
+        self._gateways.open()
+        self.ports, self.devices = self._gateways.ports, self._gateways.devices
+        self._gateways.serve()
+        for line, model in zip(self._gateways.lines, self.models):
+            self._conversations.spawn(self._serve_line, line, model)
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
-        for listener in self._listeners:
-            listener.close()
-        for thread in self._threads:
-            thread.join(5.0)
-        for line in self._lines:
-            line.close()
+        self._gateways.stop_accepting()
+        self._conversations.join(5.0)
+        self._gateways.close_lines()
 
-    def _accept(self, listener, model: CorusModel) -> None:
-        import socket
-
+    def _accepted(self, index: int, conn) -> None:
         from utilitarian_sim.iec_server import SocketLine
 
-        while not self._stop.is_set():
-            try:
-                conn, _peer = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            line = SocketLine(conn)
-            try:
-                self._serve_line(line, model)
-            finally:
-                line.close()
+        self._conversations.spawn(self._serve_connection, index, SocketLine(conn))
+
+    def _serve_connection(self, index: int, line) -> None:
+        try:
+            with self._busy[index]:
+                if not self._stop.is_set():
+                    self._serve_line(line, self.models[index])
+        finally:
+            line.close()
 
     def _serve_line(self, line, model: CorusModel) -> None:
         CorusEngine(line, model, self._stop).serve()

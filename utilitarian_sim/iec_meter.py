@@ -122,11 +122,10 @@ class GenericMeterModel(SimulatedDevice):
         """"value*unit" (or "value") text for `address`, None if the meter does not know it."""
         if address in self.spec.values:
             return self.spec.values[address]
-        now = self.meter_clock.now()
         if address in ("0.9.1", "C.1.1"):
-            return now.strftime("%H:%M:%S")
+            return self.meter_clock.now().strftime("%H:%M:%S")
         if address == "0.9.2":
-            return now.strftime("%y-%m-%d")
+            return self.meter_clock.now().strftime("%y-%m-%d")
         if address in ("0.0.0", "C.1.0"):
             return self.spec.address
         if address == "F.F":

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import termios
 import threading
 import time
 from typing import Callable, Sequence
 
+from utilitarian_sim.gateways import Conversations, Gateways, readable
 from utilitarian_sim.iec_engine import IecEngine, LineClosed, LineObservation
 from utilitarian_sim.iec_meter import GenericMeterModel, SimIecMeter
 from utilitarian_sim.lis200_meter import Lis200Model
@@ -36,16 +36,14 @@ class SocketLine:
         """True when the client's close (FIN) has arrived, whether or not the serving thread has
         read it yet."""
         try:
-            ready, _, _ = select.select([self.conn], [], [], 0)
-            return bool(ready) and self.conn.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):  # ValueError: our serving thread closed it already (fd -1)
+            return readable(self.conn.fileno(), 0) and self.conn.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # our serving thread closed it already
             return True
 
     def read(self, timeout: float) -> bytes:
-        ready, _, _ = select.select([self.conn], [], [], max(timeout, 0.0))
-        if not ready:
-            return b""
         try:
+            if not readable(self.conn.fileno(), timeout):
+                return b""
             data = self.conn.recv(4096)
         except OSError:
             raise LineClosed() from None
@@ -95,8 +93,7 @@ class PtyLine:
 
     def read(self, timeout: float) -> bytes:
         try:
-            ready, _, _ = select.select([self.master], [], [], max(timeout, 0.0))
-            return os.read(self.master, 4096) if ready else b""
+            return os.read(self.master, 4096) if readable(self.master, timeout) else b""
         except OSError:
             raise LineClosed() from None
 
@@ -135,14 +132,11 @@ class IecSimulator:
     def __init__(self, meters: Sequence[SimIecMeter], *, transport: str = "tcp",
                  host: str = "127.0.0.1", ports: Sequence[int] | None = None,
                  clock: Callable[[], float] = time.time):
-        if transport not in ("tcp", "pty"):
-            raise ValueError("transport must be 'tcp' or 'pty'")
         self.transport = transport
         self.host = host
         self.clock = clock
         self.meters = tuple(meters)
         self.gateways = max([1, *(m.gateway + 1 for m in meters)])
-        self._wanted_ports = list(ports) if ports is not None else [0] * self.gateways
         started = clock()
         self.models: dict[tuple[int, str], GenericMeterModel | Lis200Model] = {}
         for number, meter in enumerate(self.meters, start=1):
@@ -151,19 +145,22 @@ class IecSimulator:
                 raise ValueError(f"address {meter.address!r} twice on gateway {meter.gateway}")
             model_class = Lis200Model if meter.dialect == "lis200" else GenericMeterModel
             self.models[key] = model_class(meter, number, started, clock)
+        # Each gateway's meters by address, built once: a conversation starts with a lookup here.
+        self._by_gateway: list[dict] = [{} for _ in range(self.gateways)]
+        for (gateway, address), model in self.models.items():
+            self._by_gateway[gateway][address] = model
         self.sessions = SessionLog(clock)
         self.observations: list[LineObservation] = []
         self.ports: list[int] = []
         self.devices: list[str] = []
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listeners: list[socket.socket] = []
+        self._conversations = Conversations("iec-sim")
+        self._gateways = Gateways(self.gateways, transport, host=host, ports=ports,
+                                  on_accept=self._accepted, open_pty=PtyLine, name="iec-sim")
+        self._names: list[str] = []
         self._lines: list = []
         self._lock = threading.Lock()
         self._live: dict[int, list[SocketLine]] = {}
-
-    def _meters_of(self, gateway: int) -> dict:
-        return {a: m for (g, a), m in self.models.items() if g == gateway}
 
     def __enter__(self) -> IecSimulator:
         self.start()
@@ -173,63 +170,34 @@ class IecSimulator:
         self.stop()
 
     def start(self) -> None:
-        for gateway in range(self.gateways):
-            if self.transport == "tcp":
-                listener = socket.create_server((self.host, self._wanted_ports[gateway]))
-                listener.settimeout(0.2)
-                self._listeners.append(listener)
-                self.ports.append(listener.getsockname()[1])
-                target = self._accept_loop
-            else:
-                line = PtyLine()
-                self._lines.append(line)
-                self.devices.append(line.path)
-                target = self._pty_loop
-            thread = threading.Thread(target=target, args=(gateway,), daemon=True,
-                                      name=f"iec-sim-{gateway}")
-            thread.start()
-            self._threads.append(thread)
-        log.info("IEC simulator: %d meters on %s", len(self.meters),
-                 ", ".join(self.interfaces()))
+        self._names = self._gateways.open()
+        self.ports, self.devices, self._lines = self._gateways.ports, self._gateways.devices, self._gateways.lines
+        self._gateways.serve()
+        for gateway in range(len(self._lines)):
+            self._conversations.spawn(self._pty_loop, gateway)
+        log.info("IEC simulator: %d meters on %d %s gateways", len(self.meters), self.gateways,
+                 self.transport)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        for listener in self._listeners:
-            listener.close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
-        for line in self._lines:
-            line.close()
+        self._gateways.stop_accepting(timeout)
+        self._conversations.join(timeout)
+        self._gateways.close_lines()
 
-    def _accept_loop(self, gateway: int) -> None:
-        listener = self._listeners[gateway]
-        while not self._stop.is_set():
-            try:
-                conn, _peer = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            line = SocketLine(conn)
-            # A client that closed before this one connected has ended its session, even if its
-            # serving thread has not noticed yet: record that first, so a gateway's sessions show
-            # the order the clients made, not the order our threads were scheduled in.
-            with self._lock:
-                earlier_lines = list(self._live.get(gateway, []))
-            for earlier in earlier_lines:
-                if earlier.peer_closed():
-                    self._end_session(gateway, earlier)
-            self.sessions.started(self.interfaces()[gateway])
-            with self._lock:
-                self._live.setdefault(gateway, []).append(line)
-            thread = threading.Thread(target=self._serve_connection, args=(gateway, line),
-                                      daemon=True, name=f"iec-sim-{gateway}-conn")
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-            thread.start()
+    def _accepted(self, gateway: int, conn: socket.socket) -> None:
+        line = SocketLine(conn)
+        # A client that closed before this one connected has ended its session, even if its
+        # serving thread has not noticed yet: record that first, so a gateway's sessions show
+        # the order the clients made, not the order our threads were scheduled in.
+        with self._lock:
+            earlier_lines = list(self._live.get(gateway, []))
+        for earlier in earlier_lines:
+            if earlier.peer_closed():
+                self._end_session(gateway, earlier)
+        self.sessions.started(self._names[gateway])
+        with self._lock:
+            self._live.setdefault(gateway, []).append(line)
+        self._conversations.spawn(self._serve_connection, gateway, line)
 
     def _end_session(self, gateway: int, line: SocketLine) -> None:
         with self._lock:
@@ -238,12 +206,12 @@ class IecSimulator:
             line.session_ended = True
             if line in self._live.get(gateway, []):
                 self._live[gateway].remove(line)
-        self.sessions.ended(self.interfaces()[gateway])
+        self.sessions.ended(self._names[gateway])
 
     def _serve_connection(self, gateway: int, line: SocketLine) -> None:
-        name = self.interfaces()[gateway]
+        name = self._names[gateway]
         try:
-            IecEngine(line, self._meters_of(gateway), self._stop, self.observations).serve()
+            IecEngine(line, self._by_gateway[gateway], self._stop, self.observations).serve()
         except Exception:  # one broken conversation must not take the gateway down
             log.exception("simulated IEC gateway %s: conversation failed; connection closed", name)
         finally:
@@ -253,21 +221,19 @@ class IecSimulator:
     def _pty_loop(self, gateway: int) -> None:
         line = self._lines[gateway]
         try:
-            IecEngine(line, self._meters_of(gateway), self._stop, self.observations).serve()
+            IecEngine(line, self._by_gateway[gateway], self._stop, self.observations).serve()
         except Exception:
             log.exception("simulated IEC pty %s failed; the line is dead", line.path)
 
     def interfaces(self) -> list[str]:
-        if self.transport == "pty":
-            return list(self.devices)
-        return [f"{self.host}:{p}" for p in self.ports]
+        return list(self._gateways.names)
 
     def model(self, meter: SimIecMeter):
         return self.models[(meter.gateway, meter.address)]
 
     def url(self, meter: SimIecMeter) -> str:
         protocol = "lis200" if meter.dialect == "lis200" else "iec62056-21"
-        where = self.interfaces()[meter.gateway]
+        where = (self._names or self.interfaces())[meter.gateway]
         if self.transport == "pty":
             return f"{protocol}+serial://{where}?address={meter.address}"
         return f"{protocol}+tcp://{where}?address={meter.address}"
@@ -276,15 +242,16 @@ class IecSimulator:
         """Rows for the registry's meter list (see docs/meters.md). A gateway with several meters
         is an RS-485 bus: can_block, one conversation at a time."""
         rows = []
+        names = self.interfaces()
         for number, meter in enumerate(self.meters, start=1):
             model = self.model(meter)
-            shared = sum(1 for m in self.meters if m.gateway == meter.gateway) > 1
+            shared = len(self._by_gateway[meter.gateway]) > 1
             row = {
                 "name": meter.name or f"sim-{meter.dialect}-{number:04d}",
                 "execution_type": "generic_lis200" if meter.dialect == "lis200" else "generic_iec6205621",
                 "meter_type": "sim_ek260" if meter.dialect == "lis200" else "sim_iec62056_21",
                 "url": self.url(meter),
-                "interface": self.interfaces()[meter.gateway],
+                "interface": names[meter.gateway],
                 "can_block": shared or self.transport == "pty",
                 "timezone": timezone or meter.timezone,
                 "series": model.series(),

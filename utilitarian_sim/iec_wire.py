@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import reduce
+from operator import xor
 
 SOH, STX, ETX, EOT, ACK, NAK = 1, 2, 3, 4, 6, 0x15
 CRLF = b"\r\n"
@@ -20,7 +21,7 @@ MODE_READOUT, MODE_PROGRAMMING = "0", "1"
 
 def block_check(body: bytes) -> int:
     """Exclusive-or over everything after the opening SOH/STX, the closing ETX/EOT included."""
-    return reduce(lambda acc, byte: acc ^ byte, body, 0)
+    return reduce(xor, body, 0)  # operator.xor: no Python frame per byte (2,000 meters answer at once)
 
 
 def build_block(payload: bytes, *, final: bool = True) -> bytes:

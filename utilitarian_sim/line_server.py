@@ -5,12 +5,12 @@ conversation handed to a `serve(line, gateway)` callback on its own thread, sess
 from __future__ import annotations
 
 import logging
-import socket
 import termios
 import threading
 import time
 from typing import Callable
 
+from utilitarian_sim.gateways import Conversations, Gateways
 from utilitarian_sim.iec_engine import LineClosed
 from utilitarian_sim.iec_server import PtyLine, SocketLine
 from utilitarian_sim.sessions import SessionLog
@@ -40,70 +40,37 @@ class LineServer:
     def __init__(self, gateways: int, serve: Callable[[object, int, threading.Event], None], *,
                  transport: str = "tcp", host: str = "127.0.0.1", ports=None, name: str = "sim",
                  clock: Callable[[], float] = time.time):
-        if transport not in ("tcp", "pty"):
-            raise ValueError("transport must be 'tcp' or 'pty'")
         self.gateways, self.serve, self.transport, self.host, self.name = gateways, serve, transport, host, name
-        self._wanted = list(ports) if ports is not None else [0] * gateways
+        self._gateways = Gateways(gateways, transport, host=host, ports=ports, on_accept=self._accepted,
+                                  open_pty=ResettingPtyLine, name=name)
         self.sessions = SessionLog(clock)
         self.ports: list[int] = []
         self.devices: list[str] = []
         self.stop_event = threading.Event()
-        self._listeners: list[socket.socket] = []
-        self._lines: list[PtyLine] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._names: list[str] = []
+        self._conversations = Conversations(f"{name}-line")
 
     def start(self) -> None:
-        for gateway in range(self.gateways):
-            if self.transport == "tcp":
-                listener = socket.create_server((self.host, self._wanted[gateway]))
-                listener.settimeout(0.2)
-                self._listeners.append(listener)
-                self.ports.append(listener.getsockname()[1])
-                target, args = self._accept_loop, (gateway,)
-            else:
-                line = ResettingPtyLine()
-                self._lines.append(line)
-                self.devices.append(line.path)
-                target, args = self._run, (line, gateway, False)
-            self._spawn(target, args)
-
-    def _spawn(self, target, args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-line")
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+        self._names = self._gateways.open()
+        self.ports, self.devices = self._gateways.ports, self._gateways.devices
+        self._gateways.serve()
+        for gateway, line in enumerate(self._gateways.lines):
+            self._conversations.spawn(self._run, line, gateway, False)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
-        for listener in self._listeners:
-            listener.close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
-        for line in self._lines:
-            line.close()
+        self._gateways.stop_accepting(timeout)
+        self._conversations.join(timeout)
+        self._gateways.close_lines()
+
+    def _accepted(self, gateway: int, conn) -> None:
+        self._conversations.spawn(self._run, SocketLine(conn), gateway, True)
 
     def interfaces(self) -> list[str]:
-        if self.transport == "pty":
-            return list(self.devices)
-        return [f"{self.host}:{p}" for p in self.ports]
-
-    def _accept_loop(self, gateway: int) -> None:
-        listener = self._listeners[gateway]
-        while not self.stop_event.is_set():
-            try:
-                conn, _peer = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self._spawn(self._run, (SocketLine(conn), gateway, True))
+        return list(self._gateways.names)
 
     def _run(self, line, gateway: int, closes: bool) -> None:
-        name = self.interfaces()[gateway]
+        name = self._names[gateway]
         self.sessions.started(name)
         try:
             self.serve(line, gateway, self.stop_event)

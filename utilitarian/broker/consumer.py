@@ -2,7 +2,10 @@
 task threads settle their deliveries through `settle()`, which hands the ack to the pump with
 `add_callback_threadsafe`, on the channel that delivered, and only if that channel still lives.
 What to do after a refusal, a loss or a broker-side cancel is decided by `recovery.ConnectionRules`
-and which frames settle a batch by `acks.plan_flush`; this module only makes the pika calls."""
+and which frames settle a batch by `acks.plan_flush`; this module only makes the pika calls.
+Deliveries of our live consumers are parsed straight from pika's read buffer (deliver_frames.py)
+and handed over inside pika's read callback, where no pika call may be made: a cancel asked for
+there is sent by the run loop, or by the next delivery pika dispatches itself."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from utilitarian.broker import pika_floats, table_decode
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
+from utilitarian.broker.deliver_frames import DeliverFrames
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
 from utilitarian.broker.recovery import ConnectionRules, Exit
 
@@ -35,7 +39,7 @@ class Delivery:
     body: bytes
     properties: object  # pika.BasicProperties
     generation: int
-    received: float = field(default_factory=time.monotonic)
+    received: float = 0.0  # monotonic time it arrived, where the caller cares (the pump does not stamp it)
     exchange: str = ""
     routing_key: str = ""
 
@@ -78,6 +82,8 @@ class Consumer:
         self._lock = threading.Lock()
         self._outstanding: set[int] = set()  # delivery tags of the live channel not settled yet
         self._cancelled_by_us = False
+        self._in_read = False  # inside pika's read callback (fast deliveries): no pika calls now
+        self._cancel_soon = False  # cancel() asked for inside the read callback; the run loop does it
         self.on_consuming: Callable[[], None] | None = None
         # (connection, channel) -> channel to consume on; e.g. declare the topology first
         self.prepare: Callable[[object, object], object] | None = None
@@ -108,7 +114,10 @@ class Consumer:
         if connection is None:
             return
         try:
-            connection.add_callback_threadsafe(self._flush_settles)
+            # Straight onto pika's ioloop, not BlockingConnection's event queue: the flush makes
+            # only non-blocking calls, so it runs inside the poll and process_data_events goes on
+            # (the blocking wrapper returned and was re-entered once per batch of acks).
+            connection._impl.ioloop.add_callback_threadsafe(self._flush_settles)
         except Exception:  # connection already closed: the broker redelivers these
             with self._lock:
                 self._wake_scheduled = False
@@ -127,25 +136,45 @@ class Consumer:
                       plan.dropped)
         self._outstanding -= plan.settled
         # Requeues and rejects first: a `multiple` ack sent before them would cover their tags.
-        frames = [(channel.basic_nack, tag, {"requeue": True}) for tag in plan.requeue]
-        frames += [(channel.basic_reject, tag, {"requeue": False}) for tag in plan.reject]
-        frames += [(channel.basic_ack, tag, {"multiple": multiple}) for tag, multiple in plan.acks]
-        # The BlockingChannel flushes the socket after every frame (a poll and a send each: 12% of
-        # a poll's worker CPU with 100 threads acking out of order); all but the last go through
-        # pika's own channel beneath it, and the last one's flush sends them together.
-        impl = getattr(channel, "_impl", None)
-        for i, (method, tag, kwargs) in enumerate(frames):
-            if impl is not None and i < len(frames) - 1:
-                getattr(impl, method.__name__)(tag, **kwargs)
-            else:
-                method(tag, **kwargs)
+        # Through pika's channel beneath the BlockingChannel: that one runs the ioloop until the
+        # socket is flushed after every frame (a nested poll per ack); these frames are only
+        # buffered, and the ioloop sends them on its next turn (we run inside it, or just before
+        # process_data_events), in order with everything else on the socket.
+        impl = getattr(channel, "_impl", channel)
+        for tag in plan.requeue:
+            impl.basic_nack(tag, requeue=True)
+        for tag in plan.reject:
+            impl.basic_reject(tag, requeue=False)
+        for tag, multiple in plan.acks:
+            impl.basic_ack(tag, multiple=multiple)
 
     def _on_message(self, channel, method, properties, body) -> None:
+        """A delivery through pika's own path (before the fast path was installed, or one it left)."""
+        if self._cancel_soon:
+            # A cancel asked for in the read callback: send it now, before pika dispatches more
+            # (basic_cancel requeues the deliveries still waiting in the BlockingChannel).
+            self.cancel()
         queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
         self._outstanding.add(method.delivery_tag)
         self.on_delivery(Delivery(queue, method.delivery_tag, method.redelivered, body, properties,
-                                  self.generation, received=self.clock(), exchange=method.exchange,
-                                  routing_key=method.routing_key))
+                                  self.generation, exchange=method.exchange, routing_key=method.routing_key))
+
+    def _accepts(self, consumer_tag: str) -> bool:
+        """The fast path takes deliveries of our live consumers on an open channel only."""
+        channel = self.channel
+        return (consumer_tag in self._consumer_tags and not self._cancel_soon and channel is not None
+                and channel.is_open)
+
+    def _on_fast_delivery(self, consumer_tag, delivery_tag, redelivered, exchange, routing_key, properties,
+                          body) -> None:
+        """Inside pika's read callback (deliver_frames): hand over, make no pika call."""
+        self._outstanding.add(delivery_tag)
+        self._in_read = True
+        try:
+            self.on_delivery(Delivery(self._consumer_tags[consumer_tag], delivery_tag, redelivered, body, properties,
+                                      self.generation, exchange=exchange, routing_key=routing_key))
+        finally:
+            self._in_read = False
 
     def _on_cancel(self, method_frame) -> None:
         """The broker cancelled one of our consumers (its queue was deleted, or the queue's node
@@ -180,6 +209,9 @@ class Consumer:
             for queue in self.queues:
                 tag = channel.basic_consume(queue, self._on_message)
                 self._consumer_tags[tag] = queue
+            self._cancel_soon = False
+            DeliverFrames(self.connection._impl, channel.channel_number, self._accepts,
+                          self._on_fast_delivery).install()
         except Exception as exc:
             self._close_quietly()
             raise translate(exc, self.settings) from None
@@ -204,16 +236,24 @@ class Consumer:
             log.info("%s", line or f"consuming {', '.join(due)} again")
 
     def cancel(self) -> None:
-        """Stop receiving new deliveries (pump thread); in-flight ones can still be acked."""
+        """Stop receiving new deliveries (pump thread); in-flight ones can still be acked. Asked
+        for while a delivery is handed over inside pika's read callback, it takes effect as soon
+        as that returns: no further delivery is taken there, and the run loop sends the cancel."""
+        if self._in_read:
+            self._cancel_soon = True
+            return
+        self._cancel_soon = False
         self._cancelled_by_us = True
         self._resume_at = {}
+        # Forgotten first: while basic_cancel waits for its cancel-ok, deliveries still arrive and
+        # the fast path must leave them to pika, which requeues them (as it did before the cancel).
+        tags, self._consumer_tags = list(self._consumer_tags), {}
         if self.channel is not None and self.channel.is_open:
-            for tag in list(self._consumer_tags):
+            for tag in tags:
                 try:
                     self.channel.basic_cancel(tag)
                 except Exception as exc:  # a dying channel: nothing more will be delivered anyway
                     log.debug("basic_cancel failed: %s", exc)
-        self._consumer_tags = {}
 
     def stop(self, how: str = "drain") -> None:
         """Ask the pump to stop: "drain" finishes in-flight work first, "now" closes at once."""
@@ -255,6 +295,8 @@ class Consumer:
                     self.on_consuming()
             try:
                 self.connection.process_data_events(time_limit=self.tick_interval)
+                if self._cancel_soon:
+                    self.cancel()
                 if self._pending:
                     self._flush_settles()
                 if self._resume_at and not self.stop_requested:

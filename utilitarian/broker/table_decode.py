@@ -64,6 +64,12 @@ def decode_table(encoded: bytes, offset: int) -> tuple[dict, int]:
         elif kind == _V:
             result[key] = None
             offset = end + 1
+        elif kind == _t:  # Celery's ignore_result
+            result[key] = bool(encoded[end + 1])
+            offset = end + 2
+        elif kind == _I:  # Celery's retries
+            result[key] = _I32(encoded, end + 1)[0]
+            offset = end + 5
         else:
             result[key], offset = decode_value(encoded, end)
     return result, offset

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from utilitarian import shield
@@ -50,8 +50,7 @@ class Running:
     spec: TaskSpec
     guard: shield.ThreadGuard
     started: float
-    settled: bool = False  # by its own thread, or by the settler at the hard limit
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: bool = False  # by its own thread, or by the settler at the hard limit (under the runner's lock)
 
 
 class TaskRunner:
@@ -129,11 +128,10 @@ class TaskRunner:
         return upcoming
 
     def _abandon(self, r: Running, limit: float, now: float) -> None:
-        with r.lock:
+        with self._lock:
             if r.settled:
                 return
             r.settled = True
-        with self._lock:
             self.abandoned += 1
             self.held += 1  # in flight until its hook ran and its follow-up is published: a drain waits
         log.error("task %s[%s] exceeded its hard time limit (%.1fs); settling it by its retry policy "
@@ -162,10 +160,14 @@ class TaskRunner:
 
     def _process(self, delivery: Delivery) -> None:
         props = delivery.properties
-        deliveries = redeliver.deliveries_of(props, delivery.redelivered)
         # Counted before the body is read: a message that cannot even be decoded (and maybe not
-        # dead-lettered either) must still end as poison instead of looping.
-        verdict = rules.on_delivery(delivery.redelivered, deliveries, self.max_deliveries)
+        # dead-lettered either) must still end as poison instead of looping. A first delivery is
+        # always decoded (the rule), so only a redelivery pays for the count.
+        if delivery.redelivered:
+            deliveries = redeliver.deliveries_of(props, True)
+            verdict = rules.on_delivery(True, deliveries, self.max_deliveries)
+        else:
+            deliveries, verdict = None, rules.DECODE
         if verdict == rules.POISON:
             headers = delivery.headers
             log.error("task %s[%s] was delivered %d times without finishing (it may kill its worker); "
@@ -191,6 +193,8 @@ class TaskRunner:
                              max_bytes=self.max_message_bytes)
             spec = self.registry.get(message.task)
         except ProtocolError as exc:
+            if deliveries is None:
+                deliveries = redeliver.deliveries_of(props, delivery.redelivered)
             log.warning("refusing a message from %s (%s): %s; dead-lettering it", delivery.queue, exc.reason, exc)
             if self._publish_then_ack(delivery, redeliver.dead_letter(
                     delivery.queue, delivery.body, props, reason=exc.reason, error=str(exc), attempts=deliveries,
@@ -230,12 +234,11 @@ class TaskRunner:
             self.task_local.task = None
             with self._lock:
                 self.rules.on_finished(r)
-        with r.lock:
-            late = r.settled  # settled at the hard limit already; this thread came back late
-            r.settled = True
+                late = r.settled  # settled at the hard limit already; this thread came back late
+                r.settled = True
+                if late:
+                    self.abandoned -= 1  # counted as finished by _handle now
         if late:
-            with self._lock:
-                self.abandoned -= 1  # counted as finished by _handle now
             return
         duration = self.clock() - started
         if error is None:

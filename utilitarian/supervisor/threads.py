@@ -1,13 +1,19 @@
-"""A child's task threads: at most N threads fed from one queue, each started when a delivery
-finds no idle one (a child that never gets busy never pays for its threads' stacks). Leaner than
-concurrent.futures.ThreadPoolExecutor for this use: no Future per delivery and no result to hand
-back (the runner settles each delivery itself); the executor's hand-over was about a fifth of a
-no-op task's CPU (docs/benchmarks.md)."""
+"""A child's task threads: at most N threads fed from one deque, each started when a delivery
+finds no thread to take it (a child that never gets busy never pays for its threads' stacks).
+Leaner than concurrent.futures.ThreadPoolExecutor for this use: no Future per delivery and no
+result to hand back (the runner settles each delivery itself); the executor's hand-over was about
+a fifth of a no-op task's CPU (docs/benchmarks.md).
+
+Wake-ups are what cost here (a futex call, a context switch and a GIL hand-over each), so a
+thread is woken only when no awake thread will look at the deque anyway: a thread that finished
+takes its next delivery straight from the deque, and a burst of short tasks runs on the one or two
+threads already awake instead of waking all N. A thread that takes a delivery while more are
+waiting and nobody else is awake wakes one more first, so a long task never holds the rest back."""
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 from typing import Any, Callable
 
@@ -20,37 +26,71 @@ class TaskThreads:
         self._handle = handle
         self._max = max_threads
         self._name = name
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
-        self._idle = 0  # threads that finished an item and have not been counted on for a new one
+        self._free = 0  # awake threads not running an item: each looks at the deque before it parks
+        self._parked: list[threading.Lock] = []  # gates of sleeping threads (held; released to wake)
         self.threads: list[threading.Thread] = []
 
     def submit(self, item: Any) -> None:
-        self._queue.put(item)
         with self._lock:
-            if self._idle:
-                self._idle -= 1  # an idle thread takes it
-                return
-            if len(self.threads) >= self._max:
-                return  # every thread is busy: the next free one takes it
-            thread = threading.Thread(target=self._loop, name=f"{self._name}_{len(self.threads)}", daemon=True)
-            self.threads.append(thread)
-        thread.start()
+            self._items.append(item)
+            if self._free:
+                return  # an awake thread takes it
+            gate = self._wake_one()
+        if gate is not None:
+            gate.release()
+
+    def _wake_one(self):
+        """Under the lock: a parked thread's gate to release, or a new thread started; the thread
+        is counted awake from here. None when every thread is busy (the next free one takes it)."""
+        if self._parked:
+            self._free += 1
+            return self._parked.pop()
+        if len(self.threads) >= self._max:
+            return None
+        self._free += 1
+        thread = threading.Thread(target=self._loop, name=f"{self._name}_{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()  # under the lock: the new thread blocks on it at once, then looks at the deque
+        return None
 
     def _loop(self) -> None:
+        gate = threading.Lock()
+        gate.acquire()
+        busy = False  # just ran an item: not counted free (a woken or new thread was, by its waker)
         while True:
-            item = self._queue.get()
+            wake = None
+            with self._lock:
+                if not busy:
+                    self._free -= 1
+                if self._items:
+                    item = self._items.popleft()
+                    busy = True
+                    if self._items and not self._free:
+                        wake = self._wake_one()
+                else:
+                    self._parked.append(gate)
+                    item = None
+                    busy = False
+            if item is None:
+                gate.acquire()  # until a submit (or a sibling) counted this thread awake again
+                continue
+            if wake is not None:
+                wake.release()
             if item is _STOP:
                 return
             try:
                 self._handle(item)
             except BaseException:  # the handler settles its own failures; this thread must live on
                 log.exception("task thread: unexpected error; going on")
-            with self._lock:
-                self._idle += 1
 
     def shutdown(self) -> None:
-        """Stop the threads once the queue is empty; does not wait (a stuck task's thread is
+        """Stop the threads once the deque is empty; does not wait (a stuck task's thread is
         abandoned: the child exits with os._exit)."""
-        for _ in self.threads:
-            self._queue.put(_STOP)
+        with self._lock:
+            self._items.extend(_STOP for _ in self.threads)
+            gates, self._parked = self._parked, []
+            self._free += len(gates)
+        for gate in gates:
+            gate.release()

@@ -142,3 +142,16 @@ def test_session_timeout_bounds_a_silent_bus():
         with pytest.raises(MeterTimeout):
             call(sim, meter, timeout="5", session_timeout="0.6")
         assert time.monotonic() - started < 1.5
+
+
+def test_a_simulator_with_more_ports_than_select_can_watch_answers_on_all_of_them():
+    """2,000 simulated gateways gave every conversation a descriptor above 1023; the simulator's
+    select() refused it and every poll of the round failed with a reset. 1,100 ports reach there."""
+    from utilitarian_sim import iec_meters
+
+    meters = iec_meters(1100, gateways=1100)
+    with IecSimulator(meters) as sim:
+        assert len(set(sim.ports)) == 1100
+        for meter in (meters[0], meters[-1]):
+            result = call(sim, meter)
+            assert any(r.series == "1.8.0" for r in result.readings)

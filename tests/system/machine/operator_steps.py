@@ -1,5 +1,5 @@
 """Scenarios of issue 15 item 5, run by driver.py inside the machine: what an operator types does
-what docs/operations.md says. `d` is the driver module (its helpers: run, show, publish, sink, ...).
+what docs/operations.md says. `d` is the driver's plumbing module (run, show, publish, sink, ...).
 
 - restore: the documented restore steps, word for word, while a worker drains a slow task; shims
   for `rm` and `install` record, at the moment those steps run, which worker processes still live.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import termios
 import time
 from typing import Callable, Protocol, TypeVar
@@ -33,23 +34,37 @@ class Transport(Protocol):
     def set_baudrate(self, baudrate: int) -> None: ...
 
 
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
 class TcpTransport:
-    """A transparent TCP gateway or IP modem: same bytes, no baud rate changes."""
+    """A transparent TCP gateway or IP modem: same bytes, no baud rate changes.
+
+    The socket blocks, with the read timeout kept by the kernel (SO_RCVTIMEO), changed only when a
+    wait differs by more than 10 ms: a Python socket timeout costs an ioctl per settimeout and a
+    poll() before every recv and send, each a GIL hand-over that a hundred polling threads queue for."""
 
     can_switch_baud = False
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self._sock: socket.socket | None = None
+        self._wait = -1.0   # the socket's SO_RCVTIMEO in seconds
 
     def open(self, timeout: float) -> None:
         try:
-            self._sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except socket.timeout:
             raise MeterUnreachable(f"{self.host}:{self.port}: connect timed out") from None
         except OSError as exc:
             raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        # A send blocks only when the gateway stops reading; bound it like the connect.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(max(timeout, 0.001)))
+        self._sock, self._wait = sock, -1.0
 
     def close(self) -> None:
         if self._sock is not None:
@@ -63,10 +78,13 @@ class TcpTransport:
             raise MeterUnreachable(f"{self.host}:{self.port}: send failed ({exc.strerror or exc})") from None
 
     def read(self, timeout: float) -> bytes:
-        self._sock.settimeout(max(timeout, 0.001))
+        timeout = max(timeout, 0.001)  # 0 would mean "forever" to the kernel
+        if abs(timeout - self._wait) > 0.01:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            self._wait = timeout
         try:
             data = self._sock.recv(4096)
-        except socket.timeout:
+        except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
             return b""
         except OSError as exc:
             raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
