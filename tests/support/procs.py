@@ -123,19 +123,10 @@ def ran_counts(path: pathlib.Path) -> collections.Counter:
 
 
 def children_of(pid: int) -> list[int]:
-    """The worker children of a master: its control agent (process name util-control) is not one."""
+    """The worker children of a master (its control agent is a thread in them, not a process)."""
     import psutil
 
     try:
-        kids = psutil.Process(pid).children()
+        return [c.pid for c in psutil.Process(pid).children()]
     except psutil.Error:
         return []
-    out = []
-    for c in kids:
-        try:
-            if c.name() == "util-control":
-                continue
-        except psutil.Error:
-            continue
-        out.append(c.pid)
-    return out

@@ -58,7 +58,7 @@ class Arbiter:
         self.last_error: dict | None = None  # the latest warning or error the rules logged, for status
         self.metrics_where = getattr(metrics, "where", None)
         self.observed: dict = {}  # the control agent's latest "observed" report
-        self.agent = agent  # the control agent's sidecar (fleet/sidecar.py), or None
+        self.agent = agent  # fleet.agent.ControlPost: the children run the worker's control agent; or None
         self.signals = SignalQueue()
         enabled = bool(notifier and notifier.enabled)
         self.sup = Supervisor(plan, config.worker, clock(), notify=enabled,
@@ -93,8 +93,6 @@ class Arbiter:
                     code = done
                     break
                 self.serve_clients(readable, writable, now)
-                if self.agent is not None:
-                    self.agent.check(now, self.inherited_fds())
                 readable, writable = self.wait(now)
         except Exception:  # the master must not die with children left behind
             log.exception("master loop failed; killing children")
@@ -104,8 +102,6 @@ class Arbiter:
         finally:
             if self.notifier:
                 self.notifier.stopping("stopped")
-            if self.agent is not None:
-                self.agent.stop()
             for server in self.servers():
                 server.close()
         log.info("worker %s stopped (exit %d)", self.plan.name, code)
@@ -124,9 +120,6 @@ class Arbiter:
             reads += server.read_fds()
             writes += server.write_fds()
             deadline = min(deadline, server.next_deadline())
-        if self.agent is not None:
-            reads += self.agent.fds()
-            deadline = min(deadline, self.agent.next_start)
         timeout = 0.0 if self.feedback else min(deadline - now, self.sup.wake_by(now))
         return wait_io(reads, writes, timeout)
 
@@ -186,7 +179,8 @@ class Arbiter:
         spec = ChildSpec(worker_name=self.plan.name, pool=action.pool, index=action.index, config=self.config,
                          registry=self.registry, settings=self.settings,
                          graceful_timeout=self.plan.graceful_timeout, loglevel=self.loglevel,
-                         boot_may_fail=action.boot_may_fail, probe_pending=bool(self.plan.exit_when_idle))
+                         boot_may_fail=action.boot_may_fail, probe_pending=bool(self.plan.exit_when_idle),
+                         agent=self.agent)
         r_fd, w_fd = os.pipe()
         close_fds = [r_fd] + self.inherited_fds()
         process = self.ctx.Process(target=child_main, args=(spec, w_fd, close_fds, self.signals.uninstall_in_child),
@@ -260,6 +254,7 @@ class Arbiter:
             doc = status_doc(self.sup, self.clock(), pid=os.getpid(), started_wall=self.started_wall)
             doc["last_error"] = self.last_error
             doc["metrics"] = self.metrics_where
+            doc["control_agent"] = self.observed.get("pid")  # the child serving it, as last reported
             return doc
         if cmd == "ping":
             return {"pong": True, "worker": self.plan.name, "pid": os.getpid()}

@@ -43,6 +43,9 @@ class ChildSpec:
     # (vhost restarting, access briefly revoked), retried instead of stopping the whole fleet.
     boot_may_fail: bool = True
     probe_pending: bool = False  # ask the idle probes (the worker runs with --exit-when-idle)
+    # fleet.agent.ControlPost: run the worker's control agent (serve it, or stand by); None without
+    # a control socket, the agent's only way to the master.
+    agent: object = None
 
 
 PR_SET_PDEATHSIG = 1
@@ -151,11 +154,17 @@ class Child:
         from utilitarian.supervisor.collectors import MetricsCollectors
 
         collectors = MetricsCollectors.for_child(app, pool.queues).start()
+        agent = None
 
         def on_consuming() -> None:
+            nonlocal agent
             if not self.ready_sent:
                 self.ready_sent = True
                 writer.event("ready", boot=round(clock() - started, 4))
+                if spec.agent is not None:  # after the task connection: a child that cannot consume has no say
+                    from utilitarian.fleet.agent import ControlAgent
+
+                    agent = ControlAgent.for_child(spec.settings, spec.agent, master_pid=self.master_pid).start()
             else:
                 writer.event("consuming")
 
@@ -195,6 +204,8 @@ class Child:
                 consumer.stop("now")
             if self.stop:
                 runner.drain()  # held deliveries go back now, not after their backoff
+                if agent is not None:
+                    agent.drain()
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 last_beat = now
                 beat()
@@ -226,6 +237,8 @@ class Child:
         finally:
             later.stop()
             collectors.stop()
+            if agent is not None:  # the last to stop: it answered for the worker during the drain
+                agent.finish()
             beat()
             runner.shutdown()
             try:

@@ -141,7 +141,9 @@ def test_a_scrape_during_a_broker_outage_answers_and_shows_it(node, tmp_path):
         assert "utilitarian_queue_messages" not in samples(text)  # stale depths are not shown
         node.start_app()
         wait_for(lambda: state() == (1.0, 1.0), timeout=90, interval=0.5, what="consuming again")
-        assert (value(scrape(port), "utilitarian_reconnects_total") or 0) >= 1
+        # the counter travels with the child's next heartbeat (every second), after "consuming"
+        wait_for(lambda: (value(scrape(port), "utilitarian_reconnects_total") or 0) >= 1, timeout=10,
+                 interval=0.2, what="the reconnect counted")
         wait_for(lambda: beat_state() == (1.0, 1.0), timeout=90, interval=0.5, what="the beat leading again")
         assert worker.alive() and beat.alive()
     finally:

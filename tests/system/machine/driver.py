@@ -171,6 +171,7 @@ def ready(r):
             if not samples[-1][4].startswith("1/2") and proxy.forwarded < 1:
                 proxy.release(1)
             time.sleep(0.1)
+        r["forwarded_for_one"] = proxy.forwarded  # its control agent connects only once it consumes
         for _ in range(10):
             sample("one")
             time.sleep(0.1)

@@ -187,32 +187,6 @@ def write_dropin(unit: str, name: str, text: str) -> None:
         fh.write(text)
 
 
-def owner_comm(port: int) -> str | None:
-    """The process name (comm) owning the local TCP socket 127.0.0.1:port, read from /proc."""
-    inode = None
-    try:
-        with open("/proc/net/tcp") as fh:
-            for line in fh.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].split(":")[1], 16) == port:
-                    inode = fields[9]
-                    break
-    except OSError:
-        return None
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
-                with open(f"/proc/{pid}/comm") as fh:
-                    return fh.read().strip()
-        except OSError:
-            continue
-    return None
-
-
 class HeldProxy:
     """A TCP proxy to the broker that accepts connections but forwards none until released, one
     by one: it decides when each child of a worker can finish its broker handshake."""
@@ -232,11 +206,8 @@ class HeldProxy:
                 conn, peer = self.listener.accept()
             except OSError:
                 return
-            if owner_comm(peer[1]) == "util-control":
-                # The master's control agent is not a child: held, it would take the place of
-                # the child the test means to release first.
-                self.forward(conn)
-                continue
+            # A child's control agent connects only once the child consumes: held here, it cannot
+            # take the place of the child connection the test means to release first.
             with self.lock:
                 self.pending.append(conn)
 

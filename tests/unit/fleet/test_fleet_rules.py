@@ -75,3 +75,22 @@ def test_commands_go_only_to_workers_that_have_the_pool_or_queue():
     assert [r["member"] for r in check_targets(REPORTS, "grow", {"pool": "main", "n": 1}, None)] == ["alpha@host1"]
     assert [r["member"] for r in check_targets(REPORTS, "drain", {"queue": "commits"}, None)] == ["beta@host2"]
     assert len(check_targets(REPORTS, "ping", {}, None)) == 3
+
+
+def test_the_first_running_child_in_the_masters_order_is_on_duty():
+    from utilitarian.fleet.agent import child_on_duty
+
+    status = {"children": [{"pid": 11, "state": "starting"}, {"pid": 12, "state": "draining"},
+                           {"pid": 13, "state": "running", "consuming": False}, {"pid": 14, "state": "running"}]}
+    assert child_on_duty(status) == 13  # running, though not consuming (its queues drained)
+    assert child_on_duty({"children": [{"pid": 11, "state": "starting"}]}) is None
+    assert child_on_duty({}) is None
+
+
+def test_a_workers_control_queue_is_its_own_and_its_masters():
+    from utilitarian.fleet.agent import control_queue
+
+    a = control_queue(Member("alpha@h1", "worker", "h1", "alpha", 100))
+    assert a.startswith("utilitarian.control.") and "alpha@h1" in a
+    assert a != control_queue(Member("alpha@h1", "worker", "h1", "alpha", 101))  # a restarted master
+    assert a != control_queue(Member("alpha@h1", "worker", "h2", "alpha", 100))  # a namesake elsewhere
