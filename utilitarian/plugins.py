@@ -21,8 +21,9 @@ hold (docs/plugins.md).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
+import importlib
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,17 +67,31 @@ class Plugin:
     distribution: str
 
 
-@functools.lru_cache(maxsize=None)
 def declared(group: str) -> tuple[Plugin, ...]:
     """Entry points of `group` in installed distributions, sorted by name (a stable order)."""
+    return _declared(group, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=None)
+def _declared(group: str, path: tuple[str, ...]) -> tuple[Plugin, ...]:
     found: dict[str, Plugin] = {}
-    for ep in importlib.metadata.entry_points(group=group):
-        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+    for ep in _ours(path):
+        if ep.group != group:
+            continue
         if ep.name in found and found[ep.name].value != ep.value:
             raise ConfigError(f"entry point {group}:{ep.name} is declared twice (by {found[ep.name].distribution} "
-                              f"and {dist}); uninstall one of them")
-        found[ep.name] = Plugin(ep.name, ep.value, dist)
+                              f"and {ep.distribution}); uninstall one of them")
+        found[ep.name] = Plugin(ep.name, ep.value, ep.distribution)
     return tuple(sorted(found.values(), key=lambda p: p.name))
+
+
+@functools.lru_cache(maxsize=None)
+def _ours(path: tuple[str, ...]) -> tuple:
+    """Every `utilitarian.*` entry point on `path`: one scan for all groups (keyed by sys.path, so
+    a directory put on it is seen)."""
+    from utilitarian.entry_points import scan
+
+    return tuple(scan(path, groups=("utilitarian.",)))
 
 
 def load(plugin: Plugin, group: str) -> Any:
@@ -125,7 +140,8 @@ def warm() -> None:
     inherit the result: otherwise each child scans every installed distribution's metadata once
     per thread that asks first (lru_cache does not hold back concurrent misses: 100 poll threads
     starting together scanned ~40 times per child, about 1 CPU-second). A duplicate entry point is
-    left for the code that uses the group to report."""
+    left for the code that uses the group to report. (Since one scan serves every group, this
+    costs the master one scan.)"""
     for group in (CONFIG_GROUP, TASKS_GROUP, IDLE_PROBES_GROUP, ENVIRONMENTS_GROUP, METER_TYPES_GROUP,
                   READ_SCHEMES_GROUP):
         try:
@@ -136,7 +152,8 @@ def warm() -> None:
 
 def clear_caches() -> None:
     """Forget what was found (tests that install a package at run time)."""
-    declared.cache_clear()
+    _declared.cache_clear()
+    _ours.cache_clear()
     config_sections.cache_clear()
     loaded.cache_clear()
 

@@ -23,7 +23,6 @@ def validate(config, modules: Iterable[str] = (), *, profiles: Iterable[str] | N
     `config check` asks, so it refuses whatever any process started on the file would refuse. A
     profile's unimportable site module stops that profile's worker, never the beat or the others
     (their units may run with another PYTHONPATH)."""
-    from utilitarian.beat.schedule import entries_from_config
     from utilitarian.broker.connection import settings_from_config
     from utilitarian.plugins import config_sections
     from utilitarian.tasks import Registry
@@ -31,8 +30,11 @@ def validate(config, modules: Iterable[str] = (), *, profiles: Iterable[str] | N
     errors: list[ConfigError] = []
     base = _collect(errors, lambda: Registry.for_config(config), config, "worker.imports")
     errors += check_profile_imports(config, profiles)
-    if base is not None:
-        # The same check beat makes before it fires anything (against the same registry).
+    if base is not None and config.schedule:
+        # The same check beat makes before it fires anything (against the same registry); beat's
+        # modules are imported only when there is a schedule to check (a worker rarely needs them).
+        from utilitarian.beat.schedule import entries_from_config
+
         _collect(errors, lambda: entries_from_config(config, base), config, "schedule")
     _collect(errors, lambda: settings_from_config(config), config, "broker.url")
     for section in config_sections().values():

@@ -71,13 +71,14 @@ def collect_round_metrics(app, queues) -> None:
     """The `utilitarian.metrics_collectors` plugin: children that serve a schedule's meter queue read
     its latest round from the store (on the collector thread, never the pump)."""
     from utilitarian import queues as q
-    from utilitarian.amr.progress import round_progress
-    from utilitarian.amr.store import store_for
 
     served = set(queues)
     schedules = {name for name, queue in q.SCHEDULE_QUEUES.items() if queue in served}
     if not schedules:
-        return
+        return  # before the imports: a child of other queues never loads the progress queries
+    from utilitarian.amr.progress import round_progress
+    from utilitarian.amr.store import store_for
+
     now = dt.datetime.now(UTC)
     rounds = [r for r in round_progress(store_for(app), now, limit=20) if r.schedule in schedules]
     set_round_gauges(rounds, now)

@@ -116,27 +116,31 @@ def preload_for_children() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import os
-
-    from utilitarian.commands.common import load
-    from utilitarian.config import load_config
-    from utilitarian.supervisor.arbiter import Arbiter
-    from utilitarian.supervisor.control import socket_path
-    from utilitarian.supervisor.systemd import Notifier
-
-    config = load(args, process_name="master")
-    from utilitarian.log import enable_stack_dumps
-
-    enable_stack_dumps()  # a watchdog SIGABRT leaves the stacks in the journal
-    plan, settings, registry = prepare(args, config)
-    preload_for_children()
     import gc
 
-    # Everything imported so far lives as long as the process: out of the collector's sight, a
-    # child's full collections stop walking it and no longer write to (un-share) those pages.
-    gc.collect()
-    gc.freeze()
+    # Start-up creates ~30,000 objects that live as long as the process and ~700 garbage ones:
+    # collecting while it imports, then once more before the fork, cost ~15 ms CPU. They are
+    # frozen as they are (out of the collector's sight, a child's full collections stop walking
+    # them and no longer write to, un-share, those pages), then the collector runs as usual.
+    gc.disable()
+    try:
+        import logging
+        import os
+
+        from utilitarian.commands.common import load
+        from utilitarian.config import load_config
+        from utilitarian.log import enable_stack_dumps
+        from utilitarian.supervisor.arbiter import Arbiter
+        from utilitarian.supervisor.control import socket_path
+        from utilitarian.supervisor.systemd import Notifier
+
+        config = load(args, process_name="master")
+        enable_stack_dumps()  # a watchdog SIGABRT leaves the stacks in the journal
+        plan, settings, registry = prepare(args, config)
+        preload_for_children()
+        gc.freeze()
+    finally:
+        gc.enable()
     loglevel = getattr(args, "loglevel", None) or config.logging.level
     log = logging.getLogger("utilitarian.worker")
 

@@ -153,7 +153,9 @@ class Child:
         later = PendingLaterProbe.for_child(app, pool.queues, enabled=spec.probe_pending).start()
         from utilitarian.supervisor.collectors import MetricsCollectors
 
-        collectors = MetricsCollectors.for_child(app, pool.queues).start()
+        # Started once the child consumes: Thread.start() waits until the new thread runs, and the
+        # first collection (a store query) would share the GIL with the connect; its gauges can wait.
+        collectors = MetricsCollectors.for_child(app, pool.queues)
         agent = None
 
         def on_consuming() -> None:
@@ -161,6 +163,7 @@ class Child:
             if not self.ready_sent:
                 self.ready_sent = True
                 writer.event("ready", boot=round(clock() - started, 4))
+                collectors.start()
                 if spec.agent is not None:  # after the task connection: a child that cannot consume has no say
                     from utilitarian.fleet.agent import ControlAgent
 

@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from utilitarian.amr.model import MeterReading
-from utilitarian.amr.publish import post_webhook, reading_message, routing_key
+from utilitarian.amr.publish import reading_message, routing_key
 from utilitarian.amr.settings import AmrConfig, PublishSettings
+from utilitarian.amr.webhook import post_webhook
 from utilitarian.config import parse_config
 from utilitarian.errors import ConfigErrors
 

@@ -78,12 +78,10 @@ def example_distribution(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: site-example\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[utilitarian.config]\nexample = site_example:SECTION\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    plugins.declared.cache_clear()
-    plugins.config_sections.cache_clear()
+    plugins.clear_caches()
     yield
     sys.modules.pop("site_example", None)
-    plugins.declared.cache_clear()
-    plugins.config_sections.cache_clear()
+    plugins.clear_caches()
 
 
 def test_a_site_package_adds_a_config_table(example_distribution):

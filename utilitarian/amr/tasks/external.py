@@ -9,7 +9,7 @@ import logging
 
 from utilitarian import queues
 from utilitarian.amr.model import MeterSystemEvent, event_id
-from utilitarian.amr.publish import ExchangePublisher, post_webhook, reading_from_wire
+from utilitarian.amr.publish import ExchangePublisher, reading_from_wire
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import settings_of, store_of, utc_now
 from utilitarian.amr.tasks.faultpoints import faultpoint
@@ -73,6 +73,8 @@ def post_meter_readings(ctx, readings: list) -> dict:
     if not publish.webhook_url:
         log.info("no [amr.publish] webhook_url configured; %d readings not posted", len(batch))
         return {"posted": 0}
+    from utilitarian.amr.webhook import post_webhook  # urllib.request: loaded where a webhook is posted
+
     faultpoint("publish.webhook_before")
     result = post_webhook(publish.webhook_url, batch, id_type=publish.id_type, timeout=publish.webhook_timeout)
     if result.ok:
