@@ -24,19 +24,6 @@ BENCH = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 
-def ctx_switches(tasks: str = "/proc/self/task/*/status") -> tuple[int, int]:
-    """Voluntary and involuntary context switches so far of these threads (an exited thread's
-    are gone: the polling threads count their own before they end)."""
-    voluntary = involuntary = 0
-    for status in pathlib.Path("/").glob(tasks.lstrip("/")):
-        for line in status.read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches"):
-                voluntary += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches"):
-                involuntary += int(line.split()[1])
-    return voluntary, involuntary
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000)
@@ -51,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from amr_round import install, start_simulator
-    from common import stop, tmpdir
+    from common import ctx_switches, stop, tmpdir
 
     from utilitarian.amr.store import open_store
     from utilitarian.amr.tasks import execute_meter_task

@@ -132,6 +132,7 @@ def tree_usage(pid: int) -> tuple[float, float, int, int]:
     process and its live descendants (every thread): the round's CPU split into Python work and
     the kernel's, and how often its threads went to sleep (GIL and socket waits) or were preempted."""
     import psutil
+    from common import ctx_switches
 
     try:
         root = psutil.Process(pid)
@@ -146,16 +147,8 @@ def tree_usage(pid: int) -> tuple[float, float, int, int]:
         except psutil.Error:
             continue
         user, system = user + t.user, system + t.system
-        # /proc/PID/status counts the main thread's switches only: every thread's, from its task dir
-        for status in pathlib.Path(f"/proc/{p.pid}/task").glob("*/status"):
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("voluntary_ctxt_switches"):
-                        voluntary += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches"):
-                        involuntary += int(line.split()[1])
-            except OSError:
-                continue
+        v, i = ctx_switches(f"/proc/{p.pid}/task/*/status")  # every thread's, not the main thread's alone
+        voluntary, involuntary = voluntary + v, involuntary + i
     return user, system, voluntary, involuntary
 
 

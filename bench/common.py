@@ -144,6 +144,23 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def ctx_switches(tasks: str = "/proc/self/task/*/status") -> tuple[int, int]:
+    """Voluntary and involuntary context switches so far of the threads whose status files match
+    `tasks` (a glob: /proc/PID/status counts the main thread's only, /proc/PID/task/*/status every
+    thread's). A thread that ends while this reads is skipped, and an ended thread's are gone."""
+    voluntary = involuntary = 0
+    for status in pathlib.Path("/").glob(tasks.lstrip("/")):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    involuntary += int(line.split()[1])
+        except OSError:
+            continue
+    return voluntary, involuntary
+
+
 def fill_with_celery(url: str, name: str, n: int, args=(), queue: str = "utilitarian.tasks.default") -> None:
     """The queue filled by Celery's own producer (send_task, as the platform's API publishes)."""
     from celery import Celery
