@@ -301,11 +301,8 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             rss.start()
             app = App(config, name="bench dispatch")
             slot = dt.datetime.now(UTC).replace(microsecond=0)
-            from common import tree_cpu
-
             before = (cpu_seconds([args.sim_pid]), cpu_seconds(broker_pids()))
-            worker_before = tree_cpu(worker.pid)  # start-up (imports, connecting) excluded
-            usage_before = tree_usage(worker.pid)
+            usage_before = tree_usage(worker.pid)  # start-up (imports, connecting) excluded
             t0 = time.time()
             app.send_task("amr.dispatch_schedule", kwargs={"schedule": "daily", "slot": slot.isoformat()})
             app.close()
@@ -313,8 +310,8 @@ def run_ours(args, meters_file: pathlib.Path) -> dict:
             result = measure_store(db_url, args.meters, t0, round_id, timeout=600, series=series_of(args.protocol))
             result["sim_cpu"] = cpu_seconds([args.sim_pid]) - before[0]
             result["broker_cpu"] = cpu_seconds(broker_pids()) - before[1]
-            result["round_cpu"] = tree_cpu(worker.pid) - worker_before
             result["usage"] = [b - a for a, b in zip(usage_before, tree_usage(worker.pid))]
+            result["round_cpu"] = result["usage"][0] + result["usage"][1]  # user + system
         finally:
             rss.stop.set()
             from common import stop
