@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import pathlib
 import resource
 import sys
@@ -95,7 +96,6 @@ def main() -> None:
             profiler = cProfile.Profile(time.thread_time)
         tracer = None
         if args.strace or args.sched:
-            import os
             import subprocess
 
             command = (["strace", "-f", "-c", "-o", args.strace] if args.strace else
@@ -127,7 +127,7 @@ def main() -> None:
             cs1 = tuple(c + sum(t[k] for t in thread_switches) for k, c in enumerate(cs1))
         user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
         print(f"# {n} polls, {args.threads} thread(s), {args.latency * 1000:.0f} ms latency; load "
-              f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"process CPU/poll {(user + system) / n * 1e3:.3f} ms (user {user / n * 1e3:.3f}, sys "
               f"{system / n * 1e3:.3f}); polling threads {sum(thread_cpu) / n * 1e3:.3f} ms; wall {wall:.2f}s; "
               f"context switches/poll {(cs1[0] - cs0[0]) / n:.1f} voluntary, {(cs1[1] - cs0[1]) / n:.2f} involuntary")
