@@ -157,8 +157,6 @@ class IecSimulator:
         self._conversations = Conversations("iec-sim")
         self._gateways = Gateways(self.gateways, transport, host=host, ports=ports,
                                   on_accept=self._accepted, open_pty=PtyLine, name="iec-sim")
-        self._names: list[str] = []
-        self._lines: list = []
         self._lock = threading.Lock()
         self._live: dict[int, list[SocketLine]] = {}
 
@@ -170,10 +168,10 @@ class IecSimulator:
         self.stop()
 
     def start(self) -> None:
-        self._names = self._gateways.open()
-        self.ports, self.devices, self._lines = self._gateways.ports, self._gateways.devices, self._gateways.lines
+        self._gateways.open()
+        self.ports, self.devices = self._gateways.ports, self._gateways.devices
         self._gateways.serve()
-        for gateway in range(len(self._lines)):
+        for gateway in range(len(self._gateways.lines)):
             self._conversations.spawn(self._pty_loop, gateway)
         log.info("IEC simulator: %d meters on %d %s gateways", len(self.meters), self.gateways,
                  self.transport)
@@ -194,7 +192,7 @@ class IecSimulator:
         for earlier in earlier_lines:
             if earlier.peer_closed():
                 self._end_session(gateway, earlier)
-        self.sessions.started(self._names[gateway])
+        self.sessions.started(self._gateways.names[gateway])
         with self._lock:
             self._live.setdefault(gateway, []).append(line)
         self._conversations.spawn(self._serve_connection, gateway, line)
@@ -206,10 +204,10 @@ class IecSimulator:
             line.session_ended = True
             if line in self._live.get(gateway, []):
                 self._live[gateway].remove(line)
-        self.sessions.ended(self._names[gateway])
+        self.sessions.ended(self._gateways.names[gateway])
 
     def _serve_connection(self, gateway: int, line: SocketLine) -> None:
-        name = self._names[gateway]
+        name = self._gateways.names[gateway]
         try:
             IecEngine(line, self._by_gateway[gateway], self._stop, self.observations).serve()
         except Exception:  # one broken conversation must not take the gateway down
@@ -219,7 +217,7 @@ class IecSimulator:
             line.close()
 
     def _pty_loop(self, gateway: int) -> None:
-        line = self._lines[gateway]
+        line = self._gateways.lines[gateway]
         try:
             IecEngine(line, self._by_gateway[gateway], self._stop, self.observations).serve()
         except Exception:
@@ -233,7 +231,7 @@ class IecSimulator:
 
     def url(self, meter: SimIecMeter) -> str:
         protocol = "lis200" if meter.dialect == "lis200" else "iec62056-21"
-        where = (self._names or self.interfaces())[meter.gateway]
+        where = self._gateways.names[meter.gateway]
         if self.transport == "pty":
             return f"{protocol}+serial://{where}?address={meter.address}"
         return f"{protocol}+tcp://{where}?address={meter.address}"

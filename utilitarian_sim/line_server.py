@@ -47,11 +47,10 @@ class LineServer:
         self.ports: list[int] = []
         self.devices: list[str] = []
         self.stop_event = threading.Event()
-        self._names: list[str] = []
         self._conversations = Conversations(f"{name}-line")
 
     def start(self) -> None:
-        self._names = self._gateways.open()
+        self._gateways.open()
         self.ports, self.devices = self._gateways.ports, self._gateways.devices
         self._gateways.serve()
         for gateway, line in enumerate(self._gateways.lines):
@@ -70,7 +69,7 @@ class LineServer:
         return list(self._gateways.names)
 
     def _run(self, line, gateway: int, closes: bool) -> None:
-        name = self._names[gateway]
+        name = self._gateways.names[gateway]
         self.sessions.started(name)
         try:
             self.serve(line, gateway, self.stop_event)

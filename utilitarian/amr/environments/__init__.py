@@ -188,8 +188,10 @@ def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task
     (built-ins merged with the site's); None means the built-ins. `now` stamps current values
     (the round's slot for scheduled polls); `clock` is the true time (default: the system clock),
     which set_time and "the last N seconds" reads go by."""
+    # Checked before prepare_call binds the kwargs: an unknown call, then a meter the environment
+    # cannot drive, are reported ahead of a kwarg fault.
     execution_type = canonical_execution_type(execution_type)
-    call = resolve_call(execution_type, task_call)
+    resolve_call(execution_type, task_call)
     if target.protocol not in protocols_of(execution_type):
         raise BadTaskCall(execution_type, task_call,
                           f"cannot drive a {target.protocol} meter ({target})")

@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 
+from utilitarian.amr.protocols.transport import timeval
 from utilitarian.amr.target import MeterTarget
 
 _REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
@@ -44,11 +45,6 @@ class ExceptionAnswer(Exception):
     def __init__(self, code: int):
         super().__init__(f"exception code {code}")
         self.code = code
-
-
-def _timeval(seconds: float) -> bytes:
-    whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
 def read_request(tid: int, unit: int, function: int, address: int, count: int) -> bytes:
@@ -100,7 +96,7 @@ class MbapConnection:
         # costs a poll() before every recv and send plus an ioctl per settimeout, each one a GIL
         # hand-over that a hundred poll threads queue for; this way a read is a send and a recv.
         sock.settimeout(None)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.timeout))
         self.sock = sock
         self._wait = -1.0
         self._set_wait(self.timeout)
@@ -110,7 +106,7 @@ class MbapConnection:
         """How long the next recv may block (the kernel's SO_RCVTIMEO; 0 there means forever)."""
         seconds = max(seconds, 0.001)
         if seconds != self._wait:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
             self._wait = seconds
 
     def close(self) -> None:

@@ -34,7 +34,8 @@ class Transport(Protocol):
     def set_baudrate(self, baudrate: int) -> None: ...
 
 
-def _timeval(seconds: float) -> bytes:
+def timeval(seconds: float) -> bytes:
+    """`seconds` as the struct timeval SO_RCVTIMEO and SO_SNDTIMEO take (0 there means forever)."""
     whole = int(seconds)
     return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
@@ -63,7 +64,7 @@ class TcpTransport:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
         # A send blocks only when the gateway stops reading; bound it like the connect.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(max(timeout, 0.001)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
         self._sock, self._wait = sock, -1.0
 
     def close(self) -> None:
@@ -80,7 +81,7 @@ class TcpTransport:
     def read(self, timeout: float) -> bytes:
         timeout = max(timeout, 0.001)  # 0 would mean "forever" to the kernel
         if abs(timeout - self._wait) > 0.01:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
             self._wait = timeout
         try:
             data = self._sock.recv(4096)

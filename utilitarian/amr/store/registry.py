@@ -67,28 +67,18 @@ def _chunks(items: Sequence, size: int = 500):
 # gives the same object without parsing it again; a changed row is a new key, so nothing here can
 # go stale. Bounded: cleared when full (a registry larger than this builds some objects twice).
 _ROWS_KEPT = 20_000
-_task_rows: dict[tuple, AmrTask] = {}
-_part_rows: dict[tuple, object] = {}
+_task_rows: dict[tuple, AmrTask] = {}   # AmrTask by task row (shared: callers copy its kwargs)
+_part_rows: dict[tuple, object] = {}    # a meter's shared parts (config, interface) by row part
 
 
-def _task_of_row(store, row: tuple) -> AmrTask:
-    """The AmrTask of a task row, the same object for the same row (callers copy its kwargs)."""
-    task = _task_rows.get(row)
-    if task is None:
-        if len(_task_rows) >= _ROWS_KEPT:
-            _task_rows.clear()
-        task = _task_rows[row] = store._task_from_row(row)
-    return task
-
-
-def _kept(key: tuple, build):
-    """A meter's shared parts (config, interface), one object per distinct row part."""
-    part = _part_rows.get(key)
-    if part is None:
-        if len(_part_rows) >= _ROWS_KEPT:
-            _part_rows.clear()
-        part = _part_rows[key] = build()
-    return part
+def _kept(kept: dict, key: tuple, build):
+    """The object `build` makes for `key`, one per distinct key while `kept` holds it."""
+    value = kept.get(key)
+    if value is None:
+        if len(kept) >= _ROWS_KEPT:
+            kept.clear()
+        value = kept[key] = build()
+    return value
 
 
 class RegistryStore:
@@ -102,9 +92,9 @@ class RegistryStore:
          _cid, cname, tz, iid, host, port, can_block, muuid, org, ref, serial, ct, vt, record) = row
         interface = None
         if iid is not None:
-            interface = _kept(("interface", iid, host, port, can_block),
+            interface = _kept(_part_rows, ("interface", iid, host, port, can_block),
                               lambda: NetworkInterface(host, port or None, bool(can_block), iid))
-        config = _kept(("config", cname, tz, series), lambda: MeterDeviceConfig(cname, tz, series))
+        config = _kept(_part_rows, ("config", cname, tz, series), lambda: MeterDeviceConfig(cname, tz, series))
         return MeterDevice(name=name, url=url, execution_type=execution_type, type_name=type_name,
                            config=config, interface=interface,
                            meter_type=meter_type, is_active=bool(active), id=mid, password=password,
@@ -144,7 +134,7 @@ class RegistryStore:
                 if row is not None:
                     meter_row, task = row[:_METER_COLUMNS], row[_METER_COLUMNS:]
                     return (self._meter_from_row(meter_row, ()),
-                            _task_of_row(self, task) if task[0] is not None else None)
+                            _kept(_task_rows, task, lambda: self._task_from_row(task)) if task[0] is not None else None)
             row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
             if row is None and (key := _uuid_text(meter)) is not None:
                 row = tx.one(_METER_SELECT + " WHERE m.uuid = ?", (key,))
