@@ -28,11 +28,6 @@ _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _FRAME_END = 0xCE
 _P = BasicProperties
-# The short-string properties between priority and timestamp, and after timestamp, in wire order.
-_SHORTS_MIDDLE = (("correlation_id", _P.FLAG_CORRELATION_ID), ("reply_to", _P.FLAG_REPLY_TO),
-                  ("expiration", _P.FLAG_EXPIRATION), ("message_id", _P.FLAG_MESSAGE_ID))
-_SHORTS_LAST = (("type", _P.FLAG_TYPE), ("user_id", _P.FLAG_USER_ID), ("app_id", _P.FLAG_APP_ID),
-                ("cluster_id", _P.FLAG_CLUSTER_ID))
 
 
 def _short(buf: bytes, offset: int) -> tuple:
@@ -42,6 +37,21 @@ def _short(buf: bytes, offset: int) -> tuple:
         return raw.decode("utf8"), end
     except UnicodeDecodeError:  # pika hands undecodable short strings over as bytes
         return raw, end
+
+
+def _timestamp(buf: bytes, offset: int) -> tuple:
+    return _U64(buf, offset)[0], offset + 8
+
+
+# The properties after priority, in wire order, with the reader of each one's type: short
+# strings but for the timestamp. (The five before it are unrolled in decode_properties: they are
+# in nearly every delivery, and a call each through a table costs ~0.2 us more per delivery.)
+_PROPERTIES_LAST = (
+    ("correlation_id", _P.FLAG_CORRELATION_ID, _short), ("reply_to", _P.FLAG_REPLY_TO, _short),
+    ("expiration", _P.FLAG_EXPIRATION, _short), ("message_id", _P.FLAG_MESSAGE_ID, _short),
+    ("timestamp", _P.FLAG_TIMESTAMP, _timestamp), ("type", _P.FLAG_TYPE, _short),
+    ("user_id", _P.FLAG_USER_ID, _short), ("app_id", _P.FLAG_APP_ID, _short),
+    ("cluster_id", _P.FLAG_CLUSTER_ID, _short))
 
 
 def decode_properties(buf: bytes, offset: int) -> BasicProperties:
@@ -78,19 +88,9 @@ def decode_properties(buf: bytes, offset: int) -> BasicProperties:
         offset += 1
     else:
         d["priority"] = None
-    for name, flag in _SHORTS_MIDDLE:
+    for name, flag, read in _PROPERTIES_LAST:
         if flags & flag:
-            d[name], offset = _short(buf, offset)
-        else:
-            d[name] = None
-    if flags & _P.FLAG_TIMESTAMP:
-        d["timestamp"] = _U64(buf, offset)[0]
-        offset += 8
-    else:
-        d["timestamp"] = None
-    for name, flag in _SHORTS_LAST:
-        if flags & flag:
-            d[name], offset = _short(buf, offset)
+            d[name], offset = read(buf, offset)
         else:
             d[name] = None
     props = _P.__new__(_P)

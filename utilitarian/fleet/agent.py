@@ -109,7 +109,7 @@ class ControlAgent:
                 self.close()
                 self.sleep(delay)
 
-    def run(self) -> int:
+    def run(self) -> None:
         from utilitarian.broker.connection import Backoff
         from utilitarian.errors import UtilitarianError
 
@@ -134,7 +134,6 @@ class ControlAgent:
                 self.sleep(delay)
         self.say_goodbye()
         self.close()
-        return 0
 
     def stopping(self) -> bool:
         return self.stop or os.getppid() != self.master_pid
