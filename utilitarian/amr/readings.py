@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 
 TITLE_MAX = 50
@@ -15,6 +15,10 @@ CONTENT_MAX = 500
 
 # Plain decimal notation only: meters never send exponents, and an exponent in the store is a bug.
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)\Z")
+# Text that is its own decimal string already (what drivers and the codec mostly produce): no "+",
+# no leading zeros or dot, no trailing dot. "-0", "-0.00" match but are not canonical (the sign goes).
+_CANONICAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?\Z").match
+_NEGATIVE_ZERO = re.compile(r"-0(?:\.0+)?\Z").match
 
 
 def decimal_string(value: Decimal | int | str) -> str:
@@ -30,6 +34,8 @@ def decimal_string(value: Decimal | int | str) -> str:
 
 def parse_number(text: str) -> str | None:
     """Decimal string of a meter's numeric text ("00012.340" -> "12.340"), or None if not a number."""
+    if _CANONICAL(text) and not _NEGATIVE_ZERO(text):
+        return text  # every Reading checks its value: skip the Decimal round trip when it is canonical
     text = text.strip()
     if not _NUMBER.match(text):
         return None
@@ -51,15 +57,17 @@ class Reading:
     def __post_init__(self) -> None:
         if not self.series:
             raise ValueError("Reading.series must not be empty")
-        offset = self.timestamp.utcoffset()
-        if offset is None:
-            raise ValueError("Reading.timestamp must be timezone-aware")
-        if offset != timedelta(0) or self.timestamp.tzinfo is not timezone.utc:
+        if self.timestamp.tzinfo is not timezone.utc:  # UTC already: the common case, nothing to do
+            offset = self.timestamp.utcoffset()
+            if offset is None:
+                raise ValueError("Reading.timestamp must be timezone-aware")
             object.__setattr__(self, "timestamp", self.timestamp.astimezone(timezone.utc))
-        canonical = parse_number(self.value)
+        value = self.value
+        canonical = parse_number(value)
         if canonical is None:
-            raise ValueError(f"Reading.value is not a decimal string: {self.value!r}")
-        object.__setattr__(self, "value", canonical)
+            raise ValueError(f"Reading.value is not a decimal string: {value!r}")
+        if canonical is not value:
+            object.__setattr__(self, "value", canonical)
 
     def as_dict(self) -> dict:
         return {"series": self.series, "timestamp": self.timestamp.isoformat(),

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Sequence
 
 from utilitarian.amr.errors import MeterProtocolError
-from utilitarian.amr.meter_types import MAX_REGISTERS_PER_READ, RegisterSpec
+from utilitarian.amr.meter_types import DATA_TYPES, MAX_REGISTERS_PER_READ, RegisterSpec
 from utilitarian.amr.readings import decimal_string
 
 _STRUCT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
@@ -79,22 +79,50 @@ def _shortest_float32(value: float) -> str:
     return repr(value)
 
 
+def _codec(spec: RegisterSpec) -> tuple[struct.Struct, struct.Struct, bool]:
+    """(pack the registers as words, unpack the value, reverse the words first) of a spec's layout.
+    The same bytes as `_to_bytes` followed by an unpack, built once per layout: every poll
+    decodes every register of its block."""
+    key = (spec.data_type, spec.word_order, spec.byte_order)
+    codec = _CODECS.get(key)
+    if codec is None:
+        words = DATA_TYPES[spec.data_type]
+        codec = _CODECS[key] = (struct.Struct(("<" if spec.byte_order == "little" else ">") + "H" * words),
+                                struct.Struct(">" + _STRUCT[spec.data_type]), spec.word_order != "big")
+    return codec
+
+
+_CODECS: dict[tuple[str, str, str], tuple[struct.Struct, struct.Struct, bool]] = {}
+_ONE = Decimal(1)
+
+
 def decode_register(spec: RegisterSpec, registers: Sequence[int]) -> str | None:
     """Decimal string of one value (scale applied), or None when a float is NaN or infinite
     (meters use NaN for "not available"). Raises MeterProtocolError on a short or bad block."""
-    if len(registers) != spec.count or any(not 0 <= r <= 0xFFFF for r in registers):
+    pack, unpack, reverse = _codec(spec)
+    if len(registers) != pack.size // 2:
         raise MeterProtocolError(
             f"register {spec.address} ({spec.series}): expected {spec.count} 16-bit registers")
-    (value,) = struct.unpack(">" + _STRUCT[spec.data_type], _to_bytes(spec, registers))
+    try:
+        raw = pack.pack(*(registers[::-1] if reverse else registers))
+    except struct.error:  # a word outside 0..0xFFFF (or not an int)
+        raise MeterProtocolError(
+            f"register {spec.address} ({spec.series}): expected {spec.count} 16-bit registers") from None
+    (value,) = unpack.unpack(raw)
+    scale = spec.scale
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
         text = _shortest_float32(value) if spec.data_type == "float32" else repr(value)
+        if scale == _ONE and "e" not in text and text != "-0.0" and text != "-0":
+            return text  # plain notation without a sign on zero: already what decimal_string gives
         number = Decimal(text)
+    elif scale == _ONE:
+        return str(value)  # an int's text is its decimal string
     else:
         number = Decimal(value)
-    if spec.scale != 1:
-        number = number * spec.scale
+    if scale != _ONE:
+        number = number * scale
     return decimal_string(number)
 
 
