@@ -50,6 +50,53 @@ def log_commit(result: CommitResult) -> CommitResult:
     return result
 
 
+def _stamper(backend):
+    """`backend.ts`, remembered for the commit: a group's readings share a few timestamps (the
+    round's slot), and formatting one is most of what a reading costs it."""
+    texts: dict = {}
+
+    def stamp(moment):
+        text = texts.get(moment)
+        if text is None:
+            text = texts[moment] = backend.ts(moment)
+        return text
+    return stamp
+
+
+MAX_PARAMS = 900  # per statement: SQLite before 3.32 allows 999
+
+
+def _existing_values(tx, wanted: list[tuple[int, dict]]) -> dict[tuple, str]:
+    """(meter id, series, stored ts) -> value of the readings stored already under the keys of
+    `wanted` [(meter id, {(series, ts): reading})]. Every key column is in the WHERE clause, so the
+    planner stays on the primary key (the ts index alone would scan every reading of the round, as
+    they all carry the round's slot). The meters of a group whose keys form (nearly) a full cross
+    product, a round's usual shape, are asked in one statement; others one meter at a time, so a
+    mixed group never probes many keys nobody asked for. The ts coming back is the text or time
+    asked for (equal, and equal in hash), so no key is formatted again."""
+    out: dict[tuple, str] = {}
+    if not wanted:
+        return out
+    series = sorted({k[0] for _, keys in wanted for k in keys})
+    stamps = sorted({k[1] for _, keys in wanted for k in keys})
+    asked = sum(len(keys) for _, keys in wanted)
+    if len(wanted) * len(series) * len(stamps) <= 2 * asked and len(series) + len(stamps) <= MAX_PARAMS // 2:
+        batches = [(sorted(mid for mid, _ in wanted), series, stamps)]
+    else:
+        batches = [([mid], sorted({k[0] for k in keys}), sorted({k[1] for k in keys})) for mid, keys in wanted]
+    for mids, names, times in batches:
+        for t in range(0, len(times), 400):
+            some = times[t:t + 400]
+            step = max(1, MAX_PARAMS - len(names) - len(some))
+            for m in range(0, len(mids), step):
+                chunk = mids[m:m + step]
+                for mid, name, ts, value in tx.all(
+                        f"SELECT meter_id, series, ts, value FROM meter_reading WHERE meter_id IN "
+                        f"({','.join('?' * len(chunk))}) AND series IN ({','.join('?' * len(names))}) "
+                        f"AND ts IN ({','.join('?' * len(some))})", [*chunk, *names, *some]):
+                    out[(mid, name, ts)] = value
+    return out
+
 class ReadingStore:
     """Mixin of Store."""
 
@@ -90,7 +137,8 @@ class ReadingStore:
                 meters[name] = (mid, frozenset(allowed.get(cid, ())))
         staged: list[MeterReading] = []
         rejected: dict[str, list[MeterReading]] = {}
-        by_meter: dict[str, dict[tuple[str, str], MeterReading]] = {}
+        by_meter: dict[str, dict[tuple[str, object], MeterReading]] = {}
+        stamp = _stamper(b)
         for r in readings:
             known = meters.get(r.meter)
             if known is None:
@@ -99,31 +147,21 @@ class ReadingStore:
                 rejected.setdefault(r.meter, []).append(r)
             else:
                 # the last of duplicates inside one batch wins, like a later commit would
-                by_meter.setdefault(r.meter, {})[(r.series, b.ts(r.timestamp))] = r
+                by_meter.setdefault(r.meter, {})[(r.series, stamp(r.timestamp))] = r
         inserts, updates, accepted, written, events = [], [], [], [], []
         unchanged = 0
+        existing = _existing_values(tx, [(meters[m][0], wanted) for m, wanted in by_meter.items()])
+        committed = b.ts(now)
         for meter, wanted in by_meter.items():
             mid = meters[meter][0]
-            stamps = sorted({k[1] for k in wanted})
-            names = sorted({k[0] for k in wanted})
-            existing: dict[tuple[str, object], str] = {}
-            # The full key in the WHERE clause keeps the planner on the primary key: the ts index
-            # alone would scan every reading of the round (they all carry the round's slot).
-            for start in range(0, len(stamps), 400):
-                chunk = stamps[start:start + 400]
-                for series, ts, value in tx.all(
-                        f"SELECT series, ts, value FROM meter_reading WHERE meter_id = ? AND series IN "
-                        f"({','.join('?' * len(names))}) AND ts IN ({','.join('?' * len(chunk))})",
-                        [mid, *names, *chunk]):
-                    existing[(series, b.ts(b.from_ts(ts)))] = value
             for key, r in wanted.items():
-                old = existing.get(key)
+                old = existing.get((mid, *key))
                 if old is None:
-                    inserts.append((mid, r.series, key[1], r.value, r.unit, b.ts(now)))
+                    inserts.append((mid, r.series, key[1], r.value, r.unit, committed))
                 elif _same(old, r.value):
                     unchanged += 1
                 else:
-                    updates.append((r.value, r.unit, b.ts(now), mid, r.series, key[1]))
+                    updates.append((r.value, r.unit, committed, mid, r.series, key[1]))
                     events.append(MeterSystemEvent(
                         event_id("changed", meter, r.series, iso_utc(r.timestamp), r.value), meter,
                         "Reading value changed",
@@ -144,7 +182,7 @@ class ReadingStore:
             tx.executemany("INSERT INTO staged_meter_reading (meter_name, series, ts, value, unit, received_at) "
                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (meter_name, series, ts) DO UPDATE SET "
                            "value = excluded.value, unit = excluded.unit",
-                           [(r.meter, r.series, b.ts(r.timestamp), r.value, r.unit, b.ts(now)) for r in staged])
+                           [(r.meter, r.series, stamp(r.timestamp), r.value, r.unit, committed) for r in staged])
         for meter, rows in rejected.items():
             series = sorted({r.series for r in rows})
             stamps = sorted({iso_utc(r.timestamp) for r in rows})
