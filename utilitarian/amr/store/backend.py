@@ -174,6 +174,23 @@ class Backend:
             finally:
                 self._checkin(conn, broken)
 
+    def read_one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        """One row of one autocommit read: `transaction()` and `Tx.one` without their two context
+        managers and cursor wrapper, a fifth of a poll's registry read (every poll makes one).
+        Reads need no BEGIN on either backend (see `_begin`); errors are translated the same way."""
+        with shielded():
+            conn = self._checkout()
+            broken = False
+            try:
+                return conn.execute(self.sql(sql), tuple(params)).fetchone()
+            except BaseException as exc:
+                broken = self.is_broken(conn)
+                if isinstance(exc, self.transient_errors()):
+                    raise StoreError(f"database: {exc}") from exc
+                raise
+            finally:
+                self._checkin(conn, broken)
+
     def _begin(self, conn, write: bool):  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -123,18 +123,18 @@ class RegistryStore:
     def lookup_job(self, meter: str, amr_task: str | None) -> tuple[MeterDevice | None, AmrTask | None]:
         """What a poll needs, in one short read: the meter (without its series list) and its task.
         `meter` is its name or its UUID (the platform's invoke body names meters by UUID)."""
+        if amr_task:
+            # The common case, a scheduled job by meter name, in one statement (every poll asks).
+            if self.backend.dialect == "sqlite":
+                packed = self.backend.read_one(_METER_AND_TASK_PACKED, (amr_task, meter))
+                row = tuple(json.loads(packed[0])) if packed is not None else None
+            else:
+                row = self.backend.read_one(_METER_AND_TASK_SELECT, (amr_task, meter))
+            if row is not None:
+                meter_row, task = row[:_METER_COLUMNS], row[_METER_COLUMNS:]
+                return (self._meter_from_row(meter_row, ()),
+                        _kept(_task_rows, task, lambda: self._task_from_row(task)) if task[0] is not None else None)
         with self.backend.transaction() as tx:
-            if amr_task:
-                # The common case, a scheduled job by meter name, in one statement (every poll asks).
-                if self.backend.dialect == "sqlite":
-                    packed = tx.one(_METER_AND_TASK_PACKED, (amr_task, meter))
-                    row = tuple(json.loads(packed[0])) if packed is not None else None
-                else:
-                    row = tx.one(_METER_AND_TASK_SELECT, (amr_task, meter))
-                if row is not None:
-                    meter_row, task = row[:_METER_COLUMNS], row[_METER_COLUMNS:]
-                    return (self._meter_from_row(meter_row, ()),
-                            _kept(_task_rows, task, lambda: self._task_from_row(task)) if task[0] is not None else None)
             row = tx.one(_METER_SELECT + " WHERE m.name = ?", (meter,))
             if row is None and (key := _uuid_text(meter)) is not None:
                 row = tx.one(_METER_SELECT + " WHERE m.uuid = ?", (key,))

@@ -169,8 +169,9 @@ class RunStore:
 
     def _insert_runs(self, tx, runs: Sequence[AmrTaskRun], now: dt.datetime) -> None:
         b = self.backend
+        created = b.ts(now)
         rows = [(r.job_id, r.round_id, r.meter, r.amr_task, r.outcome, r.error, r.duration, r.attempts, True,
-                 b.ts(now), b.ts(r.finished_at or now)) for r in runs]
+                 created, b.ts(r.finished_at) if r.finished_at else created) for r in runs]
         tx.executemany(
                 "INSERT INTO amr_task_run (job_id, round_id, meter_name, amr_task, outcome, error, duration, "
                 "attempts, published, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
