@@ -49,6 +49,20 @@ def test_a_job_is_looked_up_by_meter_name_or_uuid_with_its_task(store):
     assert store.lookup_job("m1", None)[1] is None and store.lookup_job("nobody", "read")[0] is None
 
 
+def test_a_polls_lookup_leaves_the_platform_record_out(store):
+    # Given a meter imported with the platform's record of it (kilobytes of JSON no poll reads)
+    import dataclasses
+
+    record = '{"id": "m1", "notes": "%s"}' % ("x" * 2000)
+    store.import_registry([MeterEntry(dataclasses.replace(device("m1"), platform_record=record), {}, groups=("g",))],
+                          tasks=[AmrTask("read", "daily", "read_values", "generic_modbus")],
+                          groups=[AmrTaskGroup("g", ("read",))])
+    # Then the poll's lookup has everything but the record; the registry's own reads keep it
+    meter, task = store.lookup_job("m1", "read")
+    assert (meter.name, meter.url, task.name, meter.platform_record) == ("m1", device("m1").url, "read", None)
+    assert store.get_meter("m1").platform_record == record
+
+
 def test_group_results_commit_once_with_one_outbox_owner_per_job(store):
     # Given two jobs' readings, events and outcomes committed together (a poll process's group)
     add_meters(store, "m1", "m2")

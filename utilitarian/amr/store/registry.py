@@ -26,7 +26,11 @@ _TASK_SELECT = """SELECT id, name, schedule, task_call, meter_execution_type, ta
        run_offset_seconds, is_active, uuid, description FROM amr_task"""
 
 _METER_COLUMNS = 22
-_METER_AND_TASK_SELECT = (_METER_SELECT.replace("\nFROM meter_device m", """, a.id, a.name, a.schedule, a.task_call,
+# The poll's read leaves out the meter's platform record (NULL in its place): the platform's whole
+# export of the meter as JSON text, a kilobyte or more that no poll reads, which SQLite would escape
+# into the packed row and json.loads parse again on every poll.
+_METER_AND_TASK_SELECT = (_METER_SELECT.replace("m.vt_ratio, m.platform_record", "m.vt_ratio, NULL")
+                          .replace("\nFROM meter_device m", """, a.id, a.name, a.schedule, a.task_call,
        a.meter_execution_type, a.task_kwargs, a.run_offset_seconds, a.is_active, a.uuid, a.description
 FROM meter_device m""") + "LEFT JOIN amr_task a ON a.name = ?\nWHERE m.name = ?")
 
@@ -121,7 +125,8 @@ class RegistryStore:
         return self._meter_from_row(row, series)
 
     def lookup_job(self, meter: str, amr_task: str | None) -> tuple[MeterDevice | None, AmrTask | None]:
-        """What a poll needs, in one short read: the meter (without its series list) and its task.
+        """What a poll needs, in one short read: the meter (without its series list, and for a
+        scheduled job without its platform record) and its task.
         `meter` is its name or its UUID (the platform's invoke body names meters by UUID)."""
         if amr_task:
             # The common case, a scheduled job by meter name, in one statement (every poll asks).
