@@ -52,6 +52,7 @@ class Running:
     # A stepwise task (stepping.py): its generator, whether a step runs now, the wait's value to
     # resume with, an exception to throw in at its next step (all under the runner's lock).
     steps: object = None
+    soft: bool = False  # it has a soft limit (its steps keep the thread guard)
     stepping: bool = False
     wake: object = None
     throw: BaseException | None = None
@@ -247,6 +248,7 @@ class TaskRunner:
         started = self.clock()
         r = Running(delivery, message, spec, shield.guard(), started)
         if spec.steps is not None:
+            r.soft = soft is not None
             with self._lock:
                 self.rules.on_started(r, started, soft, hard)
             try:  # binds the arguments only: the task's code runs in its first step

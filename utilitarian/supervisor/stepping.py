@@ -61,14 +61,16 @@ class Stepping:
         lock = runner._lock
         value, r.wake = r.wake, None
         label = f"{r.message.task}[{r.message.id}]"
+        guarded = r.soft
         while True:
             with lock:
                 closed = r.settled  # closed at its hard limit while its resumption was on the way
                 if not closed:
                     throw, r.throw = r.throw, None
                     runner.rules.on_resumed(r)
-                    r.guard = shield.guard()
-                    r.guard.begin(r)  # from here the settler may raise the soft limit in this step
+                    if guarded:  # without a soft limit nothing is ever injected: no guard to keep
+                        r.guard = shield.guard()
+                        r.guard.begin(r)  # from here the settler may raise the soft limit in this step
                     r.stepping = True
             if closed:
                 self.close(r)
@@ -80,7 +82,7 @@ class Stepping:
                 try:
                     wait = r.steps.throw(throw) if throw is not None else r.steps.send(value)
                 finally:
-                    taken = r.guard.end()  # first: no lock may be taken with an injection pending
+                    taken = r.guard.end() if guarded else None  # first: no lock may be taken with one pending
             except StopIteration:  # returned: its value is not kept (as for any task)
                 ended = True
             except BaseException as exc:  # SystemExit too: the task's failure is data for its retry policy
