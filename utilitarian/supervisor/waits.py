@@ -92,7 +92,7 @@ class WaitLoop:
         if is_fd:
             self._arm(entry.fd)
         elif not wait.event.subscribe(lambda: self._end(entry, True)):
-            if self._take(entry):
+            if self._take(entry) is not None:
                 return True  # completed before we subscribed
             # else: a cancel took it meanwhile (it resumes nobody): the caller must not step on
             return None
@@ -116,24 +116,27 @@ class WaitLoop:
             self._forget(entry)
         return True
 
-    def _take(self, entry: _Entry) -> bool:
+    def _take(self, entry: _Entry) -> Any:
+        """The entry's token if this call ended it, else None."""
         with self._lock:
             if entry.done:
-                return False
-            self._forget(entry)
-        return True
+                return None
+            return self._forget(entry)
 
-    def _forget(self, entry: _Entry) -> None:
-        # Under the lock. A socket stays armed (a stray wake-up finds no entry and is dropped,
-        # EPOLLONESHOT disarms it); closing it removes it from the epoll.
+    def _forget(self, entry: _Entry) -> Any:
+        # Under the lock; returns the token. A socket stays armed (a stray wake-up finds no entry
+        # and is dropped, EPOLLONESHOT disarms it); closing it removes it from the epoll.
+        token, entry.token = entry.token, None  # the heap keeps ended entries a while: not their tasks
         entry.done = True
-        del self._by_token[entry.token]
+        del self._by_token[token]
         if entry.fd >= 0 and self._by_fd.get(entry.fd) is entry:
             del self._by_fd[entry.fd]
+        return token
 
     def _end(self, entry: _Entry, value: bool) -> None:
-        if self._take(entry):
-            self._resume(entry.token, value)
+        token = self._take(entry)
+        if token is not None:
+            self._resume(token, value)
 
     # --- the loop's thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -147,7 +150,7 @@ class WaitLoop:
 
     def _turn(self) -> bool:
         now = self.clock()
-        expired: list[_Entry] = []
+        expired: list = []
         with self._lock:
             if self._stopping:
                 return False
@@ -155,8 +158,7 @@ class WaitLoop:
             while heap and (heap[0][2].done or heap[0][0] <= now):
                 entry = heapq.heappop(heap)[2]
                 if not entry.done:
-                    self._forget(entry)
-                    expired.append(entry)
+                    expired.append(self._forget(entry))
             if len(heap) > 1024 and len(heap) > 4 * len(self._by_token):
                 # Ended waits (most of them: answers come long before their deadlines) are
                 # dropped lazily; compact before they are most of what the heap holds.
@@ -164,27 +166,26 @@ class WaitLoop:
                 heapq.heapify(heap)
             until = heap[0][0] if heap and not expired else math.inf
             self._sleeping_until = until
-        for entry in expired:
-            self._resume(entry.token, False)
+        for token in expired:
+            self._resume(token, False)
         if expired:
             return True
         timeout = -1 if until == math.inf else max(0.0, until - self.clock())
         events = self._epoll.poll(timeout)
-        ready: list[_Entry] = []
+        ready: list = []
         with self._lock:
             self._sleeping_until = -math.inf
             for fd, _ in events:
                 entry = self._by_fd.get(fd)
                 if entry is not None:
-                    self._forget(entry)
-                    ready.append(entry)
+                    ready.append(self._forget(entry))
                 elif fd == self._wake_r:
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
-        for entry in ready:
-            self._resume(entry.token, True)
+        for token in ready:
+            self._resume(token, True)
         return True
 
     def stop(self) -> None:
