@@ -15,6 +15,8 @@ import signal
 import socket
 import threading
 
+import pytest
+
 from support.procs import children_of, ran_counts, read_sink, wait_for
 from utilitarian import queues
 from utilitarian.app import TaskCall
@@ -58,6 +60,13 @@ class Server:
                 conn.close()
 
 
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
 def events(kit, what):
     return [task_id for task_id, _pid, w in read_sink(kit.sink) if w == what]
 
@@ -67,66 +76,61 @@ def queue_empty(kit):
     return state.messages == 0
 
 
-def test_a_wait_that_times_out_resumes_its_task_which_is_acked(kit):
-    server = Server()  # never answers
-    try:
-        ids = kit.app.send_tasks([TaskCall("test.steps_wait", [server.port, 0.5]) for _ in range(12)])
-        worker = kit.worker("-Q", "default", "-c", "1", "--threads", "12")
-        wait_for(lambda: len(ran_counts(kit.sink)) >= 12, timeout=60, what="12 tasks to time out")
-        counts = ran_counts(kit.sink)
-        assert set(counts) == set(ids) and max(counts.values()) == 1
-        assert sorted(events(kit, "timed-out")) == sorted(ids) and not events(kit, "got")
-        wait_for(lambda: queue_empty(kit), timeout=30, what="the queue to be empty (every task acked)")
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
-    finally:
-        server.close()
+def park_tasks(kit, server, n: int, timeout: float):
+    """n tasks waiting on `server`, and a worker child with n threads' prefetch running them."""
+    ids = kit.app.send_tasks([TaskCall("test.steps_wait", [server.port, timeout]) for _ in range(n)])
+    worker = kit.worker("-Q", "default", "-c", "1", "--threads", str(n))
+    wait_for(lambda: len(events(kit, "start")) >= n, timeout=60, what=f"{n} tasks to park")
+    return ids, worker
 
 
-def test_a_sigterm_drain_waits_for_parked_tasks_and_exits_0(kit):
-    server = Server()
-    try:
-        # Given 30 tasks parked on their answers in one child with 30 threads' prefetch
-        ids = kit.app.send_tasks([TaskCall("test.steps_wait", [server.port, 60.0]) for _ in range(30)])
-        worker = kit.worker("-Q", "default", "-c", "1", "--threads", "30")
-        wait_for(lambda: len(events(kit, "start")) >= 30, timeout=60, what="30 tasks to park")
-        # When the master is told to stop, and only then the answers come
-        worker.signal(signal.SIGTERM)
-        wait_for(lambda: "draining" in worker.output() or not worker.alive(), timeout=10, what="the drain to begin")
-        assert worker.alive()  # the drain waits for the parked tasks
-        assert server.answer_all() == 30
-        # Then each task ran once with its answer, every one was acked, and the worker exited 0
-        assert worker.wait(60) == 0, worker.output()[-2000:]
-        counts = ran_counts(kit.sink)
-        assert set(counts) == set(ids) and max(counts.values()) == 1
-        assert sorted(events(kit, "got")) == sorted(ids)
-        assert queue_empty(kit)
-    finally:
-        server.close()
+def assert_each_ran_once(kit, ids):
+    counts = ran_counts(kit.sink)
+    assert set(counts) == set(ids) and max(counts.values()) == 1
 
 
-def test_a_sigkilled_childs_parked_tasks_are_redelivered_and_run_once(kit):
-    server = Server()
-    try:
-        # Given 20 tasks parked in a child
-        ids = kit.app.send_tasks([TaskCall("test.steps_wait", [server.port, 60.0]) for _ in range(20)])
-        worker = kit.worker("-Q", "default", "-c", "1", "--threads", "20")
-        wait_for(lambda: len(events(kit, "start")) >= 20, timeout=60, what="20 tasks to park")
-        (child,) = children_of(worker.pid)
-        first = {task_id for task_id, pid, what in read_sink(kit.sink) if what == "start"}
-        assert first == set(ids)
-        # When the child is SIGKILLed with all of them parked
-        os.kill(child, signal.SIGKILL)
-        # Then its successor gets every one again and, once answered, runs each to its end once
-        def restarted():
-            server.answer_all()  # the dead child's connections, then the new child's
-            return len(ran_counts(kit.sink)) >= 20
-        wait_for(restarted, timeout=90, interval=0.2, what="the redelivered tasks to run")
-        counts = ran_counts(kit.sink)
-        assert set(counts) == set(ids) and max(counts.values()) == 1
-        assert all(pid != child for task_id, pid, what in read_sink(kit.sink) if what == "ran")
-        wait_for(lambda: queue_empty(kit), timeout=30, what="the queue to be empty")
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
-    finally:
-        server.close()
+def test_a_wait_that_times_out_resumes_its_task_which_is_acked(kit, server):
+    # The server never answers: every wait ends at its deadline
+    ids = kit.app.send_tasks([TaskCall("test.steps_wait", [server.port, 0.5]) for _ in range(12)])
+    worker = kit.worker("-Q", "default", "-c", "1", "--threads", "12")
+    wait_for(lambda: len(ran_counts(kit.sink)) >= 12, timeout=60, what="12 tasks to time out")
+    assert_each_ran_once(kit, ids)
+    assert sorted(events(kit, "timed-out")) == sorted(ids) and not events(kit, "got")
+    wait_for(lambda: queue_empty(kit), timeout=30, what="the queue to be empty (every task acked)")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_a_sigterm_drain_waits_for_parked_tasks_and_exits_0(kit, server):
+    # Given 30 tasks parked on their answers in one child with 30 threads' prefetch
+    ids, worker = park_tasks(kit, server, 30, 60.0)
+    # When the master is told to stop, and only then the answers come
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in worker.output() or not worker.alive(), timeout=10, what="the drain to begin")
+    assert worker.alive()  # the drain waits for the parked tasks
+    assert server.answer_all() == 30
+    # Then each task ran once with its answer, every one was acked, and the worker exited 0
+    assert worker.wait(60) == 0, worker.output()[-2000:]
+    assert_each_ran_once(kit, ids)
+    assert sorted(events(kit, "got")) == sorted(ids)
+    assert queue_empty(kit)
+
+
+def test_a_sigkilled_childs_parked_tasks_are_redelivered_and_run_once(kit, server):
+    # Given 20 tasks parked in a child
+    ids, worker = park_tasks(kit, server, 20, 60.0)
+    (child,) = children_of(worker.pid)
+    first = {task_id for task_id, pid, what in read_sink(kit.sink) if what == "start"}
+    assert first == set(ids)
+    # When the child is SIGKILLed with all of them parked
+    os.kill(child, signal.SIGKILL)
+    # Then its successor gets every one again and, once answered, runs each to its end once
+    def restarted():
+        server.answer_all()  # the dead child's connections, then the new child's
+        return len(ran_counts(kit.sink)) >= 20
+    wait_for(restarted, timeout=90, interval=0.2, what="the redelivered tasks to run")
+    assert_each_ran_once(kit, ids)
+    assert all(pid != child for task_id, pid, what in read_sink(kit.sink) if what == "ran")
+    wait_for(lambda: queue_empty(kit), timeout=30, what="the queue to be empty")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
