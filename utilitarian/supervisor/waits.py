@@ -72,12 +72,12 @@ class WaitLoop:
         """Park `token` on `wait` (steps.Readable or steps.Until): None when parked (`resume`
         follows from another thread), else the wait's value now (its deadline passed, or its
         event completed already): the caller goes on with it."""
-        deadline = wait.deadline
-        if deadline <= self.clock():
-            return False
         is_fd = type(wait) is Readable
         if not is_fd and type(wait) is not Until:
             raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Until)")
+        deadline = wait.deadline
+        if deadline <= self.clock():
+            return False
         entry = _Entry(token, wait.fd if is_fd else -1, deadline)
         with self._lock:
             if token in self._by_token:
