@@ -243,3 +243,38 @@ def inspect_is_generator(value) -> bool:
     import inspect
 
     return inspect.isgenerator(value)
+
+
+def test_300_stepwise_tasks_ending_around_their_soft_limit_each_settle_once():
+    # Steps that busy-wait (the limit raised in the step) between waits on an always-readable
+    # socket (the limit thrown in as the task resumes): every hand-over between the two is crossed
+    import random
+
+    a, b = pair("ready")
+    b.send(b"x")  # never read: every wait on `a` ends at once, through the wait loop
+    rng = random.Random(11)
+
+    def near_the_limit(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            step_end = min(deadline, time.monotonic() + 0.003)
+            while time.monotonic() < step_end:
+                pass
+            yield steps.Readable(a.fileno(), time.monotonic() + 5)
+
+    runner, consumer, publisher = make_runner([stepwise(near_the_limit, soft_time_limit=0.02)], threads=4)
+    try:
+        deliveries = [delivery_of("t.steps", [rng.uniform(0.012, 0.028)]) for _ in range(300)]
+        for d in deliveries:
+            runner.submit(d)
+        wait_until(lambda: len(consumer.by_tag()) == 300, timeout=60)
+        wait_until(lambda: runner.in_flight() == 0)
+        settles = consumer.by_tag()
+        assert all(settles[d.delivery_tag] == [ACK] for d in deliveries)  # each exactly once
+        soft = sum(1 for o in publisher.published if "SoftTimeLimitExceeded" in o.properties["headers"].get(
+            redeliver.DEAD_ERROR, ""))
+        assert soft == len(publisher.published) and soft > 0  # some hit their limit, nothing else failed
+        assert runner.stats.total("done") + runner.stats.total("failed") == 300
+        assert runner.stepping.waits.parked() == 0
+    finally:
+        runner.shutdown()
