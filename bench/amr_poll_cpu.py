@@ -2,12 +2,15 @@
 
 `amr.execute_meter_task` is called in this process for N scheduled jobs (the bench registry of
 amr_round.py, simulated Modbus meters in a separate process, 0 ms latency by default), from one
-thread or from --threads threads, with the real store and the commit outbox. Printed: this
+thread or from --threads threads, with the real store and the commit outbox. With --steps N the
+task runs stepwise (utilitarian/steps.py) as a worker child runs it: --threads polls in flight on
+at most N task threads, their socket and outbox waits parked in one wait loop (supervisor/waits.py). Printed: this
 process's CPU (user + system) per poll, the polling threads' own share, and context switches per
 poll, so the ~1 ms per poll of the round splits into the work of a poll and the cost of many
 threads around it (the round adds the broker runtime on top).
 
     .venv/bin/python bench/amr_poll_cpu.py [--jobs 2000] [--threads 1] [--latency 0] [--profile FILE]
+    .venv/bin/python bench/amr_poll_cpu.py --threads 100 --steps 4 --latency 0.05
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--gateways", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=0, metavar="N",
+                        help="run the task stepwise: --threads polls in flight on at most N task threads")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the polling thread (with --threads 1)")
     parser.add_argument("--strace", metavar="FILE", help="count this process's system calls while it polls "
                         "(strace -c; the simulator is not traced); the counts go to FILE")
@@ -89,6 +94,9 @@ def main() -> None:
             if args.threads > 1:
                 thread_switches[i] = tuple(b - a for a, b in zip(switches, ctx_switches("/proc/thread-self/status")))
 
+        if args.steps:
+            stepper = Stepwise(app, slot, jobs, in_flight=args.threads, threads=args.steps)
+
         profiler = None
         if args.profile:
             import cProfile
@@ -103,7 +111,10 @@ def main() -> None:
             tracer = subprocess.Popen([*command, "-p", str(os.getpid())], stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # attached to every thread
         cs0, r0, t0 = ctx_switches(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        if args.threads == 1:
+        if args.steps:
+            stepper.run()
+            thread_cpu = [stepper.thread_cpu()]
+        elif args.threads == 1:
             if profiler:
                 profiler.enable()
             worker(0)
@@ -123,10 +134,10 @@ def main() -> None:
             tracer.send_signal(signal.SIGINT)
             tracer.wait()
         n = len(jobs)
-        if args.threads > 1:  # the polling threads have ended: theirs, and the rest's (flusher)
+        if args.threads > 1 and not args.steps:  # the polling threads have ended: theirs, and the rest's (flusher)
             cs1 = tuple(c + sum(t[k] for t in thread_switches) for k, c in enumerate(cs1))
         user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-        print(f"# {n} polls, {args.threads} thread(s), {args.latency * 1000:.0f} ms latency; load "
+        print(f"# {n} polls, {args.threads} {f'in flight on <= {args.steps} thread(s) (stepwise)' if args.steps else 'thread(s)'}, {args.latency * 1000:.0f} ms latency; load "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"process CPU/poll {(user + system) / n * 1e3:.3f} ms (user {user / n * 1e3:.3f}, sys "
               f"{system / n * 1e3:.3f}); polling threads {sum(thread_cpu) / n * 1e3:.3f} ms; wall {wall:.2f}s; "
@@ -141,6 +152,81 @@ def main() -> None:
         app.close()
     finally:
         stop(sim)
+
+
+class _Job:
+    __slots__ = ("gen", "value")
+
+    def __init__(self, gen):
+        self.gen, self.value = gen, None
+
+
+class Stepwise:
+    """The stepwise task driven as the worker's runner drives it: task threads (TaskThreads) run
+    its steps, a wait loop (WaitLoop) parks its waits and hands each resumption back to them."""
+
+    def __init__(self, app, slot, jobs, *, in_flight: int, threads: int):
+        from utilitarian.amr.tasks import execute_meter_task
+        from utilitarian.supervisor.threads import TaskThreads
+        from utilitarian.supervisor.waits import WaitLoop
+
+        self.app, self.slot, self.steps = app, slot, execute_meter_task.steps
+        self.jobs = iter(jobs)
+        self.left = len(jobs)
+        self.in_flight = in_flight
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.executor = TaskThreads(self._step, threads, name="bench-step")
+        self.waits = WaitLoop(self._resume)
+        self.waits.start()
+
+    def _next(self):
+        with self.lock:
+            job = next(self.jobs, None)
+        if job is None:
+            return None
+        from utilitarian.tasks import TaskContext
+
+        meter, task, _ = job
+        ctx = TaskContext(id=f"{meter}/{task}", name="amr.execute_meter_task", retries=0, queue="", app=self.app)
+        return _Job(self.steps(ctx, meter=meter, amr_task=task, slot=self.slot, round_id="bench"))
+
+    def run(self):
+        for _ in range(self.in_flight):
+            item = self._next()
+            if item is not None:
+                self.executor.submit(item)
+        self.done.wait()
+
+    def _resume(self, item, value):
+        item.value = value
+        self.executor.submit(item)
+
+    def _step(self, item):
+        while item is not None:
+            try:
+                wait = item.gen.send(item.value)
+            except StopIteration as stop:
+                assert stop.value["outcome"] == "done", stop.value
+                with self.lock:
+                    self.left -= 1
+                    if not self.left:
+                        self.done.set()
+                item = self._next()  # the next delivery, as the pump would hand it over
+                continue
+            value = self.waits.park(item, wait)
+            if value is None:
+                return
+            item.value = value
+
+    def thread_cpu(self) -> float:
+        total = 0.0
+        for thread in [*self.executor.threads, self.waits._thread]:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (OSError, AttributeError):
+                pass
+        return total
 
 
 if __name__ == "__main__":

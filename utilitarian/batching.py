@@ -1,5 +1,6 @@
 """Work gathered from many threads into groups: callers hand an item to one per-process thread
-and block until the group it went out with is done. Where a hundred task threads would each pay a
+and block until the group it went out with is done (a stepwise task yields a steps.Until instead,
+which the batcher's thread completes). Where a hundred task threads would each pay a
 round trip (a transaction, a confirmed publish), the group pays one. Fork-aware: a child never
 inherits its parent's thread or pending items."""
 
@@ -9,7 +10,10 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable
+
+from utilitarian import steps
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,7 @@ class _Slot:
     paid for on every job (a Condition over an RLock, a waiter lock, a lock hand-over each way):
     the submitter waits on one lock that the batcher's thread releases once the outcome is set."""
 
-    __slots__ = ("item", "_claim", "_done", "_value", "_error")
+    __slots__ = ("item", "_claim", "_done", "_value", "_error", "_meet", "_notify", "_settled")
 
     def __init__(self, item: Any):
         self.item = item
@@ -35,6 +39,11 @@ class _Slot:
         self._done.acquire()
         self._value: Any = None
         self._error: BaseException | None = None
+        # A stepwise submitter's callback (steps.Until) and the lock that makes "settled already?"
+        # and "who calls it?" one decision.
+        self._meet = threading.Lock()
+        self._notify: Callable[[], None] | None = None
+        self._settled = False
 
     def start(self) -> bool:
         """The batcher thread takes the item into a group; False if it was withdrawn first."""
@@ -53,10 +62,23 @@ class _Slot:
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         self._value, self._error = value, error
+        with self._meet:
+            notify, self._notify, self._settled = self._notify, None, True
         self._done.release()
+        if notify is not None:
+            notify()
 
     def wait(self, timeout: float) -> bool:
         return self._done.acquire(timeout=timeout)
+
+    def subscribe(self, notify: Callable[[], None]) -> bool:
+        """Call `notify()` once the outcome is set (from the batcher's thread); False, and no call,
+        when it is set already."""
+        with self._meet:
+            if self._settled:
+                return False
+            self._notify = notify
+            return True
 
     def outcome(self) -> Any:
         if self._error is not None:
@@ -87,12 +109,16 @@ class Batcher:
         submit waits up to another `timeout` for that group's outcome; only when even that passes
         is the outcome unknown (the caller's task retries, so `handle_group`'s work must be
         idempotent, as every store write and commit message of the AMR pipeline is)."""
+        return steps.drive(self.submit_steps(item))
+
+    def submit_steps(self, item: Any) -> steps.Steps:
+        """`submit` for a stepwise task: yields its waits (steps.Until) instead of blocking."""
         self._ensure_thread()
         slot = _Slot(item)
         self._queue.put(slot)
         try:
             # A stuck group must not hold task threads forever: fail this caller, its task retries.
-            finished = slot.wait(self.timeout)
+            finished = yield steps.Until(slot, time.monotonic() + self.timeout)
         except BaseException:  # an async exception (soft time limit) in this caller: withdraw too
             slot.withdraw()
             raise
@@ -102,7 +128,7 @@ class Batcher:
                 # this, an item that timed out in the queue was still committed (or published) by
                 # a later group (issue 11).
                 raise self.on_timeout() from None
-            if not slot.wait(self.timeout):
+            if not (yield steps.Until(slot, time.monotonic() + self.timeout)):
                 raise self.on_timeout() from None
         return slot.outcome()
 

@@ -56,12 +56,14 @@ class ThreadGuard:
             self.raised = False
             self.deferred = None
 
-    def end(self) -> None:
-        """The job is over: nothing meant for it may arrive from now on."""
+    def end(self) -> type | None:
+        """The job is over: nothing meant for it may arrive from now on. Returns the class of an
+        exception meant for it that did not surface (taken back, or deferred by a shield): a
+        stepwise task's step ends by parking, and the task still has to get it."""
         with self.lock:
             self.token = None
-            self.deferred = None
-            self._take_back_pending()
+            deferred, self.deferred = self.deferred, None
+            return self._take_back_pending() or deferred
 
     def _take_back_pending(self) -> type | None:
         """Under `lock`, on this guard's own thread: cancel an injection not raised yet and

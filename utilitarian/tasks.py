@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from utilitarian import queues
+from utilitarian import queues, steps
 from utilitarian.errors import ConfigError
 from utilitarian.protocol import UnknownTask
 
@@ -147,6 +147,9 @@ class TaskSpec:
     # Called as on_failure(ctx, exc, args, kwargs) when the worker gives up on the task (last
     # retry failed, not retryable, or past its hard limit), before it is dead-lettered.
     on_failure: Callable[..., None] | None = None
+    # A stepwise task (written as a generator function, see steps.py): the generator function, which
+    # the worker drives with its waits parked; `func` drives the same generator blocking.
+    steps: Callable[..., Any] | None = None
 
 
 def task(name: str, *, queue: str = queues.DEFAULT, bind: bool = False, max_retries: int = 3,
@@ -161,7 +164,12 @@ def task(name: str, *, queue: str = queues.DEFAULT, bind: bool = False, max_retr
     policy = RetryPolicy(max_retries, retry_backoff, retry_backoff_max, retry_jitter, tuple(retry_for))
 
     def mark(func: Callable) -> Callable:
-        func.__task_spec__ = TaskSpec(name, func, full_queue, policy, soft_time_limit, time_limit, bind, on_failure)
+        genfunc = None
+        if steps.is_steps_function(func):
+            # Called directly (tests, scripts) it still returns its result, not a generator.
+            genfunc, func = func, steps.stepwise(func)
+        func.__task_spec__ = TaskSpec(name, func, full_queue, policy, soft_time_limit, time_limit, bind, on_failure,
+                                      genfunc)
         return func
 
     return mark

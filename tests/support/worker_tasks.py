@@ -5,10 +5,11 @@ Each records what happened in a sink file named by $UTIL_TEST_SINK: one line per
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
-from utilitarian import queues
+from utilitarian import queues, steps
 from utilitarian.tasks import Retry, task
 
 
@@ -76,3 +77,20 @@ def hold_the_gil(ctx, seconds: int = 3600) -> None:
 
     _sink(f"{ctx.id} {os.getpid()} start")
     ctypes.PyDLL(None).sleep(int(seconds))
+
+
+@task("test.steps_wait", queue=queues.DEFAULT, bind=True, max_retries=0)
+def steps_wait(ctx, port: int, timeout: float = 5.0):
+    """Stepwise (utilitarian/steps.py): ask the test's server on `port` and wait for its answer,
+    parked on no thread, until `timeout`; the sink says `got` or `timed-out`, then `ran`."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(ctx.id.encode() + b"\n")
+        _sink(f"{ctx.id} {os.getpid()} start")
+        if (yield steps.Readable(sock.fileno(), time.monotonic() + timeout)):
+            _sink(f"{ctx.id} {os.getpid()} got")
+        else:
+            _sink(f"{ctx.id} {os.getpid()} timed-out")
+        _sink(f"{ctx.id} {os.getpid()} ran")
+    finally:
+        sock.close()

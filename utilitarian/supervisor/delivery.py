@@ -60,6 +60,15 @@ class Abandon:
 
 
 @dataclass(frozen=True)
+class Close:
+    """A stepwise task parked in the wait loop passed its hard limit: close its generator and
+    settle it by policy. No thread is lost, so unlike Abandon the child stays."""
+
+    key: object
+    limit: float
+
+
+@dataclass(frozen=True)
 class RequeueLater:
     delay: float
     log: str | None  # a line to log at ERROR, at most once per report interval
@@ -72,6 +81,7 @@ class _Clock:
     hard_deadline: float | None
     soft_fired: bool = False
     abandoned: bool = False
+    parked: bool = False  # a stepwise task waiting in the wait loop, on no thread
 
 
 class DeliveryRules:
@@ -98,16 +108,30 @@ class DeliveryRules:
     def on_finished(self, key: object) -> None:
         self.running.pop(key, None)
 
-    def on_tick(self, now: float) -> list[SoftLimit | Abandon]:
-        """Each limit fires once: the hard one abandons the task (its thread cannot be killed);
-        the soft one asks for an exception in the task's thread."""
-        actions: list[SoftLimit | Abandon] = []
+    def on_parked(self, key: object) -> None:
+        """A stepwise task gave up its thread to wait (supervisor/waits.py)."""
+        c = self.running.get(key)
+        if c is not None:
+            c.parked = True
+
+    def on_resumed(self, key: object) -> None:
+        """A stepwise task runs a step on a thread again."""
+        c = self.running.get(key)
+        if c is not None:
+            c.parked = False
+
+    def on_tick(self, now: float) -> list[SoftLimit | Abandon | Close]:
+        """Each limit fires once: the hard one abandons the task (its thread cannot be killed),
+        or closes it when it is parked on no thread; the soft one asks for an exception in the
+        task (raised in its thread, or thrown into a parked task as it resumes)."""
+        actions: list[SoftLimit | Abandon | Close] = []
         for key, c in self.running.items():
             if c.abandoned:
                 continue
             if c.hard_deadline is not None and now >= c.hard_deadline:
                 c.abandoned = True
-                actions.append(Abandon(key, c.hard_deadline - c.started))
+                limit = c.hard_deadline - c.started
+                actions.append(Close(key, limit) if c.parked else Abandon(key, limit))
             elif c.soft_deadline is not None and now >= c.soft_deadline and not c.soft_fired:
                 c.soft_fired = True
                 actions.append(SoftLimit(key))

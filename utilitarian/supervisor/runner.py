@@ -7,7 +7,8 @@ only while that thread still runs that task and never inside a shielded critical
 (`utilitarian.shield`); it surfaces when the thread next runs Python code, so a task blocked in
 one long C call (a socket read without timeout) sees it only when that call returns; hard = the task is settled by policy on the settler (hooks included) and
 the child retires (a thread cannot be killed). Any BaseException a task raises (SystemExit too)
-is the task's failure, settled by its retry policy."""
+is the task's failure, settled by its retry policy. Stepwise tasks (utilitarian/steps.py) run
+step by step through `stepping.py`, parked between steps on no thread; they are settled here too."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from utilitarian.broker.consumer import ACK, REQUEUE, Consumer, Delivery
 from utilitarian.protocol import ProtocolError, TaskMessage, decode
 from utilitarian.supervisor import delivery as rules
 from utilitarian.supervisor.settler import Settler
+from utilitarian.supervisor.stepping import HardTimeLimitExceeded, Stepping
 from utilitarian.supervisor.stats import REFUSED_TASK, TaskStats
 from utilitarian.supervisor.threads import TaskThreads
 from utilitarian.tasks import MAX_DEFERRALS, Defer, Registry, SoftTimeLimitExceeded, TaskContext, TaskSpec
@@ -37,10 +39,6 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
-class HardTimeLimitExceeded(Exception):
-    """The task ran past its hard limit; its thread was abandoned and the child replaced."""
-
-
 @dataclass(eq=False)
 class Running:
     """One task on its thread; also the token its thread guard accepts injections for."""
@@ -51,6 +49,13 @@ class Running:
     guard: shield.ThreadGuard
     started: float
     settled: bool = False  # by its own thread, or by the settler at the hard limit (under the runner's lock)
+    # A stepwise task (stepping.py): its generator, whether a step runs now, the wait's value to
+    # resume with, an exception to throw in at its next step (all under the runner's lock).
+    steps: object = None
+    soft: bool = False  # it has a soft limit (its steps keep the thread guard)
+    stepping: bool = False
+    wake: object = None
+    throw: BaseException | None = None
 
 
 class TaskRunner:
@@ -72,6 +77,7 @@ class TaskRunner:
         self.rules = rules.DeliveryRules(follow_up_backoff_cap=follow_up_backoff_cap)
         self.settler = settler or Settler(self.check_time_limits, clock=clock, name="settler")
         self.executor = TaskThreads(self._handle, threads, name="task")
+        self.stepping = Stepping(self)
         self._lock = threading.Lock()
         self.submitted = 0
         self.finished = 0
@@ -84,6 +90,7 @@ class TaskRunner:
 
     def start(self) -> None:
         self.settler.start()
+        self.stepping.start()
 
     @property
     def dead_letter_failures(self) -> int:
@@ -114,13 +121,30 @@ class TaskRunner:
     def check_time_limits(self, now: float) -> float | None:
         with self._lock:
             actions = self.rules.on_tick(now)
+            for action in actions:
+                if isinstance(action, rules.Close):  # decided and marked under one lock: it stays parked
+                    action.key.settled = True
+                    self.held += 1  # in flight until its hook ran and its follow-up is published
+                    self.rules.on_finished(action.key)
             upcoming = self.rules.next_deadline()
         for action in actions:
             r: Running = action.key
             if isinstance(action, rules.Abandon):
                 self._abandon(r, action.limit, now)
                 continue
-            outcome = r.guard.raise_in(r, SoftTimeLimitExceeded)
+            if isinstance(action, rules.Close):
+                self.stepping.close_at_hard_limit(r, action.limit, now)
+                continue
+            if r.steps is not None:
+                with self._lock:
+                    outcome = self.stepping.soft_limit(r)
+                if outcome == "resume":
+                    self.stepping.wake_now(r)
+                    log.warning("task %s[%s] passed its soft time limit; SoftTimeLimitExceeded comes as "
+                                "it resumes", r.message.task, r.message.id)
+                    continue
+            else:
+                outcome = r.guard.raise_in(r, SoftTimeLimitExceeded)
             if outcome != "gone":
                 log.warning("task %s[%s] passed its soft time limit; SoftTimeLimitExceeded %s", r.message.task,
                             r.message.id, "raised in it" if outcome == "raised" else
@@ -146,19 +170,27 @@ class TaskRunner:
                 self.held -= 1
 
     # --- task threads ----------------------------------------------------------------------
-    def _handle(self, delivery: Delivery) -> None:
+    def _handle(self, item) -> None:
+        parked = False
+        delivery = item.delivery if type(item) is Running else item
         try:
-            self._process(delivery)
+            if type(item) is Running:  # a stepwise task's wait ended: its next step
+                parked = self.stepping.step(item)
+            else:
+                parked = self._process(item)
         except BaseException as exc:  # a bug of ours must not lose the message nor kill the thread
             log.error("internal error handling delivery %d from %s; requeueing it after a backoff",
                       delivery.delivery_tag, delivery.queue, exc_info=True)
-            self._requeue_later(delivery, "a follow-up (internal error)", f"{type(exc).__name__}: {exc}")
+            if type(item) is not Running or self.stepping.drop(item):
+                self._requeue_later(delivery, "a follow-up (internal error)", f"{type(exc).__name__}: {exc}")
         finally:
-            with self._lock:
-                self.finished += 1
+            if not parked:  # a parked stepwise task stays in flight until its last step
+                with self._lock:
+                    self.finished += 1
             self.last_activity = self.clock()
 
-    def _process(self, delivery: Delivery) -> None:
+    def _process(self, delivery: Delivery) -> bool:
+        """True when the delivery is a stepwise task that parked (still in flight)."""
         props = delivery.properties
         # Counted before the body is read: a message that cannot even be decoded (and maybe not
         # dead-lettered either) must still end as poison instead of looping. A first delivery is
@@ -207,14 +239,25 @@ class TaskRunner:
             # hand it to the delay levels and ack.
             self._publish_then_ack(delivery, redeliver.later(delivery.queue, delivery.body, props, seconds=wait,
                                                              now=now), "a delayed copy")
-            return
-        self._run(delivery, message, spec)
+            return False
+        return self._run(delivery, message, spec)
 
-    def _run(self, delivery: Delivery, message: TaskMessage, spec: TaskSpec) -> None:
+    def _run(self, delivery: Delivery, message: TaskMessage, spec: TaskSpec) -> bool:
         soft, hard = rules.time_limits((message.soft_time_limit, message.time_limit),
                                        (spec.soft_time_limit, spec.time_limit), self.hard_time_limit)
         started = self.clock()
         r = Running(delivery, message, spec, shield.guard(), started)
+        if spec.steps is not None:
+            r.soft = soft is not None
+            with self._lock:
+                self.rules.on_started(r, started, soft, hard)
+            try:  # binds the arguments only: the task's code runs in its first step
+                r.steps = (spec.steps(self._context(delivery, message), *message.args, **message.kwargs)
+                           if spec.bind else spec.steps(*message.args, **message.kwargs))
+            except BaseException as exc:
+                self._end(r, exc)
+                return False
+            return self.stepping.step(r)
         error: BaseException | None = None
         r.guard.begin(r)  # from here the settler may raise the soft limit in this thread, for this task only
         try:
@@ -232,15 +275,21 @@ class TaskRunner:
             error = exc
         finally:
             self.task_local.task = None
-            with self._lock:
-                self.rules.on_finished(r)
-                late = r.settled  # settled at the hard limit already; this thread came back late
-                r.settled = True
-                if late:
-                    self.abandoned -= 1  # counted as finished by _handle now
+        self._end(r, error)
+        return False
+
+    def _end(self, r: Running, error: BaseException | None) -> None:
+        """Settle a task that returned or raised (once: not if the settler did at its hard limit)."""
+        with self._lock:
+            self.rules.on_finished(r)
+            late = r.settled  # settled at the hard limit already; this thread came back late
+            r.settled = True
+            if late:
+                self.abandoned -= 1  # counted as finished by _handle now
         if late:
             return
-        duration = self.clock() - started
+        delivery, message = r.delivery, r.message
+        duration = self.clock() - r.started
         if error is None:
             self.consumer.settle(delivery, ACK)
             self.stats.record(delivery.queue, message.task, "done", duration)
@@ -250,7 +299,7 @@ class TaskRunner:
             if not isinstance(error, Exception):
                 log.error("task %s[%s] raised %s (a BaseException): settling it as a failure",
                           message.task, message.id, type(error).__name__)
-            self._fail(delivery, message, spec, error, duration)
+            self._fail(delivery, message, r.spec, error, duration)
 
     def _context(self, delivery: Delivery, message: TaskMessage) -> TaskContext:
         return TaskContext(id=message.id, name=message.task, retries=message.retries, queue=delivery.queue,
@@ -330,4 +379,5 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self.settler.stop()
+        self.stepping.stop()
         self.executor.shutdown()

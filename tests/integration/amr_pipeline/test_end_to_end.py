@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import os
+import signal
 import time
 
 import pytest
 
 from support.amr_harness import wait_for
+from support.procs import children_of
 from utilitarian.amr.model import AmrTask
 from utilitarian.amr.progress import round_progress
 from utilitarian_sim.faults import Faults
@@ -139,12 +142,20 @@ def check_rounds(amr, rows, rounds, *, killed: bool = False):
         assert max(r.attempts for r in flaky) == 2
 
 
-def run_scenario(amr, *, kill: bool = False):
-    with Fleet(latency=0.05 if kill else 0.0) as fleet:
+def run_scenario(amr, *, kill: bool = False, kill_child: bool = False):
+    with Fleet(latency=0.3 if kill_child else 0.05 if kill else 0.0) as fleet:
         rows = install(amr, fleet)
         worker = amr.worker("-c", "2", "--threads", "20")
         beat = amr.beat()
-        if kill:
+        if kill_child:
+            # When one child is SIGKILLed in the middle of a round, its polls parked on their
+            # answers (300 ms each: most of a poll's life is that wait) with no thread of their own
+            def mid_round():
+                return any(0.1 * p.jobs < p.done + p.failed < 0.7 * p.jobs for p in round_progress(amr.store))
+            wait_for(mid_round, timeout=60, interval=0.02, what="a round in progress")
+            os.kill(children_of(worker.pid)[0], signal.SIGKILL)
+            kill = True
+        elif kill:
             # When the whole worker (master and children) is SIGKILLed in the middle of a round
             def mid_round():
                 return any(0 < p.done + p.failed < 0.7 * p.jobs for p in round_progress(amr.store))
@@ -181,6 +192,12 @@ def test_two_schedules_200_meters_worker_and_beat(amr):
 
 def test_worker_sigkilled_mid_round_loses_and_duplicates_nothing(amr):
     run_scenario(amr, kill=True)
+
+
+def test_a_child_sigkilled_with_parked_polls_loses_and_duplicates_nothing(amr):
+    # Its parked polls (stepwise, utilitarian/steps.py) are redelivered to the master's new child;
+    # each reading is stored exactly once.
+    run_scenario(amr, kill_child=True)
 
 
 def test_two_schedules_200_meters_on_postgresql(amr_pg):

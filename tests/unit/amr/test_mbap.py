@@ -12,6 +12,7 @@ from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.register_message import (ReadHoldingRegistersRequest, ReadHoldingRegistersResponse,
                                            ReadInputRegistersRequest, ReadInputRegistersResponse)
 
+from utilitarian import steps
 from utilitarian.amr.protocols import mbap
 
 REQUESTS = {3: ReadHoldingRegistersRequest, 4: ReadInputRegistersRequest}
@@ -79,19 +80,31 @@ def connection(chunks):
     return conn
 
 
+def read(conn, *request):
+    """Drive read_steps as the worker's wait loop would, the fake socket being always readable."""
+    reading, value = conn.read_steps(*request), None
+    while True:
+        try:
+            wait = reading.send(value)
+        except StopIteration as stop:
+            return stop.value
+        assert isinstance(wait, steps.Readable) and wait.fd == conn.fd
+        value = True
+
+
 def test_a_late_answer_to_an_earlier_try_is_skipped_and_split_reads_are_joined():
     late = FramerSocket(DecodePDU(True)).buildFrame(ReadInputRegistersResponse(registers=[7, 7], dev_id=9,
                                                                               transaction_id=0))
     ours = FramerSocket(DecodePDU(True)).buildFrame(ReadInputRegistersResponse(registers=[1, 2], dev_id=9,
                                                                               transaction_id=1))
     conn = connection([late + ours[:5], ours[5:]])
-    assert conn.read(4, 0, 2, 9) == [1, 2] and conn.received
+    assert read(conn, 4, 0, 2, 9) == [1, 2] and conn.received
 
 
 def test_another_unit_answering_is_garbled_and_a_hang_up_is_a_lost_connection():
     other = FramerSocket(DecodePDU(True)).buildFrame(ReadInputRegistersResponse(registers=[1, 2], dev_id=8,
                                                                                transaction_id=1))
     with pytest.raises(mbap.Garbled):
-        connection([other]).read(4, 0, 2, 9)
+        read(connection([other]), 4, 0, 2, 9)
     with pytest.raises(mbap.ConnectionLost):
-        connection([]).read(4, 0, 2, 9)
+        read(connection([]), 4, 0, 2, 9)

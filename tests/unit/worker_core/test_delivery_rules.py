@@ -10,7 +10,7 @@ import pytest
 
 from utilitarian.broker import redeliver
 from utilitarian.supervisor import delivery
-from utilitarian.supervisor.delivery import COUNT, DECODE, POISON, Abandon, DeliveryRules, SoftLimit
+from utilitarian.supervisor.delivery import COUNT, DECODE, POISON, Abandon, Close, DeliveryRules, SoftLimit
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -94,6 +94,28 @@ def test_hard_and_soft_passed_together_abandon_only():
     rules.on_started("a", 0.0, soft=1.0, hard=2.0)
     assert rules.on_tick(3.0) == [Abandon("a", 2.0)]
     assert rules.on_tick(4.0) == []
+
+
+def test_a_parked_stepwise_task_is_closed_at_its_hard_limit_a_running_step_abandoned():
+    # Given stepwise tasks: p parks and stays parked, r parks then runs a step again, s is parked
+    # when its soft limit passes
+    rules = DeliveryRules()
+    for key in "prs":
+        rules.on_started(key, 0.0, soft=1.0 if key == "s" else None, hard=2.0)
+    rules.on_parked("p")
+    rules.on_parked("r")
+    rules.on_resumed("r")
+    rules.on_parked("s")
+    # Then: the soft limit is asked for whatever the task's state (the runner throws it in as the
+    # task resumes); at the hard limit only the task on a thread costs the child its thread
+    assert rules.on_tick(1.0) == [SoftLimit("s")]
+    assert rules.on_tick(2.0) == [Close("p", 2.0), Abandon("r", 2.0), Close("s", 2.0)]
+    assert rules.on_tick(3.0) == [] and rules.next_deadline() is None
+    # parking or resuming a finished task changes nothing
+    rules.on_finished("p")
+    rules.on_parked("p")
+    rules.on_resumed("p")
+    assert "p" not in rules.running
 
 
 def test_failed_follow_ups_back_off_up_to_a_cap_and_report_once_per_interval():

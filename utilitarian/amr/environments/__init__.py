@@ -11,10 +11,10 @@ import inspect
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import MappingProxyType, ModuleType
+from types import GeneratorType, MappingProxyType, ModuleType
 from typing import Mapping
 
-from utilitarian import plugins
+from utilitarian import plugins, steps
 
 from utilitarian.amr.environments.params import Call, bind_kwargs
 from utilitarian.amr.errors import BadTaskCall, MeterError, MeterProtocolError
@@ -202,6 +202,14 @@ def run_task_call(execution_type: str, task_call: str, target: MeterTarget, task
 def run_prepared(prepared: PreparedCall, target: MeterTarget, *, meter_types: Mapping[str, MeterType] | None = None,
                  now: datetime | None = None, clock: datetime | None = None) -> PollResult:
     """run_task_call with the call prepared once (prepare_call) for many meters."""
+    return steps.drive(run_prepared_steps(prepared, target, meter_types=meter_types, now=now, clock=clock))
+
+
+def run_prepared_steps(prepared: PreparedCall, target: MeterTarget, *,
+                       meter_types: Mapping[str, MeterType] | None = None, now: datetime | None = None,
+                       clock: datetime | None = None) -> steps.Steps:
+    """run_prepared as a stepwise function (steps.py): a call function written as a generator
+    function yields its waits through it; any other runs in this thread, yielding nothing."""
     execution_type, task_call = prepared.execution_type, prepared.task_call
     if target.protocol not in prepared.protocols:
         raise BadTaskCall(execution_type, task_call,
@@ -222,7 +230,10 @@ def run_prepared(prepared: PreparedCall, target: MeterTarget, *, meter_types: Ma
         # Copies (lists and tables too): an environment may change its kwargs; the prepared ones
         # serve the next meter.
         kwargs = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in prepared.kwargs.items()}
-        return prepared.call.func(target, kwargs, **extras)
+        result = prepared.call.func(target, kwargs, **extras)
+        if isinstance(result, GeneratorType):
+            result = yield from result
+        return result
     except MeterError:
         raise
     except Exception as exc:  # the contract is "only MeterError"; a bug still gets a traceback

@@ -9,7 +9,7 @@ from typing import Mapping
 from utilitarian.amr.environments.params import Call, Param
 from utilitarian.amr.errors import BadTaskCall, MeterUnsupported
 from utilitarian.amr.meter_types import MeterType
-from utilitarian.amr.protocols.modbus import read_meter
+from utilitarian.amr.protocols.modbus import read_meter_steps
 from utilitarian.amr.readings import PollResult
 from utilitarian.amr.target import MeterTarget
 
@@ -42,7 +42,8 @@ def read_values(target: MeterTarget, kwargs: dict, *, meter_types: Mapping[str, 
             raise BadTaskCall(NAME, "read_values",
                               f"series {', '.join(map(repr, unknown))} not in meter type "
                               f"{meter_type.name!r}")
-    return read_meter(target, meter_type, series=series, now=now)
+    # Stepwise (steps.py): run_prepared_steps parks the waits of pooled Modbus TCP reads.
+    return (yield from read_meter_steps(target, meter_type, series=series, now=now))
 
 
 CALLS = {

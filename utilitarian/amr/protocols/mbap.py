@@ -14,13 +14,15 @@ import socket
 import struct
 import time
 
+from utilitarian import steps
 from utilitarian.amr.protocols.transport import timeval
 from utilitarian.amr.target import MeterTarget
 
 _REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
 _HEADER = struct.Struct(">HHHB")       # tid, protocol, length, unit
 MAX_LENGTH = 254                       # unit id + the largest PDU (253 bytes)
-_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)  # recv flags for the liveness peek
+_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # recv flags: the answer is there (steps.Readable said so)
+_PEEK = socket.MSG_PEEK | _NOWAIT  # recv flags for the liveness peek
 
 
 class NoAnswer(Exception):
@@ -86,28 +88,21 @@ class MbapConnection:
         self.sock: socket.socket | None = None
         self.received = False   # bytes seen since the last request (tells garbage from silence)
         self.last_used = 0.0    # pool clock when it was last returned
+        self.fd = -1
         self._tid = 0
-        self._wait = -1.0       # the socket's SO_RCVTIMEO in seconds
 
     def connect(self) -> bool:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Blocking, with the answer timeout kept by the kernel (SO_RCVTIMEO): a Python timeout
-        # costs a poll() before every recv and send plus an ioctl per settimeout, each one a GIL
-        # hand-over that a hundred poll threads queue for; this way a read is a send and a recv.
+        # Blocking without a Python timeout (which costs a poll() before every recv and send): a
+        # read waits for its answer as a steps.Readable (parked in the worker's epoll, or one
+        # poll() in `read`) and then takes the bytes with MSG_DONTWAIT; a send of a request is
+        # bounded by SO_SNDTIMEO.
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.timeout))
         self.sock = sock
-        self._wait = -1.0
-        self._set_wait(self.timeout)
+        self.fd = sock.fileno()
         return True
-
-    def _set_wait(self, seconds: float) -> None:
-        """How long the next recv may block (the kernel's SO_RCVTIMEO; 0 there means forever)."""
-        seconds = max(seconds, 0.001)
-        if seconds != self._wait:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
-            self._wait = seconds
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -131,8 +126,13 @@ class MbapConnection:
         return False
 
     def read(self, function: int, address: int, count: int, device_id: int) -> list[int]:
+        """`read_steps`, waiting in this thread."""
+        return steps.drive(self.read_steps(function, address, count, device_id))
+
+    def read_steps(self, function: int, address: int, count: int, device_id: int) -> steps.Steps:
         """Registers, or one of this module's exceptions; after a timeout the request is sent
-        again `retries` times (a late answer to an earlier try is recognised by its id)."""
+        again `retries` times (a late answer to an earlier try is recognised by its id). Yields
+        a steps.Readable while it waits for an answer."""
         for attempt in range(self.retries + 1):
             self._tid = self._tid % 0xFFFF + 1
             try:
@@ -141,16 +141,14 @@ class MbapConnection:
                 raise ConnectionLost(f"connection lost ({exc.strerror or exc})") from None
             self.received = False
             try:
-                return self._answer(self._tid, device_id, function, count)
+                return (yield from self._answer(self._tid, device_id, function, count))
             except NoAnswer:
                 if attempt == self.retries:
                     raise
         raise NoAnswer()  # not reached
 
-    def _answer(self, tid: int, unit: int, function: int, count: int) -> list[int]:
+    def _answer(self, tid: int, unit: int, function: int, count: int) -> steps.Steps:
         deadline = time.monotonic() + self.timeout
-        if self._wait != self.timeout:  # an earlier answer came in parts and shortened it
-            self._set_wait(self.timeout)
         buffer = b""
         while True:
             frame = split_frame(buffer)
@@ -161,14 +159,11 @@ class MbapConnection:
                 if got_unit != unit:
                     raise Garbled(f"answer from unit {got_unit}")
                 return parse_read_response(pdu, function, count)
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if deadline - time.monotonic() <= 0 or not (yield steps.Readable(self.fd, deadline)):
                 raise Garbled("incomplete frame") if self.received else NoAnswer()
-            if left < self._wait - 0.01:  # a later recv of this answer: only what is left of it
-                self._set_wait(left)
             try:
-                chunk = self.sock.recv(512)
-            except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
+                chunk = self.sock.recv(512, _NOWAIT)
+            except BlockingIOError:  # woken without bytes after all: wait again
                 continue
             except OSError as exc:
                 raise ConnectionLost(f"connection lost ({exc.strerror or exc})") from None

@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
+from utilitarian import steps
 from utilitarian.amr.errors import (MeterError, MeterProtocolError, MeterTimeout, MeterUnreachable,
                                     MeterUnsupported)
 from utilitarian.amr.meter_types import MeterType
@@ -112,6 +113,11 @@ class ModbusSession:
 
     def read_block(self, block: ReadBlock) -> list[int]:
         """Execute one read request and return its registers, or raise a MeterError."""
+        return steps.drive(self.read_block_steps(block))
+
+    def read_block_steps(self, block: ReadBlock) -> steps.Steps:
+        """`read_block`, yielding its waits (steps.Readable) when the session has a pool and the
+        connection is our own MBAP one; otherwise it waits in this thread, without yielding."""
         where = (f"{self.target.interface} device {self.device_id} "
                  f"function {block.function} address {block.address} count {block.count}")
         if self.clock() > self.deadline:
@@ -119,7 +125,7 @@ class ModbusSession:
         if self._conn is None:
             self.open()
         try:
-            response = self._request(block, where)
+            response = yield from self._request(block, where)
         except _ConnectionLost as lost:
             if not self._maybe_stale:
                 raise MeterUnreachable(f"{where}: {lost}") from None
@@ -129,7 +135,7 @@ class ModbusSession:
                       self.target.interface, lost)
             self._connect()
             try:
-                response = self._request(block, where)
+                response = yield from self._request(block, where)
             except _ConnectionLost as again:
                 raise MeterUnreachable(f"{where}: {again}") from None
         self._maybe_stale = False
@@ -138,12 +144,17 @@ class ModbusSession:
             raise MeterProtocolError(f"{where}: answer holds {len(registers)} registers")
         return registers[:block.count]
 
-    def _request(self, block: ReadBlock, where: str) -> list[int]:
+    def _request(self, block: ReadBlock, where: str) -> steps.Steps:
         """One read on the connection, its failures translated; a lost connection is
         `_ConnectionLost` so that read_block can tell a stale pooled connection from a meter that
         hung up. After any failure but an exception answer the connection is closed."""
+        conn = self._conn
         try:
-            return self._conn.read(block.function, block.address, block.count, self.device_id)
+            if self.pool is not None and hasattr(conn, "read_steps"):
+                # Pooled MBAP: the poll gives up its thread while the answer travels. Sessions on
+                # a can_block interface (no pool) and pymodbus's framings keep the thread.
+                return (yield from conn.read_steps(block.function, block.address, block.count, self.device_id))
+            return conn.read(block.function, block.address, block.count, self.device_id)
         except mbap.ExceptionAnswer as answer:
             raise exception_error(answer.code, where) from None
         except mbap.NoAnswer:
@@ -167,7 +178,15 @@ class _ConnectionLost(Exception):
 def read_meter(target: MeterTarget, meter_type: MeterType, *, series: Sequence[str] | None = None,
                now: datetime | None = None, clock: Callable[[], float] = time.monotonic,
                pool: ConnectionPool | None = None) -> PollResult:
-    """Read every register of `meter_type` (or only `series`) in merged requests.
+    """`read_meter_steps`, waiting in this thread."""
+    return steps.drive(read_meter_steps(target, meter_type, series=series, now=now, clock=clock, pool=pool))
+
+
+def read_meter_steps(target: MeterTarget, meter_type: MeterType, *, series: Sequence[str] | None = None,
+                     now: datetime | None = None, clock: Callable[[], float] = time.monotonic,
+                     pool: ConnectionPool | None = None) -> steps.Steps:
+    """Read every register of `meter_type` (or only `series`) in merged requests; a stepwise
+    function (steps.py) that yields its waits on pooled connections.
 
     The connection is kept for later polls (in `pool`, default this process's) only when the
     target says its interface carries parallel sessions (`reuse_connection`) and is not serial.
@@ -187,7 +206,7 @@ def read_meter(target: MeterTarget, meter_type: MeterType, *, series: Sequence[s
         pool = None
     with ModbusSession(target, clock=clock, pool=pool) as session:
         for block in blocks:
-            values = decode_block(block, session.read_block(block))
+            values = decode_block(block, (yield from session.read_block_steps(block)))
             for spec, value in values.items():
                 if value is None:
                     events.append(SystemEvent.truncated(

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 
-from utilitarian import queues
+from utilitarian import queues, steps
 from utilitarian.amr import metrics
 from utilitarian.amr.blocking import InterfaceBusy, interface_lock
 from utilitarian.amr.errors import MeterError, MeterTimeout
@@ -39,8 +39,8 @@ def _gave_up(ctx, exc: BaseException, args: tuple, kwargs: dict) -> None:
     meter = kwargs.get("meter") or kwargs.get("meter_device") or (args[0] if args else "?")
     label = kwargs.get("amr_task") or kwargs.get("task_call") or "?"
     text = f"{type(exc).__name__}: {exc}"
-    _finish(ctx, meter, kwargs.get("amr_task"), kwargs.get("round_id"), "failed", text, time.monotonic(), events=[
-        _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
+    steps.drive(_finish(ctx, meter, kwargs.get("amr_task"), kwargs.get("round_id"), "failed", text, time.monotonic(),
+                        events=[_event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")]))
 
 
 @task("amr.execute_meter_task", queue=queues.AMR_ON_DEMAND, bind=True, max_retries=MAX_RETRIES,
@@ -53,7 +53,10 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
     """Scheduled: `meter`, `amr_task`, `slot`, `round_id` (from dispatch). On demand: the platform's
     amr-tasks/invoke body verbatim (`meter_device` UUID or name, `task_call`, `task_kwargs`,
     `run_offset_seconds`, `meter_execution_type`), or `utilitarian poll`'s `meter`, `task_call`,
-    `task_kwargs`, `execution_type` (default: the meter's)."""
+    `task_kwargs`, `execution_type` (default: the meter's).
+
+    Stepwise (utilitarian/steps.py): the worker parks its waits (a pooled Modbus TCP answer, the
+    commit outbox) without holding a thread; called directly it runs to its end and returns."""
     meter, execution_type = _invoke_body(meter, meter_device, execution_type, meter_execution_type)
     if _delay_on_demand(ctx, meter, amr_task, task_call, task_kwargs, execution_type, run_offset_seconds):
         return {"outcome": "deferred", "run_offset_seconds": run_offset_seconds}
@@ -78,17 +81,17 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
             try:
                 with interface_lock(store, iface.id, iface.name, ctx.id, lease=settings.interface_block_lease,
                                     wait=settings.interface_wait):
-                    result = _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
+                    result = yield from _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
             except InterfaceBusy as exc:
                 countdown = settings.interface_defer * random.uniform(0.75, 1.5)
                 log.debug("%s; job for %s deferred %.1fs", exc, meter, countdown)
                 raise Defer(str(exc), countdown=countdown) from None
         else:
-            result = _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
+            result = yield from _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
     except JobFailed as exc:
         metrics.POLLS.inc(metrics.protocol_of(etype), "failed")
         metrics.POLL_FAILURES.inc(metrics.protocol_of(etype), "job")
-        _finish(ctx, meter, amr_task, round_id, "failed", str(exc), started, events=[
+        yield from _finish(ctx, meter, amr_task, round_id, "failed", str(exc), started, events=[
             _event(ctx, meter, "Poll failed", f"{label}: {exc}")])
         return {"outcome": "failed", "error": str(exc)}
     except (MeterError, SoftTimeLimitExceeded) as exc:
@@ -103,7 +106,7 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
             raise
         log.warning("poll of %s (%s) failed after %d attempt(s): %s", meter, label, ctx.retries + 1, text)
         metrics.POLLS.inc(protocol, "failed")
-        _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
+        yield from _finish(ctx, meter, amr_task, round_id, "failed", text, started, events=[
             _event(ctx, meter, "Poll failed", f"{label} after {ctx.retries + 1} attempt(s): {text}")])
         return {"outcome": "failed", "error": text}
     metrics.POLLS.inc(metrics.protocol_of(etype), "done")
@@ -111,7 +114,7 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
     faultpoint("execute.after_poll")
     readings = [MeterReading(meter, r.series, r.timestamp, r.value, r.unit) for r in result.readings]
     events = [_event(ctx, meter, e.title, e.content, index=i) for i, e in enumerate(result.events)]
-    _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
+    yield from _finish(ctx, meter, amr_task, round_id, "done", None, started, readings=readings, events=events)
     faultpoint("execute.after_results")
     return {"outcome": "done", "readings": len(readings), "events": len(events)}
 
@@ -181,13 +184,13 @@ def _new_target(device):
 
 def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
     # Imported here: protocol drivers (pymodbus) must not load when the worker imports task modules.
-    from utilitarian.amr.environments import run_prepared
+    from utilitarian.amr.environments import run_prepared_steps
     from utilitarian.amr.readings import apply_transformer_ratios
 
     # `now` stamps current values (the slot); set_time and "last N seconds" reads go by the true
     # clock, else a job run late would set the meter to the slot's time.
-    result = run_prepared(_prepare(task, execution_type, call, kwargs), target, meter_types=meter_types_of(app),
-                          now=stamp, clock=utc_now())
+    result = yield from run_prepared_steps(_prepare(task, execution_type, call, kwargs), target,
+                                           meter_types=meter_types_of(app), now=stamp, clock=utc_now())
     return apply_transformer_ratios(result, ct_ratio=device.ct_ratio, vt_ratio=device.vt_ratio)
 
 
@@ -257,11 +260,11 @@ def _event(ctx, meter: str, title: str, content: str, *, index: int = 0) -> dict
 def _finish(ctx, meter, amr_task, round_id, outcome, error, started, *, readings=(), events=()) -> None:
     """Hand everything the job produced to the commit outbox (batched with other jobs of this
     process); returns once it is committed (or the commit queues' broker confirmed it), so the job
-    is acked only after that."""
+    is acked only after that. Stepwise: it yields the wait for its group."""
     duration = round(time.monotonic() - started, 4)
     run = {"job_id": ctx.id, "meter": meter, "amr_task": amr_task, "round_id": round_id, "outcome": outcome,
            "error": (error or "")[:500] or None, "duration": duration, "attempts": ctx.retries + 1,
            "finished_at": iso_utc(utc_now())}
     for e in events:
         metrics.EVENTS.inc("poll_failed" if e.get("title") == "Poll failed" else "meter")
-    outbox_of(ctx.app).send(readings=list(readings), events=list(events), run=run)
+    yield from outbox_of(ctx.app).send_steps(readings=list(readings), events=list(events), run=run)

@@ -43,6 +43,10 @@ class CommitOutbox:
         and `run` in wire form. Raises what the group's commit or publish raised."""
         self._batcher.submit((readings, events, run))
 
+    def send_steps(self, *, readings: list, events: list, run: dict):
+        """`send` for a stepwise task: yields the wait for its group (steps.Until)."""
+        return (yield from self._batcher.submit_steps((readings, events, run)))
+
     def _flush(self, group: list) -> list:
         if not self.direct:
             faultpoint("execute.results_publish")  # on the flusher thread, for every job of the group

@@ -1,0 +1,86 @@
+"""Stepwise tasks: a task written as a generator function yields what it waits for (a readable
+socket, a completion from another thread) instead of blocking a thread on it, so a worker child
+keeps many such tasks in flight on a few threads (supervisor/waits.py parks them, one epoll for
+all). `drive` runs the same generator to its end in the calling thread, blocking at each wait: the
+one way a stepwise task runs outside the worker (tests, scripts, `utilitarian read`), so no
+protocol code exists twice (sans-IO: the generator does the work, its driver does the waiting).
+
+A wait's resumption value is True when what it waited for happened, False when its deadline
+(time.monotonic) passed first."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import select
+import time
+from typing import Any, Callable, Generator
+
+Steps = Generator[Any, Any, Any]
+
+
+class Readable:
+    """Wait until file descriptor `fd` is readable or `deadline` passes."""
+
+    __slots__ = ("fd", "deadline")
+
+    def __init__(self, fd: int, deadline: float):
+        self.fd = fd
+        self.deadline = deadline
+
+
+class Until:
+    """Wait until `event` completes or `deadline` passes. `event` offers `wait(timeout) -> bool`
+    (block this thread) and `subscribe(callback) -> bool` (call `callback()` once, from the thread
+    that completes it; False when it is complete already and no call will come)."""
+
+    __slots__ = ("event", "deadline")
+
+    def __init__(self, event, deadline: float):
+        self.event = event
+        self.deadline = deadline
+
+
+def block(wait) -> bool:
+    """Wait in this thread; the resumption value."""
+    left = wait.deadline - time.monotonic()
+    if isinstance(wait, Readable):
+        if left <= 0:
+            return False
+        poller = select.poll()
+        poller.register(wait.fd, select.POLLIN)
+        # Rounded up: a poll woken a hair before the deadline would only come back to wait again.
+        return bool(poller.poll(int(left * 1000) + 1))
+    if isinstance(wait, Until):
+        return wait.event.wait(max(left, 0.0))
+    raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Until)")
+
+
+def drive(steps: Steps) -> Any:
+    """Run a stepwise task's generator to its end in this thread; its return value."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            wait = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = block(wait), None
+        except BaseException as exc:  # KeyboardInterrupt in a wait: the task's finally blocks run
+            error = exc
+
+
+def stepwise(genfunc: Callable[..., Steps]) -> Callable[..., Any]:
+    """The generator function as a plain function (driven by `drive`) that keeps the generator
+    function as `.steps`, for a caller that parks its waits instead."""
+    @functools.wraps(genfunc)
+    def run(*args, **kwargs):
+        return drive(genfunc(*args, **kwargs))
+
+    run.steps = genfunc  # type: ignore[attr-defined]
+    return run
+
+
+def is_steps_function(func: Callable) -> bool:
+    return inspect.isgeneratorfunction(func)

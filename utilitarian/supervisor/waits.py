@@ -1,0 +1,197 @@
+"""A child's wait loop: where stepwise tasks (utilitarian/steps.py) wait without a thread. One
+thread sleeps in one epoll for every parked socket wait and until the earliest deadline; a wait
+that ends (readable, completed from another thread, deadline passed, or cancelled) hands its token
+back through `resume(token, value)`, which the runner turns into the task's next step on a task
+thread. One wake-up of this thread serves every answer that arrived meanwhile.
+
+Parking costs the parking thread one epoll_ctl (the socket is armed EPOLLONESHOT, so a wake-up
+never repeats) and no wake-up of this loop unless the new deadline is earlier than the one it
+sleeps towards. Each wait ends exactly once: whoever takes its entry out of the tables, under the
+lock, ends it."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import select
+import threading
+import time
+from typing import Any, Callable
+
+from utilitarian.steps import Readable, Until
+
+log = logging.getLogger(__name__)
+
+_ARM = select.EPOLLIN | select.EPOLLONESHOT
+
+
+class _Entry:
+    __slots__ = ("token", "fd", "deadline", "done")
+
+    def __init__(self, token: Any, fd: int, deadline: float):
+        self.token = token
+        self.fd = fd  # -1: not a socket wait
+        self.deadline = deadline
+        self.done = False
+
+
+class WaitLoop:
+    def __init__(self, resume: Callable[[Any, bool], None], *, clock: Callable[[], float] = time.monotonic,
+                 name: str = "waits"):
+        self._resume = resume
+        self.clock = clock
+        self.name = name
+        self._lock = threading.Lock()
+        self._by_fd: dict[int, _Entry] = {}
+        self._by_token: dict[Any, _Entry] = {}
+        self._deadlines: list[tuple[float, int, _Entry]] = []  # a heap; ended entries leave it lazily
+        self._seq = itertools.count()
+        self._sleeping_until = -math.inf  # the loop's next deadline while it sleeps (-inf: awake)
+        self._epoll: select.epoll | None = None
+        self._wake_r = self._wake_w = -1
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        """In the process that uses it (after fork): an epoll is not shared with a parent."""
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def parked(self) -> int:
+        with self._lock:
+            return len(self._by_token)
+
+    # --- any thread --------------------------------------------------------------------------
+    def park(self, token: Any, wait) -> bool | None:
+        """Park `token` on `wait` (steps.Readable or steps.Until): None when parked (`resume`
+        follows from another thread), else the wait's value now (its deadline passed, or its
+        event completed already): the caller goes on with it."""
+        is_fd = type(wait) is Readable
+        if not is_fd and type(wait) is not Until:
+            raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Until)")
+        deadline = wait.deadline
+        if deadline <= self.clock():
+            return False
+        entry = _Entry(token, wait.fd if is_fd else -1, deadline)
+        with self._lock:
+            if token in self._by_token:
+                raise RuntimeError(f"{token!r} is parked already")
+            self._by_token[token] = entry
+            if is_fd:
+                self._by_fd[entry.fd] = entry
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), entry))
+            wake = deadline < self._sleeping_until
+            if wake:
+                self._sleeping_until = -math.inf
+        if is_fd:
+            self._arm(entry.fd)
+        elif not wait.event.subscribe(lambda: self._end(entry, True)):
+            if self._take(entry) is not None:
+                return True  # completed before we subscribed
+            # else: a cancel took it meanwhile (it resumes nobody): the caller must not step on
+            return None
+        if wake:
+            os.write(self._wake_w, b"x")
+        return None
+
+    def _arm(self, fd: int) -> None:
+        try:
+            self._epoll.modify(fd, _ARM)  # armed before, by an earlier wait on this socket
+        except FileNotFoundError:
+            self._epoll.register(fd, _ARM)
+
+    def cancel(self, token: Any) -> bool:
+        """End `token`'s wait without resuming it; True when it was parked (the caller now owns
+        the task again), False when its wait had ended already (its resumption is on its way)."""
+        with self._lock:
+            entry = self._by_token.get(token)
+            if entry is None:
+                return False
+            self._forget(entry)
+        return True
+
+    def _take(self, entry: _Entry) -> Any:
+        """The entry's token if this call ended it, else None."""
+        with self._lock:
+            if entry.done:
+                return None
+            return self._forget(entry)
+
+    def _forget(self, entry: _Entry) -> Any:
+        # Under the lock; returns the token. A socket stays armed (a stray wake-up finds no entry
+        # and is dropped, EPOLLONESHOT disarms it); closing it removes it from the epoll.
+        token, entry.token = entry.token, None  # the heap keeps ended entries a while: not their tasks
+        entry.done = True
+        del self._by_token[token]
+        if entry.fd >= 0 and self._by_fd.get(entry.fd) is entry:
+            del self._by_fd[entry.fd]
+        return token
+
+    def _end(self, entry: _Entry, value: bool) -> None:
+        token = self._take(entry)
+        if token is not None:
+            self._resume(token, value)
+
+    # --- the loop's thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._turn():
+                    return
+            except Exception:
+                log.exception("wait loop failed; going on in 0.1s (parked tasks still end at their deadlines)")
+                time.sleep(0.1)
+
+    def _turn(self) -> bool:
+        now = self.clock()
+        expired: list = []
+        with self._lock:
+            if self._stopping:
+                return False
+            heap = self._deadlines
+            while heap and (heap[0][2].done or heap[0][0] <= now):
+                entry = heapq.heappop(heap)[2]
+                if not entry.done:
+                    expired.append(self._forget(entry))
+            if len(heap) > 1024 and len(heap) > 4 * len(self._by_token):
+                # Ended waits (most of them: answers come long before their deadlines) are
+                # dropped lazily; compact before they are most of what the heap holds.
+                self._deadlines = heap = [item for item in heap if not item[2].done]
+                heapq.heapify(heap)
+            until = heap[0][0] if heap and not expired else math.inf
+            self._sleeping_until = until
+        for token in expired:
+            self._resume(token, False)
+        if expired:
+            return True
+        timeout = -1 if until == math.inf else max(0.0, until - self.clock())
+        events = self._epoll.poll(timeout)
+        ready: list = []
+        with self._lock:
+            self._sleeping_until = -math.inf
+            for fd, _ in events:
+                entry = self._by_fd.get(fd)
+                if entry is not None:
+                    ready.append(self._forget(entry))
+                elif fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+        for token in ready:
+            self._resume(token, True)
+        return True
+
+    def stop(self) -> None:
+        """Stop the loop; waits still parked never resume (the child is exiting)."""
+        with self._lock:
+            self._stopping = True
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join(2.0)
