@@ -14,15 +14,19 @@ import termios
 import time
 from typing import Callable, Protocol, TypeVar
 
+from utilitarian import steps
 from utilitarian.amr.errors import MeterTimeout, MeterUnreachable
 from utilitarian.amr.target import MeterTarget, SerialSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # recv flags: the bytes are there (steps.Readable said so)
 
 
 class Transport(Protocol):
-    """What the protocol layer needs from a line."""
+    """What the protocol layer needs from a line. A line whose waits a worker can park (TCP) also
+    offers `read_steps(timeout)`, `read` as a stepwise function (utilitarian/steps.py); Channel
+    uses it when it is there."""
 
     can_switch_baud: bool
 
@@ -43,16 +47,19 @@ def timeval(seconds: float) -> bytes:
 class TcpTransport:
     """A transparent TCP gateway or IP modem: same bytes, no baud rate changes.
 
-    The socket blocks, with the read timeout kept by the kernel (SO_RCVTIMEO), changed only when a
-    wait differs by more than 10 ms: a Python socket timeout costs an ioctl per settimeout and a
-    poll() before every recv and send, each a GIL hand-over that a hundred polling threads queue for."""
+    The socket blocks without a Python timeout (which costs a poll() before every recv and send
+    and an ioctl per settimeout). A read waits for bytes as a steps.Readable (parked in the
+    worker's epoll by a stepwise task, or one poll() in `read`), then takes them with
+    MSG_DONTWAIT; a send is bounded by SO_SNDTIMEO. The connect stays blocking, bounded by its
+    timeout (the wait loop has no writable wait): on a LAN or a live modem link it is one round
+    trip."""
 
     can_switch_baud = False
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self._sock: socket.socket | None = None
-        self._wait = -1.0   # the socket's SO_RCVTIMEO in seconds
+        self._fd = -1
 
     def open(self, timeout: float) -> None:
         try:
@@ -65,12 +72,12 @@ class TcpTransport:
         sock.settimeout(None)
         # A send blocks only when the gateway stops reading; bound it like the connect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
-        self._sock, self._wait = sock, -1.0
+        self._sock, self._fd = sock, sock.fileno()
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock, self._fd = None, -1
 
     def write(self, data: bytes) -> None:
         try:
@@ -79,13 +86,16 @@ class TcpTransport:
             raise MeterUnreachable(f"{self.host}:{self.port}: send failed ({exc.strerror or exc})") from None
 
     def read(self, timeout: float) -> bytes:
-        timeout = max(timeout, 0.001)  # 0 would mean "forever" to the kernel
-        if abs(timeout - self._wait) > 0.01:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
-            self._wait = timeout
+        return steps.drive(self.read_steps(timeout))
+
+    def read_steps(self, timeout: float) -> steps.Steps:
+        """`read` as a stepwise function: yields one steps.Readable; b"" when nothing arrived in
+        time (or the wake-up found no bytes: the caller's loop waits again for what is left)."""
+        if not (yield steps.Readable(self._fd, time.monotonic() + max(timeout, 0.0))):
+            return b""
         try:
-            data = self._sock.recv(4096)
-        except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
+            data = self._sock.recv(4096, _NOWAIT)
+        except BlockingIOError:
             return b""
         except OSError as exc:
             raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
@@ -199,6 +209,14 @@ class Channel:
 
     def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
                 *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
+        """`receive_steps`, waiting in this thread."""
+        return steps.drive(self.receive_steps(extract, what, on_timeout=on_timeout))
+
+    def receive_steps(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
+                      *, on_timeout: Callable[[], Exception | None] | None = None) -> steps.Steps:
+        """`receive` as a stepwise function: a transport with `read_steps` (TCP) yields its
+        waits; any other (a serial port, a test's line) blocks in this thread, yielding nothing."""
+        read_steps = getattr(self.transport, "read_steps", None)
         last_activity = self.clock()
         while True:
             result = extract(self.buffer)
@@ -215,7 +233,7 @@ class Channel:
                 if now >= self.deadline:
                     raise MeterTimeout(f"session timeout while waiting for {what}")
                 raise MeterTimeout(f"no {what} within {self.timeout:g}s")
-            chunk = self.transport.read(wait)
+            chunk = (yield from read_steps(wait)) if read_steps is not None else self.transport.read(wait)
             if chunk:
                 self.buffer += chunk
                 last_activity = self.clock()
