@@ -6,7 +6,8 @@ session timeout. Passwords go on the wire only; logs and errors never contain th
 Each exchange is a stepwise function (utilitarian/steps.py, `..._steps`): over TCP it yields its
 waits (an answer: steps.Readable; the reaction time: steps.pause), so a worker parks a poll between
 answers without holding a thread; on a serial line it blocks in its thread and yields nothing. The
-plain methods run the same steps to their end with steps.drive (`utilitarian read`, LIS-200, tests).
+plain methods (LIS-200, tests) run the same steps to their end in their thread, blocking in each
+read; steps.drive of the `..._steps` blocks in each wait instead (`utilitarian read`).
 """
 
 from __future__ import annotations
@@ -49,12 +50,8 @@ class Iec62056Session:
             raise MeterUnsupported(f"{target}: not an IEC 62056-21 target")
         self.target = target
         self.transport = transport or open_transport(target)
-        if sleep is None and not hasattr(self.transport, "read_steps"):
-            # A serial line keeps its thread: its pauses time the baud switch, which a parked
-            # wait (resumed when a task thread is free) could miss.
-            sleep = time.sleep
-        # sleep None: pauses are waits (steps.pause) that the driver sleeps or parks; a test with
-        # its own clock passes the sleep that advances it.
+        # sleep None: the session's own (a parked steps.pause, or time.sleep); a test with its own
+        # clock passes the sleep that advances it.
         self.clock, self.sleep = clock, sleep
         self.wakeup_duration, self.wakeup_pause = wakeup_duration, wakeup_pause
         # Dialects with their own error answers (LIS-200 "#0017") raise typed errors from here.
@@ -90,6 +87,16 @@ class Iec62056Session:
             self.transport.close()
             self._opened = False
 
+    def _run(self, exchange: steps.Steps):
+        """A stepwise exchange run to its end in this thread, not parking: each read is one
+        blocking recv (transport.read), not a poll() and then a recv, a GIL hand-over more per
+        answer when a hundred threads poll (LIS-200 and `utilitarian read` come this way)."""
+        park, self.channel.park = self.channel.park, False
+        try:
+            return steps.drive(exchange)
+        finally:
+            self.channel.park = park
+
     @property
     def where(self) -> str:
         address = f" address {self.target.address}" if self.target.address else ""
@@ -99,10 +106,14 @@ class Iec62056Session:
         if seconds > 0:
             if self.channel.remaining() < seconds:
                 raise MeterTimeout(f"{self.where}: session timeout reached")
-            if self.sleep is None:
+            if self.sleep is not None:
+                self.sleep(seconds)
+            elif self.channel.park:
                 yield steps.pause(seconds)
             else:
-                self.sleep(seconds)
+                # A serial line keeps its thread: its pauses time the baud switch, which a parked
+                # wait (resumed when a task thread is free) could miss.
+                time.sleep(seconds)
 
     @property
     def reaction_time(self) -> float:
@@ -110,7 +121,7 @@ class Iec62056Session:
 
     # -- sign-on -----------------------------------------------------------------------------
     def wake_up(self) -> None:
-        steps.drive(self.wake_up_steps())
+        self._run(self.wake_up_steps())
 
     def wake_up_steps(self) -> steps.Steps:
         """NUL bytes for `wakeup_duration`, paced so no gap exceeds 0.5 s, then the pause."""
@@ -125,7 +136,7 @@ class Iec62056Session:
         yield from self._pause(self.wakeup_pause)
 
     def sign_on(self, mode: str) -> f.Identification:
-        return steps.drive(self.sign_on_steps(mode))
+        return self._run(self.sign_on_steps(mode))
 
     def sign_on_steps(self, mode: str) -> steps.Steps:
         """Request, identification, option select and (on serial lines) the baud switch."""
@@ -156,7 +167,7 @@ class Iec62056Session:
         return ident
 
     def readout(self) -> Readout:
-        return steps.drive(self.readout_steps())
+        return self._run(self.readout_steps())
 
     def readout_steps(self) -> steps.Steps:
         """Mode C data readout: the meter's whole data message, BCC verified."""
@@ -184,7 +195,7 @@ class Iec62056Session:
                                  f"{self.target.retries} repeats")
 
     def enter_programming(self, password: str | None = None) -> str:
-        return steps.drive(self.enter_programming_steps(password))
+        return self._run(self.enter_programming_steps(password))
 
     def enter_programming_steps(self, password: str | None = None) -> steps.Steps:
         """Sign on in programming mode and answer the P0 challenge with P1 if a password is given.
@@ -223,7 +234,7 @@ class Iec62056Session:
                                  f"{self.target.retries + 1} times")
 
     def read(self, address: str, params: str = "") -> tuple[DataSet, ...]:
-        return steps.drive(self.read_steps(address, params))
+        return self._run(self.read_steps(address, params))
 
     def read_steps(self, address: str, params: str = "") -> steps.Steps:
         """R1: read one address. An answer without address is attributed to `address`."""
@@ -237,7 +248,7 @@ class Iec62056Session:
         return tuple(DataSet(s.address or address, s.values) for s in sets)
 
     def read_partial(self, address: str, params: str = "", command: str = "R3") -> list[bytes]:
-        return steps.drive(self.read_partial_steps(address, params, command))
+        return self._run(self.read_partial_steps(address, params, command))
 
     def read_partial_steps(self, address: str, params: str = "", command: str = "R3") -> steps.Steps:
         """R3 (or R5, the load profile read): answered in partial blocks (EOT), each acknowledged
@@ -257,7 +268,7 @@ class Iec62056Session:
             frame = yield from self._receive_block(f"partial block {len(blocks) + 1} of {command} {address}")
 
     def write(self, address: str, value: str) -> None:
-        steps.drive(self.write_steps(address, value))
+        self._run(self.write_steps(address, value))
 
     def write_steps(self, address: str, value: str) -> steps.Steps:
         """W1: write one value; the meter answers ACK, or an error message. The value is not

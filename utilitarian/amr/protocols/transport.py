@@ -47,12 +47,13 @@ def timeval(seconds: float) -> bytes:
 class TcpTransport:
     """A transparent TCP gateway or IP modem: same bytes, no baud rate changes.
 
-    The socket blocks without a Python timeout (which costs a poll() before every recv and send
-    and an ioctl per settimeout). A read waits for bytes as a steps.Readable (parked in the
-    worker's epoll by a stepwise task, or one poll() in `read`), then takes them with
-    MSG_DONTWAIT; a send is bounded by SO_SNDTIMEO. The connect stays blocking, bounded by its
-    timeout (the wait loop has no writable wait): on a LAN or a live modem link it is one round
-    trip."""
+    The socket blocks, without a Python timeout: that costs an ioctl per settimeout and a poll()
+    before every recv and send, each a GIL hand-over that a hundred polling threads queue for. A
+    blocking `read` is one recv, its timeout kept by the kernel (SO_RCVTIMEO, changed only when a
+    wait differs by more than 10 ms). A stepwise read (`read_steps`) yields a steps.Readable (parked
+    in the worker's epoll) and then takes the bytes with MSG_DONTWAIT. A send is bounded by
+    SO_SNDTIMEO. The connect stays blocking, bounded by its timeout (the wait loop has no writable
+    wait): to a LAN gateway or a live modem link it is one round trip."""
 
     can_switch_baud = False
 
@@ -60,6 +61,7 @@ class TcpTransport:
         self.host, self.port = host, port
         self._sock: socket.socket | None = None
         self._fd = -1
+        self._wait = -1.0   # the socket's SO_RCVTIMEO in seconds
 
     def open(self, timeout: float) -> None:
         try:
@@ -72,7 +74,7 @@ class TcpTransport:
         sock.settimeout(None)
         # A send blocks only when the gateway stops reading; bound it like the connect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
-        self._sock, self._fd = sock, sock.fileno()
+        self._sock, self._fd, self._wait = sock, sock.fileno(), -1.0
 
     def close(self) -> None:
         if self._sock is not None:
@@ -86,7 +88,17 @@ class TcpTransport:
             raise MeterUnreachable(f"{self.host}:{self.port}: send failed ({exc.strerror or exc})") from None
 
     def read(self, timeout: float) -> bytes:
-        return steps.drive(self.read_steps(timeout))
+        timeout = max(timeout, 0.001)  # 0 would mean "forever" to the kernel
+        if abs(timeout - self._wait) > 0.01:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
+            self._wait = timeout
+        try:
+            data = self._sock.recv(4096)
+        except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
+            return b""
+        except OSError as exc:
+            raise self._lost(exc) from None
+        return self._received(data)
 
     def read_steps(self, timeout: float) -> steps.Steps:
         """`read` as a stepwise function: yields one steps.Readable; b"" when nothing arrived in
@@ -98,10 +110,16 @@ class TcpTransport:
         except BlockingIOError:
             return b""
         except OSError as exc:
-            raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise self._lost(exc) from None
+        return self._received(data)
+
+    def _received(self, data: bytes) -> bytes:
         if not data:
             raise MeterUnreachable(f"{self.host}:{self.port}: connection closed by the meter side")
         return data
+
+    def _lost(self, exc: OSError) -> MeterUnreachable:
+        return MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}")
 
     def drain(self) -> None:
         pass
@@ -198,6 +216,8 @@ class Channel:
         self.deadline = deadline
         self.clock = clock
         self.buffer = bytearray()
+        # receive_steps yields the reads' waits (a TCP line) instead of blocking in them.
+        self.park = hasattr(transport, "read_steps")
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -209,14 +229,15 @@ class Channel:
 
     def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
                 *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
-        """`receive_steps`, waiting in this thread."""
-        return steps.drive(self.receive_steps(extract, what, on_timeout=on_timeout))
+        """`receive_steps`, blocking in the transport's reads."""
+        return steps.drive(self.receive_steps(extract, what, on_timeout=on_timeout, park=False))
 
     def receive_steps(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
-                      *, on_timeout: Callable[[], Exception | None] | None = None) -> steps.Steps:
-        """`receive` as a stepwise function: a transport with `read_steps` (TCP) yields its
-        waits; any other (a serial port, a test's line) blocks in this thread, yielding nothing."""
-        read_steps = getattr(self.transport, "read_steps", None)
+                      *, on_timeout: Callable[[], Exception | None] | None = None,
+                      park: bool | None = None) -> steps.Steps:
+        """`receive` as a stepwise function: while `park` (default: self.park) it yields the
+        transport's waits (read_steps); else it blocks in the transport's reads, yielding nothing."""
+        read_steps = self.transport.read_steps if (self.park if park is None else park) else None
         last_activity = self.clock()
         while True:
             result = extract(self.buffer)
