@@ -11,6 +11,12 @@ threads around it (the round adds the broker runtime on top).
 
     .venv/bin/python bench/amr_poll_cpu.py [--jobs 2000] [--threads 1] [--latency 0] [--profile FILE]
     .venv/bin/python bench/amr_poll_cpu.py --threads 100 --steps 4 --latency 0.05
+
+`--protocol iec` polls simulated IEC 62056-21 meters over TCP instead (mode C readout: two answers
+and three reaction-time pauses per poll); give each its own port (`--gateways` = `--jobs`), else
+the meters behind one gateway share a bus that carries one session at a time (interface lock):
+
+    .venv/bin/python bench/amr_poll_cpu.py --protocol iec --jobs 2000 --gateways 2000 --threads 100 [--steps 4]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--gateways", type=int, default=10)
+    parser.add_argument("--protocol", choices=("modbus", "iec"), default="modbus")
     parser.add_argument("--steps", type=int, default=0, metavar="N",
                         help="run the task stepwise: --threads polls in flight on at most N task threads")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the polling thread (with --threads 1)")
@@ -53,11 +60,11 @@ def main() -> None:
     from utilitarian.tasks import TaskContext
 
     work = tmpdir()
-    args.meters, args.protocol = args.jobs, "modbus"
+    args.meters = args.jobs
     sim, meters_file = start_simulator(args, work)
     try:
         db_url = f"sqlite:///{work / 'amr.sqlite3'}"
-        install(db_url, meters_file)
+        install(db_url, meters_file, args.protocol)
         with open_store(db_url) as store:
             jobs = store.jobs_for_schedule("daily")
         config = parse_config({"broker": {"url": "amqp://guest:guest@127.0.0.1:5672/unused"},
@@ -137,7 +144,7 @@ def main() -> None:
         if args.threads > 1 and not args.steps:  # the polling threads have ended: theirs, and the rest's (flusher)
             cs1 = tuple(c + sum(t[k] for t in thread_switches) for k, c in enumerate(cs1))
         user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-        print(f"# {n} polls, {args.threads} {f'in flight on <= {args.steps} thread(s) (stepwise)' if args.steps else 'thread(s)'}, {args.latency * 1000:.0f} ms latency; load "
+        print(f"# {n} {args.protocol} polls, {args.threads} {f'in flight on <= {args.steps} thread(s) (stepwise)' if args.steps else 'thread(s)'}, {args.latency * 1000:.0f} ms latency; load "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"process CPU/poll {(user + system) / n * 1e3:.3f} ms (user {user / n * 1e3:.3f}, sys "
               f"{system / n * 1e3:.3f}); polling threads {sum(thread_cpu) / n * 1e3:.3f} ms; wall {wall:.2f}s; "

@@ -41,6 +41,27 @@ class Until:
         self.deadline = deadline
 
 
+class _Never:
+    """An event that never completes: a wait on it ends at its deadline."""
+
+    def wait(self, timeout: float) -> bool:
+        if timeout > 0:
+            time.sleep(timeout)
+        return False
+
+    def subscribe(self, callback) -> bool:
+        return True  # parked until the deadline; nobody ever calls `callback`
+
+
+NEVER = _Never()
+
+
+def pause(seconds: float) -> Until:
+    """A wait that only its deadline ends (a protocol's reaction time): `yield steps.pause(0.02)`;
+    parked like any other wait in the worker, slept in `drive`."""
+    return Until(NEVER, time.monotonic() + seconds)
+
+
 def block(wait) -> bool:
     """Wait in this thread; the resumption value."""
     left = wait.deadline - time.monotonic()

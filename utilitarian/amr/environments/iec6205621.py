@@ -2,6 +2,9 @@
 
 Series are the OBIS ids exactly as the meter reports them; timestamps are the poll time, because a
 readout's values are current values. A non-zero error register F.F becomes a system event.
+
+The calls are stepwise functions (utilitarian/steps.py): over TCP a worker parks their waits
+(run_prepared_steps); on a serial line they run in their thread without yielding.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from utilitarian.amr.protocols.iec_load_profile import (event_log_to_events, for
                                                          parse_load_profile, profile_to_result)
 from utilitarian.amr.readings import PollResult, Reading, SystemEvent
 from utilitarian.amr.target import MeterTarget
+from utilitarian.steps import Steps
 
 NAME = "generic_iec6205621"
 # 62056-21 and its LIS-200 dialect share the framing
@@ -62,21 +66,21 @@ def datasets_to_result(datasets, stamp: datetime, only: set[str] | None = None, 
     return PollResult(tuple(readings), tuple(events))
 
 
-def readout(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+def readout(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> Steps:
     with Iec62056Session(target) as session:
-        result = session.readout()
+        result = yield from session.readout_steps()
     only = set(kwargs["addresses"]) if kwargs["addresses"] else None
     return datasets_to_result(result.datasets, now.replace(microsecond=0), only)
 
 
-def read_values(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> PollResult:
+def read_values(target: MeterTarget, kwargs: dict, *, now: datetime, **_ignored) -> Steps:
     datasets: list[DataSet] = []
     events: list[SystemEvent] = []
     with Iec62056Session(target) as session:
-        session.enter_programming(target.password)
+        yield from session.enter_programming_steps(target.password)
         for address in kwargs["addresses"]:
             try:
-                datasets.extend(session.read(address, kwargs["params"]))
+                datasets.extend((yield from session.read_steps(address, kwargs["params"])))
             except MeterUnsupported as exc:
                 # One unknown address must not cost the others; the operator sees which.
                 events.append(SystemEvent.truncated("Address not readable", exc.message))
@@ -103,13 +107,13 @@ def _like(sample: str, digits: str) -> str:
     return separator.join(digits[i:i + 2] for i in range(0, 6, 2)) if separator else digits
 
 
-def set_time(target: MeterTarget, kwargs: dict, *, clock: datetime, **_ignored) -> PollResult:
+def set_time(target: MeterTarget, kwargs: dict, *, clock: datetime, **_ignored) -> Steps:
     tz = ZoneInfo(target.timezone)
     started = time.monotonic()
     with Iec62056Session(target) as session:
-        session.enter_programming(target.password)
-        time_text = session.read(kwargs["time_address"])[0].value.raw
-        date_text = session.read(kwargs["date_address"])[0].value.raw
+        yield from session.enter_programming_steps(target.password)
+        time_text = (yield from session.read_steps(kwargs["time_address"]))[0].value.raw
+        date_text = (yield from session.read_steps(kwargs["date_address"]))[0].value.raw
         # Compare against the true time at the moment of the read, not at the start of the task.
         true_now = clock + timedelta(seconds=time.monotonic() - started)
         meter_now = _parse_clock(time_text, date_text, tz)
@@ -117,8 +121,8 @@ def set_time(target: MeterTarget, kwargs: dict, *, clock: datetime, **_ignored) 
         if abs(drift) <= kwargs["allowed_drift_seconds"]:
             return PollResult()
         corrected = (clock + timedelta(seconds=time.monotonic() - started)).astimezone(tz)
-        session.write(kwargs["time_address"], _like(time_text, corrected.strftime("%H%M%S")))
-        session.write(kwargs["date_address"], _like(date_text, corrected.strftime("%y%m%d")))
+        yield from session.write_steps(kwargs["time_address"], _like(time_text, corrected.strftime("%H%M%S")))
+        yield from session.write_steps(kwargs["date_address"], _like(date_text, corrected.strftime("%y%m%d")))
     direction = "ahead" if drift > 0 else "behind"
     content = (f"meter clock was {abs(drift):.1f} s {direction}; set to "
                f"{corrected.strftime('%Y-%m-%d %H:%M:%S')} ({target.timezone}) "
@@ -132,18 +136,18 @@ def _profile_range_text(moment: datetime, tz: ZoneInfo) -> str:
 
 
 def _read_profile(session: Iec62056Session, kwargs: dict, tz: ZoneInfo, low: datetime,
-                  high: datetime | None) -> PollResult:
+                  high: datetime | None) -> Steps:
     address = f"P.{kwargs['profile']:02d}"
     params = f"{_profile_range_text(low, tz)};{_profile_range_text(high, tz) if high else ''}"
-    lines = [line for block in session.read_partial(address, params, command="R5")
-             for line in parse_data_lines(block)]
+    blocks = yield from session.read_partial_steps(address, params, command="R5")
+    lines = [line for block in blocks for line in parse_data_lines(block)]
     if lines and lines[0] and lines[0][0].values and lines[0][0].values[0].raw.upper().startswith("ERR"):
         raise MeterUnsupported(f"{session.where}: meter has no load profile {address}")
     result = profile_to_result(parse_load_profile(lines, address), tz, low=low, high=high)
     if kwargs["event_log"]:
         try:
-            log_lines = [line for block in session.read_partial("P.98", params, command="R5")
-                         for line in parse_data_lines(block)]
+            log_blocks = yield from session.read_partial_steps("P.98", params, command="R5")
+            log_lines = [line for block in log_blocks for line in parse_data_lines(block)]
         except MeterUnsupported:
             log_lines = []
         if log_lines and not (log_lines[0] and log_lines[0][0].value.raw.upper().startswith("ERR")):
@@ -151,27 +155,28 @@ def _read_profile(session: Iec62056Session, kwargs: dict, tz: ZoneInfo, low: dat
     return result
 
 
-def read_load_profile(target: MeterTarget, kwargs: dict, **_ignored) -> PollResult:
+def read_load_profile(target: MeterTarget, kwargs: dict, **_ignored) -> Steps:
     tz = ZoneInfo(target.timezone)
     low = kwargs["start_date"] if kwargs["start_date"].tzinfo else kwargs["start_date"].replace(tzinfo=tz)
     high = kwargs["end_date"]
     if high is not None and high.tzinfo is None:
         high = high.replace(tzinfo=tz)
     with Iec62056Session(target) as session:
-        session.enter_programming(target.password)
-        return _read_profile(session, kwargs, tz, low.astimezone(timezone.utc),
-                             high.astimezone(timezone.utc) if high else None)
+        yield from session.enter_programming_steps(target.password)
+        return (yield from _read_profile(session, kwargs, tz, low.astimezone(timezone.utc),
+                                         high.astimezone(timezone.utc) if high else None))
 
 
-def read_load_profile_by_offset_seconds(target: MeterTarget, kwargs: dict, **_ignored) -> PollResult:
+def read_load_profile_by_offset_seconds(target: MeterTarget, kwargs: dict, **_ignored) -> Steps:
     tz = ZoneInfo(target.timezone)
     with Iec62056Session(target) as session:
-        session.enter_programming(target.password)
+        yield from session.enter_programming_steps(target.password)
         # Counted back from the meter's own clock, like the platform's archive reads.
-        meter_now = _parse_clock(session.read(kwargs["time_address"])[0].value.raw,
-                                 session.read(kwargs["date_address"])[0].value.raw, tz)
+        time_text = (yield from session.read_steps(kwargs["time_address"]))[0].value.raw
+        date_text = (yield from session.read_steps(kwargs["date_address"]))[0].value.raw
+        meter_now = _parse_clock(time_text, date_text, tz)
         low = (meter_now - timedelta(seconds=kwargs["offset_seconds"])).astimezone(timezone.utc)
-        return _read_profile(session, kwargs, tz, low, None)
+        return (yield from _read_profile(session, kwargs, tz, low, None))
 
 
 _PROFILE_PARAMS = (

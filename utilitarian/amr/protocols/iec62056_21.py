@@ -2,6 +2,12 @@
 
 One `Iec62056Session` is one conversation with one meter, bounded by the target's read timeout and
 session timeout. Passwords go on the wire only; logs and errors never contain them.
+
+Each exchange is a stepwise function (utilitarian/steps.py, `..._steps`): over TCP it yields its
+waits (an answer: steps.Readable; the reaction time: steps.pause), so a worker parks a poll between
+answers without holding a thread; on a serial line it blocks in its thread and yields nothing. The
+plain methods (LIS-200, tests) run the same steps to their end in their thread, blocking in each
+read; steps.drive of the `..._steps` blocks in each wait instead (`utilitarian read`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from utilitarian import steps
 from utilitarian.amr.errors import (MeterAuthenticationError, MeterChecksumError, MeterError,
                                     MeterProtocolError, MeterTimeout, MeterUnsupported)
 from utilitarian.amr.protocols import iec_frames as f
@@ -36,13 +43,15 @@ class Iec62056Session:
 
     def __init__(self, target: MeterTarget, *, transport: Transport | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep,
+                 sleep: Callable[[float], None] | None = None,
                  wakeup_duration: float = WAKEUP_DURATION, wakeup_pause: float = WAKEUP_PAUSE,
                  answer_check: Callable[[str, str], None] | None = None):
         if target.protocol not in ("iec62056-21", "lis200"):
             raise MeterUnsupported(f"{target}: not an IEC 62056-21 target")
         self.target = target
         self.transport = transport or open_transport(target)
+        # sleep None: the session's own (a parked steps.pause, or time.sleep); a test with its own
+        # clock passes the sleep that advances it.
         self.clock, self.sleep = clock, sleep
         self.wakeup_duration, self.wakeup_pause = wakeup_duration, wakeup_pause
         # Dialects with their own error answers (LIS-200 "#0017") raise typed errors from here.
@@ -78,16 +87,33 @@ class Iec62056Session:
             self.transport.close()
             self._opened = False
 
+    def _run(self, exchange: steps.Steps):
+        """A stepwise exchange run to its end in this thread, not parking: each read is one
+        blocking recv (transport.read), not a poll() and then a recv, a GIL hand-over more per
+        answer when a hundred threads poll (LIS-200 and `utilitarian read` come this way)."""
+        park, self.channel.park = self.channel.park, False
+        try:
+            return steps.drive(exchange)
+        finally:
+            self.channel.park = park
+
     @property
     def where(self) -> str:
         address = f" address {self.target.address}" if self.target.address else ""
         return f"{self.target.interface}{address}"
 
-    def _pause(self, seconds: float) -> None:
+    def _pause(self, seconds: float) -> steps.Steps:
         if seconds > 0:
             if self.channel.remaining() < seconds:
                 raise MeterTimeout(f"{self.where}: session timeout reached")
-            self.sleep(seconds)
+            if self.sleep is not None:
+                self.sleep(seconds)
+            elif self.channel.park:
+                yield steps.pause(seconds)
+            else:
+                # A serial line keeps its thread: its pauses time the baud switch, which a parked
+                # wait (resumed when a task thread is free) could miss.
+                time.sleep(seconds)
 
     @property
     def reaction_time(self) -> float:
@@ -95,6 +121,9 @@ class Iec62056Session:
 
     # -- sign-on -----------------------------------------------------------------------------
     def wake_up(self) -> None:
+        self._run(self.wake_up_steps())
+
+    def wake_up_steps(self) -> steps.Steps:
         """NUL bytes for `wakeup_duration`, paced so no gap exceeds 0.5 s, then the pause."""
         baud = self.target.serial.baudrate if self.target.serial else 300
         chunk = max(1, int(0.2 * baud / 10))  # 0.2 s worth of characters at the line speed
@@ -102,18 +131,21 @@ class Iec62056Session:
         log.debug("waking %s: NUL bytes for %.1fs", self.where, self.wakeup_duration)
         while self.clock() - started < self.wakeup_duration:
             self.channel.send(b"\x00" * chunk)
-            self._pause(0.2)
+            yield from self._pause(0.2)
         self.transport.drain()
-        self._pause(self.wakeup_pause)
+        yield from self._pause(self.wakeup_pause)
 
     def sign_on(self, mode: str) -> f.Identification:
+        return self._run(self.sign_on_steps(mode))
+
+    def sign_on_steps(self, mode: str) -> steps.Steps:
         """Request, identification, option select and (on serial lines) the baud switch."""
         if self.target.wakeup:
-            self.wake_up()
+            yield from self.wake_up_steps()
         self.channel.send(f.build_request(self.target.address))
         extractor = f.IdentificationExtractor()
-        ident = self.channel.receive(extractor, "identification",
-                                     on_timeout=lambda: extractor.rejected)
+        ident = yield from self.channel.receive_steps(extractor, "identification",
+                                                      on_timeout=lambda: extractor.rejected)
         self.identification = ident
         log.debug("%s identified as %s", self.where, ident)
         line_baud = self.target.serial.baudrate if self.target.serial else 300
@@ -124,20 +156,23 @@ class Iec62056Session:
         else:
             # A transparent gateway keeps its line speed: ask the meter not to switch.
             baud = line_baud if line_baud in f.CHAR_FOR_BAUD else 300
-        self._pause(ident.reaction_time)
+        yield from self._pause(ident.reaction_time)
         self.channel.send(f.build_option_select(f.CHAR_FOR_BAUD[baud], mode))
         if self.transport.can_switch_baud and baud != line_baud:
             # The ACK must leave at the old speed. USB adapters report it sent while it is still
             # in their FIFO; switch_delay covers that.
             self.transport.drain()
-            self._pause(self.target.switch_delay)
+            yield from self._pause(self.target.switch_delay)
             self.transport.set_baudrate(baud)
         return ident
 
     def readout(self) -> Readout:
+        return self._run(self.readout_steps())
+
+    def readout_steps(self) -> steps.Steps:
         """Mode C data readout: the meter's whole data message, BCC verified."""
-        ident = self.sign_on(f.MODE_READOUT)
-        frame = self.channel.receive(f.extract_frame, "data message")
+        ident = yield from self.sign_on_steps(f.MODE_READOUT)
+        frame = yield from self.channel.receive_steps(f.extract_frame, "data message")
         if frame.kind != "block" or frame.command:
             raise MeterProtocolError(f"{self.where}: expected a data message, got {frame.kind}")
         if not frame.bcc_ok:
@@ -147,35 +182,38 @@ class Iec62056Session:
         return Readout(ident, parse_readout(frame.payload))
 
     # -- programming mode --------------------------------------------------------------------
-    def _receive_block(self, what: str) -> f.Frame:
+    def _receive_block(self, what: str) -> steps.Steps:
         """A block or ACK/NAK; a block with a bad BCC is NAKed for a repeat, at most `retries` times."""
         for _attempt in range(self.target.retries + 1):
-            frame = self.channel.receive(f.extract_frame, what)
+            frame = yield from self.channel.receive_steps(f.extract_frame, what)
             if frame.kind != "block" or frame.bcc_ok:
                 return frame
             log.debug("%s: %s with bad BCC, asking for a repeat", self.where, what)
-            self._pause(self.reaction_time)
+            yield from self._pause(self.reaction_time)
             self.channel.send(bytes([f.NAK]))
         raise MeterChecksumError(f"{self.where}: {what} BCC still wrong after "
                                  f"{self.target.retries} repeats")
 
     def enter_programming(self, password: str | None = None) -> str:
+        return self._run(self.enter_programming_steps(password))
+
+    def enter_programming_steps(self, password: str | None = None) -> steps.Steps:
         """Sign on in programming mode and answer the P0 challenge with P1 if a password is given.
         Returns the P0 operand (often the serial number)."""
-        self.sign_on(f.MODE_PROGRAMMING)
+        yield from self.sign_on_steps(f.MODE_PROGRAMMING)
         self.programming = True
-        frame = self._receive_block("password request")
+        frame = yield from self._receive_block("password request")
         if frame.kind != "block" or frame.command != "P0":
             raise MeterProtocolError(f"{self.where}: expected P0 after option select, got "
                                      f"{frame.command or frame.kind}")
         operand = frame.payload.decode("ascii", errors="replace").strip("()")
         if password is None:
             return operand
-        self._pause(self.reaction_time)
+        yield from self._pause(self.reaction_time)
         log.debug("%s: sending password (P1)", self.where)
         payload = b"(" + password.encode("ascii", errors="replace") + b")"
         self.channel.send(f.build_command("P1", payload))
-        answer = self._receive_block("password answer")
+        answer = yield from self._receive_block("password answer")
         if answer.kind == "ack":
             return operand
         if answer.kind == "nak" or answer.command == "B0" or answer.payload.startswith(b"(ERR"):
@@ -183,12 +221,12 @@ class Iec62056Session:
             raise MeterAuthenticationError(f"{self.where}: password refused")
         raise MeterProtocolError(f"{self.where}: unexpected answer to the password")
 
-    def _command(self, command: str, payload: bytes, what: str) -> f.Frame:
+    def _command(self, command: str, payload: bytes, what: str) -> steps.Steps:
         """Send a command; resend it (bounded) while the meter answers NAK."""
         for _attempt in range(self.target.retries + 1):
-            self._pause(self.reaction_time)
+            yield from self._pause(self.reaction_time)
             self.channel.send(f.build_command(command, payload))
-            frame = self._receive_block(what)
+            frame = yield from self._receive_block(what)
             if frame.kind != "nak":
                 return frame
             log.debug("%s: NAK for %s, sending again", self.where, command)
@@ -196,8 +234,11 @@ class Iec62056Session:
                                  f"{self.target.retries + 1} times")
 
     def read(self, address: str, params: str = "") -> tuple[DataSet, ...]:
+        return self._run(self.read_steps(address, params))
+
+    def read_steps(self, address: str, params: str = "") -> steps.Steps:
         """R1: read one address. An answer without address is attributed to `address`."""
-        frame = self._command("R1", f"{address}({params})".encode("ascii"), f"answer to R1 {address}")
+        frame = yield from self._command("R1", f"{address}({params})".encode("ascii"), f"answer to R1 {address}")
         if frame.kind != "block" or frame.command:
             raise MeterProtocolError(f"{self.where}: R1 {address} answered with {frame.kind}")
         sets = parse_data_block(frame.payload)
@@ -207,9 +248,12 @@ class Iec62056Session:
         return tuple(DataSet(s.address or address, s.values) for s in sets)
 
     def read_partial(self, address: str, params: str = "", command: str = "R3") -> list[bytes]:
+        return self._run(self.read_partial_steps(address, params, command))
+
+    def read_partial_steps(self, address: str, params: str = "", command: str = "R3") -> steps.Steps:
         """R3 (or R5, the load profile read): answered in partial blocks (EOT), each acknowledged
         with ACK until ETX."""
-        frame = self._command(command, f"{address}({params})".encode("ascii"), f"answer to {command} {address}")
+        frame = yield from self._command(command, f"{address}({params})".encode("ascii"), f"answer to {command} {address}")
         blocks: list[bytes] = []
         while True:
             if frame.kind != "block" or frame.command:
@@ -219,14 +263,17 @@ class Iec62056Session:
                 return blocks
             if len(blocks) > 100_000:
                 raise MeterProtocolError(f"{self.where}: {command} {address} never ended")
-            self._pause(self.reaction_time)
+            yield from self._pause(self.reaction_time)
             self.channel.send(bytes([f.ACK]))
-            frame = self._receive_block(f"partial block {len(blocks) + 1} of {command} {address}")
+            frame = yield from self._receive_block(f"partial block {len(blocks) + 1} of {command} {address}")
 
     def write(self, address: str, value: str) -> None:
+        self._run(self.write_steps(address, value))
+
+    def write_steps(self, address: str, value: str) -> steps.Steps:
         """W1: write one value; the meter answers ACK, or an error message. The value is not
         logged (lock keys travel this way)."""
-        frame = self._command("W1", f"{address}({value})".encode("ascii"), f"answer to W1 {address}")
+        frame = yield from self._command("W1", f"{address}({value})".encode("ascii"), f"answer to W1 {address}")
         if frame.kind == "ack":
             return
         if frame.kind == "block" and not frame.command:

@@ -14,15 +14,19 @@ import termios
 import time
 from typing import Callable, Protocol, TypeVar
 
+from utilitarian import steps
 from utilitarian.amr.errors import MeterTimeout, MeterUnreachable
 from utilitarian.amr.target import MeterTarget, SerialSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # recv flags: the bytes are there (steps.Readable said so)
 
 
 class Transport(Protocol):
-    """What the protocol layer needs from a line."""
+    """What the protocol layer needs from a line. A line whose waits a worker can park (TCP) also
+    offers `read_steps(timeout)`, `read` as a stepwise function (utilitarian/steps.py); Channel
+    uses it when it is there."""
 
     can_switch_baud: bool
 
@@ -43,15 +47,20 @@ def timeval(seconds: float) -> bytes:
 class TcpTransport:
     """A transparent TCP gateway or IP modem: same bytes, no baud rate changes.
 
-    The socket blocks, with the read timeout kept by the kernel (SO_RCVTIMEO), changed only when a
-    wait differs by more than 10 ms: a Python socket timeout costs an ioctl per settimeout and a
-    poll() before every recv and send, each a GIL hand-over that a hundred polling threads queue for."""
+    The socket blocks, without a Python timeout: that costs an ioctl per settimeout and a poll()
+    before every recv and send, each a GIL hand-over that a hundred polling threads queue for. A
+    blocking `read` is one recv, its timeout kept by the kernel (SO_RCVTIMEO, changed only when a
+    wait differs by more than 10 ms). A stepwise read (`read_steps`) yields a steps.Readable (parked
+    in the worker's epoll) and then takes the bytes with MSG_DONTWAIT. A send is bounded by
+    SO_SNDTIMEO. The connect stays blocking, bounded by its timeout (the wait loop has no writable
+    wait): to a LAN gateway or a live modem link it is one round trip."""
 
     can_switch_baud = False
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self._sock: socket.socket | None = None
+        self._fd = -1
         self._wait = -1.0   # the socket's SO_RCVTIMEO in seconds
 
     def open(self, timeout: float) -> None:
@@ -65,12 +74,12 @@ class TcpTransport:
         sock.settimeout(None)
         # A send blocks only when the gateway stops reading; bound it like the connect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
-        self._sock, self._wait = sock, -1.0
+        self._sock, self._fd, self._wait = sock, sock.fileno(), -1.0
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock, self._fd = None, -1
 
     def write(self, data: bytes) -> None:
         try:
@@ -88,10 +97,29 @@ class TcpTransport:
         except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN)
             return b""
         except OSError as exc:
-            raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise self._lost(exc) from None
+        return self._received(data)
+
+    def read_steps(self, timeout: float) -> steps.Steps:
+        """`read` as a stepwise function: yields one steps.Readable; b"" when nothing arrived in
+        time (or the wake-up found no bytes: the caller's loop waits again for what is left)."""
+        if not (yield steps.Readable(self._fd, time.monotonic() + max(timeout, 0.0))):
+            return b""
+        try:
+            data = self._sock.recv(4096, _NOWAIT)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise self._lost(exc) from None
+        return self._received(data)
+
+    def _received(self, data: bytes) -> bytes:
         if not data:
             raise MeterUnreachable(f"{self.host}:{self.port}: connection closed by the meter side")
         return data
+
+    def _lost(self, exc: OSError) -> MeterUnreachable:
+        return MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}")
 
     def drain(self) -> None:
         pass
@@ -188,6 +216,8 @@ class Channel:
         self.deadline = deadline
         self.clock = clock
         self.buffer = bytearray()
+        # receive_steps yields the reads' waits (a TCP line) instead of blocking in them.
+        self.park = hasattr(transport, "read_steps")
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -199,6 +229,15 @@ class Channel:
 
     def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
                 *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
+        """`receive_steps`, blocking in the transport's reads."""
+        return steps.drive(self.receive_steps(extract, what, on_timeout=on_timeout, park=False))
+
+    def receive_steps(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
+                      *, on_timeout: Callable[[], Exception | None] | None = None,
+                      park: bool | None = None) -> steps.Steps:
+        """`receive` as a stepwise function: while `park` (default: self.park) it yields the
+        transport's waits (read_steps); else it blocks in the transport's reads, yielding nothing."""
+        read_steps = self.transport.read_steps if (self.park if park is None else park) else None
         last_activity = self.clock()
         while True:
             result = extract(self.buffer)
@@ -215,7 +254,7 @@ class Channel:
                 if now >= self.deadline:
                     raise MeterTimeout(f"session timeout while waiting for {what}")
                 raise MeterTimeout(f"no {what} within {self.timeout:g}s")
-            chunk = self.transport.read(wait)
+            chunk = (yield from read_steps(wait)) if read_steps is not None else self.transport.read(wait)
             if chunk:
                 self.buffer += chunk
                 last_activity = self.clock()
