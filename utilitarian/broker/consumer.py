@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from utilitarian.broker import pika_floats, table_decode
+from utilitarian.broker import pika_floats, send_now, table_decode
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
 from utilitarian.broker.deliver_frames import DeliverFrames
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
@@ -212,6 +212,7 @@ class Consumer:
             self._cancel_soon = False
             DeliverFrames(self.connection._impl, channel.channel_number, self._accepts,
                           self._on_fast_delivery).install()
+            send_now.install(self.connection._impl)
         except Exception as exc:
             self._close_quietly()
             raise translate(exc, self.settings) from None
