@@ -137,9 +137,9 @@ class Consumer:
         self._outstanding -= plan.settled
         # Requeues and rejects first: a `multiple` ack sent before them would cover their tags.
         # Through pika's channel beneath the BlockingChannel: that one runs the ioloop until the
-        # socket is flushed after every frame (a nested poll per ack); these frames are only
-        # buffered, and the ioloop sends them on its next turn (we run inside it, or just before
-        # process_data_events), in order with everything else on the socket.
+        # socket is flushed after every frame (a nested poll per ack); these frames go straight
+        # to the socket when nothing waits before them (send_now.py), else into pika's buffer,
+        # which the ioloop sends on its next turn, in order with everything else on the socket.
         impl = getattr(channel, "_impl", channel)
         for tag in plan.requeue:
             impl.basic_nack(tag, requeue=True)
