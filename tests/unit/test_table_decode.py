@@ -82,6 +82,10 @@ def same(a, b) -> bool:
 @settings(max_examples=400, deadline=None)
 @given(tables, st.binary(max_size=3))
 def test_tables_decode_as_pika_decodes_them(raw, before):
+    assert_decodes_as_pika(raw, before)
+
+
+def assert_decodes_as_pika(raw: bytes, before: bytes) -> None:
     encoded = before + raw + b"tail"
     with pikas_own() as reference:
         expected = reference(encoded, len(before))
@@ -124,12 +128,7 @@ ascii_tables = st.lists(st.tuples(ascii_texts, ascii_values), max_size=20).map(t
 @settings(max_examples=400, deadline=None)
 @given(ascii_tables, st.binary(max_size=3))
 def test_ascii_tables_decode_as_pika_decodes_them(raw, before):
-    encoded = before + raw + b"tail"
-    with pikas_own() as reference:
-        expected = reference(encoded, len(before))
-    got = table_decode.decode_table(encoded, len(before))
-    assert got[1] == expected[1] == len(before) + len(raw)
-    assert same(got[0], expected[0])
+    assert_decodes_as_pika(raw, before)
 
 
 def outcome(decode, encoded: bytes):
