@@ -52,9 +52,7 @@ _PROPERTIES_LAST = (
     ("timestamp", _P.FLAG_TIMESTAMP, _timestamp), ("type", _P.FLAG_TYPE, _short),
     ("user_id", _P.FLAG_USER_ID, _short), ("app_id", _P.FLAG_APP_ID, _short),
     ("cluster_id", _P.FLAG_CLUSTER_ID, _short))
-_LAST_MASK = 0
-for _name, _flag, _read in _PROPERTIES_LAST:
-    _LAST_MASK |= _flag
+_LAST_MASK = sum(flag for _, flag, _ in _PROPERTIES_LAST)  # one bit each
 # Which of the last properties a delivery carries repeats from message to message (Celery sets
 # correlation_id and reply_to): per combination, the readers of those present and every
 # property absent as None, so a delivery reads its two instead of testing all nine.
