@@ -82,6 +82,10 @@ def same(a, b) -> bool:
 @settings(max_examples=400, deadline=None)
 @given(tables, st.binary(max_size=3))
 def test_tables_decode_as_pika_decodes_them(raw, before):
+    assert_decodes_as_pika(raw, before)
+
+
+def assert_decodes_as_pika(raw: bytes, before: bytes) -> None:
     encoded = before + raw + b"tail"
     with pikas_own() as reference:
         expected = reference(encoded, len(before))
@@ -103,3 +107,61 @@ def test_an_unknown_field_type_is_refused_like_pika_refuses_it():
     raw = table_of([(b"k", b"Z")])
     with pytest.raises(pika.exceptions.InvalidFieldTypeException):
         table_decode.decode_table(raw, 0)
+
+
+# ASCII-only tables (Celery's headers) take a path of their own: keys and strings sliced from one
+# decoded str. Small lengths and integers keep the whole table ASCII, so that path is the one tested.
+ascii_texts = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=12).map(str.encode)
+ascii_scalar = st.one_of(
+    ascii_texts.map(lambda b: b"S" + long_str(b)),
+    st.just(b"V"),
+    st.booleans().map(lambda v: b"t" + struct.pack("B", v)),
+    st.integers(0, 127).map(lambda v: b"I" + struct.pack(">i", v)),
+    st.integers(0, 127).map(lambda v: b"l" + struct.pack(">q", v)),
+)
+ascii_values = st.recursive(ascii_scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=3).map(lambda items: b"A" + long_str(b"".join(items))),
+    st.lists(st.tuples(ascii_texts, inner), max_size=3).map(lambda fields: b"F" + table_of(fields))), max_leaves=8)
+ascii_tables = st.lists(st.tuples(ascii_texts, ascii_values), max_size=20).map(table_of)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ascii_tables, st.binary(max_size=3))
+def test_ascii_tables_decode_as_pika_decodes_them(raw, before):
+    assert_decodes_as_pika(raw, before)
+
+
+def outcome(decode, encoded: bytes):
+    try:
+        table, end = decode(encoded, 0)
+    except Exception as exc:  # noqa: BLE001 - the kind of failure is what is compared
+        return type(exc)
+    return table, end
+
+
+@settings(max_examples=600, deadline=None)
+@given(ascii_tables, st.integers(-6, 6), st.integers(0, 8), st.binary(max_size=6))
+def test_a_malformed_ascii_table_fails_or_decodes_as_the_general_loop_does(raw, size_delta, cut, tail):
+    # Given a table whose size field lies (too short or too long) or whose bytes stop early
+    size = max(0, len(raw) - 4 + size_delta)
+    encoded = (struct.pack(">I", size) + raw[4:])[:max(4, len(raw) - cut)] + tail
+    # Then the fast path gives what the general loop gives: the same table, or the same error
+    general = outcome(lambda b, o: table_decode._decode_general(b, o, struct.unpack_from(">I", b, o)[0]), encoded)
+    got = outcome(table_decode.decode_table, encoded)
+    if isinstance(general, tuple) and isinstance(got, tuple):
+        assert same(got[0], general[0]) and got[1] == general[1]
+    else:
+        assert got == general
+
+
+def test_celery_headers_take_the_ascii_path(monkeypatch):
+    from utilitarian.broker.wire import encode_table
+
+    headers = {"lang": "py", "task": "bench.noop", "id": "d90d9201-385c-4f14-a84a-b814208ac281", "shadow": None,
+               "eta": None, "retries": 0, "timelimit": [None, None], "argsrepr": "()", "ignore_result": False,
+               "stamps": {}}
+    encoded = encode_table(headers)
+    with pikas_own() as reference:
+        expected = reference(encoded, 0)
+    monkeypatch.setattr(table_decode, "_decode_general", None)  # a call to it would fail
+    assert table_decode.decode_table(encoded, 0) == expected

@@ -6,6 +6,7 @@ oldest delivery still being worked on (acking that one too would lose it if its 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -27,19 +28,20 @@ def plan_flush(batch: Iterable[tuple[int, int, str]], generation: int, channel_o
     channel not settled before this batch."""
     plan = FlushPlan()
     ack_tags = []
+    settled = plan.settled
     for gen, tag, how in batch:
         if gen != generation or not channel_open:
             plan.dropped += 1
             continue
-        plan.settled.add(tag)
+        settled.add(tag)
         if how == ACK:
             ack_tags.append(tag)
         elif how == REQUEUE:
             plan.requeue.append(tag)
         else:
             plan.reject.append(tag)
-    remaining = [tag for tag in outstanding if tag not in plan.settled]
-    plan.acks = ack_frames(ack_tags, remaining)
+    if ack_tags:
+        plan.acks = ack_frames(ack_tags, set(outstanding) - settled)
     return plan
 
 
@@ -50,11 +52,11 @@ def ack_frames(acks: Iterable[int], outstanding: Iterable[int]) -> list[tuple[in
     acks = sorted(set(acks))
     if not acks:
         return []
-    pending = [tag for tag in outstanding if tag not in acks]
-    oldest = min(pending) if pending else None
-    below = [tag for tag in acks if oldest is None or tag < oldest]
-    frames: list[tuple[int, bool]] = []
-    if below:
-        frames.append((below[-1], True))
-    frames.extend((tag, False) for tag in acks if oldest is not None and tag > oldest)
+    pending = set(outstanding)
+    pending.difference_update(acks)
+    if not pending:
+        return [(acks[-1], True)]
+    below = bisect.bisect_left(acks, min(pending))  # acks[:below] are older than every unsettled tag
+    frames: list[tuple[int, bool]] = [(acks[below - 1], True)] if below else []
+    frames.extend((tag, False) for tag in acks[below:])
     return frames

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from utilitarian.broker import pika_floats, table_decode
+from utilitarian.broker import pika_floats, send_now, table_decode
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, plan_flush
 from utilitarian.broker.deliver_frames import DeliverFrames
 from utilitarian.broker.connection import BrokerSettings, connect_blocking, translate
@@ -137,9 +137,9 @@ class Consumer:
         self._outstanding -= plan.settled
         # Requeues and rejects first: a `multiple` ack sent before them would cover their tags.
         # Through pika's channel beneath the BlockingChannel: that one runs the ioloop until the
-        # socket is flushed after every frame (a nested poll per ack); these frames are only
-        # buffered, and the ioloop sends them on its next turn (we run inside it, or just before
-        # process_data_events), in order with everything else on the socket.
+        # socket is flushed after every frame (a nested poll per ack); these frames go straight
+        # to the socket when nothing waits before them (send_now.py), else into pika's buffer,
+        # which the ioloop sends on its next turn, in order with everything else on the socket.
         impl = getattr(channel, "_impl", channel)
         for tag in plan.requeue:
             impl.basic_nack(tag, requeue=True)
@@ -212,6 +212,7 @@ class Consumer:
             self._cancel_soon = False
             DeliverFrames(self.connection._impl, channel.channel_number, self._accepts,
                           self._on_fast_delivery).install()
+            send_now.install(self.connection._impl)
         except Exception as exc:
             self._close_quietly()
             raise translate(exc, self.settings) from None

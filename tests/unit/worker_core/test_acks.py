@@ -4,6 +4,7 @@ the oldest unfinished delivery), and which settles are dropped (a dead channel's
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from utilitarian.broker.acks import ACK, DROP, REQUEUE, ack_frames, plan_flush
 
@@ -72,3 +73,23 @@ def test_plan_flush(batch, channel_open, outstanding, expect):
     plan = plan_flush(batch, GEN, channel_open, outstanding)
     assert {"acks": plan.acks, "requeue": plan.requeue, "reject": plan.reject, "settled": plan.settled,
             "dropped": plan.dropped} == expect
+
+
+def reference_frames(acks, outstanding):
+    """The rule written the slow, obvious way: the oldest tag still unsettled bounds `multiple`."""
+    acks = sorted(set(acks))
+    pending = [t for t in outstanding if t not in acks]
+    oldest = min(pending) if pending else None
+    below = [t for t in acks if oldest is None or t < oldest]
+    return ([(below[-1], True)] if below else []) + [(t, False) for t in acks if oldest is not None and t > oldest]
+
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=20), st.sets(st.integers(1, 40), max_size=20))
+def test_ack_frames_match_the_obvious_rule_and_never_cover_an_unsettled_tag(acks, outstanding):
+    frames = ack_frames(acks, outstanding)
+    assert frames == reference_frames(acks, outstanding)
+    unsettled = set(outstanding) - set(acks)
+    for tag, multiple in frames:
+        assert not multiple or all(t > tag for t in unsettled)
