@@ -50,6 +50,12 @@ class ChildSpec:
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+M_ARENA_MAX = -8  # glibc mallopt parameter
+# glibc gives each thread that allocates under contention an arena of its own, up to 8 per core.
+# A child's polls start on one thread and end on another (stepwise tasks), so memory freed in one
+# arena was taken from another: with 16 arenas the polling child held ~10 MiB more in a round
+# (docs/benchmarks-amr.md). Two arenas keep that down; few threads run Python at once anyway (GIL).
+CHILD_MALLOC_ARENAS = 2
 MASTER_GONE_SIGNAL = signal.SIGUSR2  # the kernel sends it when the master dies
 
 
@@ -60,6 +66,19 @@ def _prctl(option: int, arg) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(option, arg, 0, 0, 0) == 0
     except Exception:  # not Linux, or no libc symbol
+        return False
+
+
+def limit_malloc_arenas(count: int = CHILD_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas in this process, unless MALLOC_ARENA_MAX says otherwise (the
+    operator's value, read by glibc itself at exec). Best effort: not glibc, nothing happens."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).mallopt(M_ARENA_MAX, count) == 1
+    except Exception:  # not glibc: no mallopt symbol
         return False
 
 
@@ -110,6 +129,7 @@ class Child:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         random.seed()
+        limit_malloc_arenas()
         # SIGABRT from the master (stale heartbeat) dumps every thread's stack before dying.
         enable_stack_dumps()
         pool = self.spec.pool
