@@ -91,6 +91,7 @@ SPLIT = [  # (label, file suffix, function); cumulative CPU of each
     ("  sockets: connect", "protocols/transport.py", "open"),
     ("  sockets: send", "protocols/transport.py", "write"),
     ("  sockets: receive", "protocols/transport.py", "read"),
+    ("", "protocols/transport.py", "read_steps"),  # the stepwise read (a poll run parked in the worker)
     ("  sockets: close", "protocols/transport.py", "close"),
 ]
 
