@@ -85,6 +85,22 @@ def delivery_of(name, args=(), *, redelivered=False, headers=None, body=None, **
                     pika.BasicProperties(**props), generation=1)
 
 
+
+def settle_300_near_the_limit(runner, consumer, publisher, name, rng) -> None:
+    """300 tasks of `name` taking 12-28 ms against a 20 ms soft limit: each settled exactly once,
+    the ones that hit the limit dead-lettered for it and nothing else failed."""
+    deliveries = [delivery_of(name, [rng.uniform(0.012, 0.028)]) for _ in range(300)]
+    for d in deliveries:
+        runner.submit(d)
+    wait_until(lambda: len(consumer.by_tag()) == 300, timeout=60)
+    wait_until(lambda: runner.in_flight() == 0)
+    settles = consumer.by_tag()
+    assert all(settles[d.delivery_tag] == [ACK] for d in deliveries)  # each exactly once
+    soft = sum(1 for o in publisher.published if "SoftTimeLimitExceeded" in o.properties["headers"].get(
+        redeliver.DEAD_ERROR, ""))
+    assert soft == len(publisher.published) and soft > 0  # some hit their limit, nothing else failed
+    assert runner.stats.total("done") + runner.stats.total("failed") == 300
+
 def spec(name, func, **kw) -> TaskSpec:
     return TaskSpec(name, func, QUEUE, retry=kw.pop("retry", RetryPolicy(max_retries=0)), **kw)
 
@@ -125,17 +141,7 @@ def test_300_tasks_ending_around_their_soft_limit_each_settle_once_and_no_thread
 
     runner, consumer, publisher = make_runner([spec("t.near", near_the_limit, soft_time_limit=0.02)], threads=4)
     try:
-        deliveries = [delivery_of("t.near", [rng.uniform(0.012, 0.028)]) for _ in range(300)]
-        for d in deliveries:
-            runner.submit(d)
-        wait_until(lambda: len(consumer.by_tag()) == 300, timeout=60)
-        wait_until(lambda: runner.in_flight() == 0)
-        settles = consumer.by_tag()
-        assert all(settles[d.delivery_tag] == [ACK] for d in deliveries)  # each exactly once
-        soft = sum(1 for o in publisher.published if "SoftTimeLimitExceeded" in o.properties["headers"].get(
-            redeliver.DEAD_ERROR, ""))
-        assert soft == len(publisher.published) and soft > 0  # some hit their limit, nothing else failed
-        assert runner.stats.total("done") + runner.stats.total("failed") == 300
+        settle_300_near_the_limit(runner, consumer, publisher, "t.near", rng)
         # every pool thread survived (an exception in the pool's loop kills its thread)
         threads = list(runner.executor.threads)
         assert len(threads) == 4 and all(t.is_alive() for t in threads)

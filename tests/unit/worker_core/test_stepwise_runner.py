@@ -19,7 +19,7 @@ from utilitarian.broker import redeliver
 from utilitarian.broker.consumer import ACK
 from utilitarian.tasks import RetryPolicy, SoftTimeLimitExceeded, task
 
-from tests.unit.worker_core.test_runner import delivery_of, make_runner, spec, wait_until
+from tests.unit.worker_core.test_runner import delivery_of, make_runner, settle_300_near_the_limit, spec, wait_until
 
 _pairs: dict[str, tuple[socket.socket, socket.socket]] = {}
 
@@ -264,17 +264,7 @@ def test_300_stepwise_tasks_ending_around_their_soft_limit_each_settle_once():
 
     runner, consumer, publisher = make_runner([stepwise(near_the_limit, soft_time_limit=0.02)], threads=4)
     try:
-        deliveries = [delivery_of("t.steps", [rng.uniform(0.012, 0.028)]) for _ in range(300)]
-        for d in deliveries:
-            runner.submit(d)
-        wait_until(lambda: len(consumer.by_tag()) == 300, timeout=60)
-        wait_until(lambda: runner.in_flight() == 0)
-        settles = consumer.by_tag()
-        assert all(settles[d.delivery_tag] == [ACK] for d in deliveries)  # each exactly once
-        soft = sum(1 for o in publisher.published if "SoftTimeLimitExceeded" in o.properties["headers"].get(
-            redeliver.DEAD_ERROR, ""))
-        assert soft == len(publisher.published) and soft > 0  # some hit their limit, nothing else failed
-        assert runner.stats.total("done") + runner.stats.total("failed") == 300
+        settle_300_near_the_limit(runner, consumer, publisher, "t.steps", rng)
         assert runner.stepping.waits.parked() == 0
     finally:
         runner.shutdown()
