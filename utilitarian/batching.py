@@ -88,7 +88,7 @@ class _Slot:
 
 def gather_wait(last_group: int, queued: int, *, gather_to: int, most: float) -> float:
     """How long the batcher's thread waits for more items before handling the `queued` ones.
-    None while the last group was a lone item (an idle process hands each item on at once) or
+    No wait (0) while the last group was a lone item (an idle process hands each item on at once) or
     `gather_to` are queued already; else up to `most` seconds, which the submitters cut short
     once `gather_to` are queued. Items that keep coming are what makes a group worth waiting for:
     a group's fixed cost (a transaction's BEGIN and COMMIT) is then shared by more of them."""
