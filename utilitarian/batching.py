@@ -86,19 +86,39 @@ class _Slot:
         return self._value
 
 
+def gather_wait(last_group: int, queued: int, *, gather_to: int, most: float) -> float:
+    """How long the batcher's thread waits for more items before handling the `queued` ones.
+    No wait (0) while the last group was a lone item (an idle process hands each item on at once) or
+    `gather_to` are queued already; else up to `most` seconds, which the submitters cut short
+    once `gather_to` are queued. Items that keep coming are what makes a group worth waiting for:
+    a group's fixed cost (a transaction's BEGIN and COMMIT) is then shared by more of them."""
+    if most <= 0 or last_group < 2 or queued >= gather_to:
+        return 0.0
+    return most
+
+
 class Batcher:
     """`submit(item)` -> the item's result. `handle_group(items)` runs on the batcher's thread
-    with whatever queued up since its last turn (never waiting to fill a group) and returns one
-    outcome per item (a value or `Failed`); if it raises, every item of the group fails with it."""
+    with whatever queued up since its last turn and returns one outcome per item (a value or
+    `Failed`); if it raises, every item of the group fails with it. With `gather` > 0 the thread
+    waits up to that many seconds for a group of `gather_to` while items keep coming (see
+    `gather_wait`); by default it never waits to fill a group."""
 
     def __init__(self, handle_group: Callable[[list], list], *, name: str, max_group: int, timeout: float,
-                 on_timeout: Callable[[], Exception]):
+                 on_timeout: Callable[[], Exception], gather: float = 0.0, gather_to: int = 1):
         self.handle_group = handle_group
         self.name = name
         self.max_group = max_group
         self.timeout = timeout
         self.on_timeout = on_timeout
+        self.gather = gather
+        self.gather_to = min(max(1, gather_to), max_group)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # While the thread gathers: how many queued items end its wait early (0: not gathering),
+        # and the event a submitter sets when that many are queued. One wake-up per group, not
+        # one per item.
+        self._want = 0
+        self._enough = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -116,6 +136,9 @@ class Batcher:
         self._ensure_thread()
         slot = _Slot(item)
         self._queue.put(slot)
+        want = self._want
+        if want and self._queue.qsize() >= want:
+            self._enough.set()
         try:
             # A stuck group must not hold task threads forever: fail this caller, its task retries.
             finished = yield steps.Until(slot, time.monotonic() + self.timeout)
@@ -140,15 +163,20 @@ class Batcher:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()  # inherited through fork: the parent's items are not ours
+                    self._want, self._enough = 0, threading.Event()
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
 
     def _loop(self) -> None:
+        last = 0
         while True:
             first = self._queue.get()
             if first is None:
                 return
+            wait = gather_wait(last, 1 + self._queue.qsize(), gather_to=self.gather_to, most=self.gather)
+            if wait:
+                self._gather(wait)
             group = [first]
             while len(group) < self.max_group:
                 try:
@@ -159,9 +187,20 @@ class Batcher:
                     self._queue.put(None)  # stop after this group
                     break
                 group.append(more)
+            last = len(group)
             live = [slot for slot in group if slot.start()]
             if live:
                 self._settle(live)
+
+    def _gather(self, wait: float) -> None:
+        """Wait up to `wait` seconds until `gather_to` items (the one taken included) are queued."""
+        self._enough.clear()
+        self._want = self.gather_to - 1
+        try:
+            if self._queue.qsize() < self._want:  # an item put before `_want` was set did not ask
+                self._enough.wait(wait)
+        finally:
+            self._want = 0
 
     def _settle(self, live: list[_Slot]) -> None:
         try:

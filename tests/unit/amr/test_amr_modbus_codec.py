@@ -89,6 +89,25 @@ def test_plan_merges_contiguous_registers_only():
     assert all(b.count <= 125 for b in capped) and sum(b.count for b in capped) == 300
 
 
+def test_a_meter_types_plan_is_kept_per_type_object_and_series():
+    from utilitarian.amr.meter_types import MeterType
+    from utilitarian.amr.protocols.modbus import _plan
+
+    specs = tuple(spec(address=a, series=f"s{a}") for a in (0, 2, 4, 10))
+    first = MeterType("t", specs)
+    assert [(b.address, b.count) for b in _plan(first, None)] == [(0, 6), (10, 2)]
+    assert [(b.address, b.count) for b in _plan(first, ["s10", "s0"])] == [(0, 2), (10, 2)]
+    assert _plan(first, ("s0", "s10")) is _plan(first, ["s0", "s10"])  # kept, whatever sequence asks
+    # A type of the same name with another map (a reloaded config) gets its own plan
+    second = MeterType("t", specs[:2])
+    assert [(b.address, b.count) for b in _plan(second, None)] == [(0, 4)]
+
+
+def test_decode_block_gives_each_value_in_the_blocks_order():
+    (block,) = plan_reads([spec("uint16", address=1, series="b"), spec("int16", address=0, series="a")])
+    assert [(s.series, v) for s, v in decode_block(block, [0xFFFF, 7])] == [("a", "-1"), ("b", "7")]
+
+
 @pytest.mark.parametrize("data_type,value", [
     ("int16", "-1234"), ("uint16", "65535"), ("int32", "-2000000000"), ("uint32", "4000000000"),
     ("int64", "-9000000000000000000"), ("uint64", "18000000000000000000"),

@@ -160,3 +160,27 @@ def test_a_password_never_shows(url, where):
         return
     for shown in (repr(parsed), str(parsed), parsed.url):
         assert SECRET not in shown
+
+
+@settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(url=meter_urls, meter_type=st.sampled_from([None, "", "abb_b23"]),
+       timezone=st.sampled_from([None, "", "UTC", "Europe/Vienna"]), reuse=st.booleans())
+def test_the_registrys_type_and_zone_apply_as_a_replace_after_parsing_applied_them(url, meter_type, timezone, reuse):
+    # The reference: what the AMR task did before parse_meter_url took these (a dataclasses.replace)
+    try:
+        plain = parse_meter_url(url, secret="pw")
+    except ConfigError as exc:
+        with pytest.raises(ConfigError) as info:
+            parse_meter_url(url, secret="pw", meter_type=meter_type, timezone=timezone, reuse_connection=reuse)
+        assert (info.value.reason, info.value.key) == (exc.reason, exc.key)
+        return
+    changes: dict = {}
+    if meter_type and not plain.meter_type:
+        changes["meter_type"] = meter_type
+    if timezone and plain.timezone == "UTC":
+        changes["timezone"] = timezone
+    if reuse:
+        changes["reuse_connection"] = True
+    expected = dataclasses.replace(plain, **changes)
+    got = parse_meter_url(url, secret="pw", meter_type=meter_type, timezone=timezone, reuse_connection=reuse)
+    assert dataclasses.astuple(got) == dataclasses.astuple(expected) and got.password == "pw"

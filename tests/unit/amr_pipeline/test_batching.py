@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from utilitarian.batching import Batcher
+from utilitarian.batching import Batcher, gather_wait
 
 
 class Late(Exception):
@@ -66,4 +66,61 @@ def test_an_item_whose_group_started_gets_that_groups_outcome():
         # The caller does not get a timeout for work that is being committed right now
         assert batcher.submit("x") == "done x" and started.is_set()
     finally:
+        batcher.close()
+
+
+def test_gathering_waits_only_while_items_keep_coming():
+    # After a lone item nothing is waited for (an idle process commits at once)
+    assert gather_wait(1, 1, gather_to=32, most=0.004) == 0.0
+    assert gather_wait(0, 1, gather_to=32, most=0.004) == 0.0
+    # After a group of several, up to `most` for more
+    assert gather_wait(5, 1, gather_to=32, most=0.004) == 0.004
+    # Not when enough are queued already, nor when gathering is off
+    assert gather_wait(5, 32, gather_to=32, most=0.004) == 0.0
+    assert gather_wait(5, 1, gather_to=32, most=0.0) == 0.0
+
+
+def test_a_gathering_batcher_handles_a_lone_item_at_once_and_groups_a_stream():
+    groups: list = []
+    gate, inside = threading.Event(), threading.Event()
+
+    def handle(group):
+        if "gate" in group:
+            inside.set()
+            gate.wait(10)
+        groups.append(list(group))
+        return list(group)
+
+    # A wait far longer than the test: only the early wake-up (gather_to queued) can end it
+    batcher = Batcher(handle, name="t", max_group=100, timeout=30, on_timeout=lambda: Late("timed out"),
+                      gather=10.0, gather_to=8)
+    threads: list = []
+
+    def submit_all(items):
+        for item in items:
+            threads.append(threading.Thread(target=batcher.submit, args=(item,)))
+            threads[-1].start()
+
+    try:
+        started = time.monotonic()
+        assert batcher.submit("alone") == "alone"  # the first group is never held back
+        # Given three items queued behind a slow lone one: they go as a group of three at once
+        submit_all(["gate"])
+        assert inside.wait(5)
+        submit_all(["a", "b", "c"])
+        time.sleep(0.2)  # a, b and c queued behind the gate
+        gate.set()
+        for t in threads:
+            t.join(5)
+        assert groups == [["alone"], ["gate"], ["a", "b", "c"]]
+        # When the next eight come one by one after that group of several: they are gathered
+        for i in range(8):
+            submit_all([i])
+            time.sleep(0.02)
+        for t in threads:
+            t.join(5)
+        assert groups[3:] == [list(range(8))]
+        assert time.monotonic() - started < 5.0  # the gathering ended once 8 were there, not after 10 s
+    finally:
+        gate.set()
         batcher.close()

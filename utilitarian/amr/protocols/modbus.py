@@ -175,6 +175,28 @@ class _ConnectionLost(Exception):
     """Internal: the connection broke under a request (becomes MeterUnreachable in read_block)."""
 
 
+# A meter type's requests by the series asked, kept per MeterType object (with the object, so its
+# id is not reused meanwhile): every poll of a round asks for the same few plans.
+_PLANS: dict[tuple, tuple[MeterType, tuple[ReadBlock, ...]]] = {}
+_PLANS_KEPT = 1000
+
+
+def _plan(meter_type: MeterType, series: Sequence[str] | None) -> tuple[ReadBlock, ...]:
+    key = (id(meter_type), None if series is None else tuple(series))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is meter_type:
+        return hit[1]
+    specs = meter_type.registers
+    if series is not None:
+        wanted = set(series)
+        specs = tuple(s for s in specs if s.series in wanted)
+    blocks = tuple(plan_reads(specs, max_count=meter_type.max_registers_per_read, max_gap=meter_type.max_gap))
+    if len(_PLANS) >= _PLANS_KEPT:
+        _PLANS.clear()
+    _PLANS[key] = (meter_type, blocks)
+    return blocks
+
+
 def read_meter(target: MeterTarget, meter_type: MeterType, *, series: Sequence[str] | None = None,
                now: datetime | None = None, clock: Callable[[], float] = time.monotonic,
                pool: ConnectionPool | None = None) -> PollResult:
@@ -191,12 +213,7 @@ def read_meter_steps(target: MeterTarget, meter_type: MeterType, *, series: Sequ
     The connection is kept for later polls (in `pool`, default this process's) only when the
     target says its interface carries parallel sessions (`reuse_connection`) and is not serial.
     """
-    specs = meter_type.registers
-    if series is not None:
-        wanted = set(series)
-        specs = tuple(s for s in specs if s.series in wanted)
-    blocks = plan_reads(specs, max_count=meter_type.max_registers_per_read,
-                        max_gap=meter_type.max_gap)
+    blocks = _plan(meter_type, series)
     timestamp = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     readings: list[Reading] = []
     events: list[SystemEvent] = []
@@ -206,8 +223,7 @@ def read_meter_steps(target: MeterTarget, meter_type: MeterType, *, series: Sequ
         pool = None
     with ModbusSession(target, clock=clock, pool=pool) as session:
         for block in blocks:
-            values = decode_block(block, (yield from session.read_block_steps(block)))
-            for spec, value in values.items():
+            for spec, value in decode_block(block, (yield from session.read_block_steps(block))):
                 if value is None:
                     events.append(SystemEvent.truncated(
                         "Invalid register value",

@@ -6,7 +6,6 @@ the last failure becomes a "Poll failed" event.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -166,20 +165,14 @@ def _target(device):
 def _new_target(device):
     from utilitarian.amr.target import parse_meter_url
 
-    try:
-        target = parse_meter_url(device.url, secret=device.password)
-    except ConfigError as exc:
-        raise JobFailed(f"meter URL is invalid: {exc.reason}") from None
-    changes = {}
-    if device.meter_type and not target.meter_type:
-        changes["meter_type"] = device.meter_type
-    if device.config.timezone and target.timezone == "UTC":
-        changes["timezone"] = device.config.timezone
     # A can_block interface carries one session at a time, held under its interface_block for
     # one job: a connection kept open after the job would outlive that block.
-    if device.interface is None or not device.interface.can_block:
-        changes["reuse_connection"] = True
-    return dataclasses.replace(target, **changes) if changes else target
+    reuse = device.interface is None or not device.interface.can_block
+    try:
+        return parse_meter_url(device.url, secret=device.password, meter_type=device.meter_type,
+                               timezone=device.config.timezone, reuse_connection=reuse)
+    except ConfigError as exc:
+        raise JobFailed(f"meter URL is invalid: {exc.reason}") from None
 
 
 def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
