@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -17,24 +16,12 @@ import uuid
 
 from support.rabbit import PrivateNode
 
-# The shared broker's distribution port and the CLI tools' range (AMQP port + 20000, + 30000..30010).
-RESERVED_PORTS = {25672, *range(35672, 35683)}
-
-
-def _node(name: str) -> PrivateNode:
-    while True:
-        node = PrivateNode(name)
-        if node.port not in RESERVED_PORTS and node.dist_port not in RESERVED_PORTS:
-            return node
-        shutil.rmtree(node.base, ignore_errors=True)
-
-
 class Cluster:
     """`size` private nodes forming one cluster; node 0 is the one the others joined."""
 
     def __init__(self, size: int = 3):
         run = f"utilcl{os.getpid()}x{uuid.uuid4().hex[:5]}"
-        self.nodes = [_node(f"{run}n{i}") for i in range(size)]
+        self.nodes = [PrivateNode(f"{run}n{i}") for i in range(size)]  # ports clear of the shared broker's
         self.stopped: set[int] = set()
         self.stopping: dict[int, subprocess.Popen] = {}  # node -> its `stop_app` still running
         self.boot_seconds = 0.0
@@ -64,7 +51,7 @@ class Cluster:
                     # by another process between our probe and its bind). One retry, fresh ports.
                     failed = self.nodes[i]
                     failed.stop()
-                    self.nodes[i] = _node(f"{failed.name}r")
+                    self.nodes[i] = PrivateNode(f"{failed.name}r")
                     self.nodes[i].start(timeout / 2)
             except BaseException as exc:  # reported below, with the other nodes' fate
                 errors.append(exc)

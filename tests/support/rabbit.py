@@ -40,6 +40,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Private nodes listen below the kernel's ephemeral range (32768-60999 by default). A port from
+# bind(0) lies inside it: while a node is stopped (stop_app, a restart) any outgoing connection on
+# the machine may take that port as its source port, and the node's listener then fails to come back
+# (EADDRINUSE; the parallel test groups open thousands of connections). AMQP ports and distribution
+# ports come from ranges of their own, so that the CLI tools' ports (distribution port + 10000..10010,
+# RabbitMQ's rule) land in 30000-32710: clear of both, and still below the ephemeral range.
+AMQP_PORTS = range(10000, 20000)
+DIST_PORTS = range(20000, 22700)
+
+
+def listen_port(ports: range = AMQP_PORTS) -> int:
+    """A free port from `ports` on 127.0.0.1."""
+    import random
+
+    while True:
+        port = random.choice(ports)
+        if port == 15672:  # the shared broker's management plugin, if enabled
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 class Rabbit:
     """A broker the tests may use: its URL and, when local, rabbitmqctl for admin."""
 
@@ -102,8 +128,8 @@ class PrivateNode(Rabbit):
     """A RabbitMQ node of our own (own port, own data dir) that a test may stop and restart."""
 
     def __init__(self, name: str | None = None, *, extra_conf: str = "", files: dict[str, bytes] | None = None):
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = listen_port()
+        self.dist_port = listen_port(DIST_PORTS)
         self.base = tempfile.mkdtemp(prefix="utilrmq-")
         self.name = name or f"utiltest{os.getpid()}x{uuid.uuid4().hex[:6]}"
         node = f"{self.name}@localhost"
