@@ -15,14 +15,13 @@ import struct
 import time
 
 from utilitarian import steps
-from utilitarian.amr.protocols.transport import timeval
+from utilitarian.amr.protocols.transport import RECV_NOWAIT, timeval
 from utilitarian.amr.target import MeterTarget
 
 _REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
 _HEADER = struct.Struct(">HHHB")       # tid, protocol, length, unit
 MAX_LENGTH = 254                       # unit id + the largest PDU (253 bytes)
-_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # recv flags: the answer is there (steps.Readable said so)
-_PEEK = socket.MSG_PEEK | _NOWAIT  # recv flags for the liveness peek
+_PEEK = socket.MSG_PEEK | RECV_NOWAIT  # recv flags for the liveness peek
 
 
 class NoAnswer(Exception):
@@ -162,7 +161,7 @@ class MbapConnection:
             if deadline - time.monotonic() <= 0 or not (yield steps.Readable(self.fd, deadline)):
                 raise Garbled("incomplete frame") if self.received else NoAnswer()
             try:
-                chunk = self.sock.recv(512, _NOWAIT)
+                chunk = self.sock.recv(512, RECV_NOWAIT)
             except BlockingIOError:  # woken without bytes after all: wait again
                 continue
             except OSError as exc:

@@ -20,7 +20,8 @@ from utilitarian.amr.target import MeterTarget, SerialSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # recv flags: the bytes are there (steps.Readable said so)
+# recv flags after a steps.Readable said the bytes are there (both TCP transports: this and mbap.py)
+RECV_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class Transport(Protocol):
@@ -106,7 +107,7 @@ class TcpTransport:
         if not (yield steps.Readable(self._fd, time.monotonic() + max(timeout, 0.0))):
             return b""
         try:
-            data = self._sock.recv(4096, _NOWAIT)
+            data = self._sock.recv(4096, RECV_NOWAIT)
         except BlockingIOError:
             return b""
         except OSError as exc:
