@@ -252,8 +252,7 @@ class TaskRunner:
             with self._lock:
                 self.rules.on_started(r, started, soft, hard)
             try:  # binds the arguments only: the task's code runs in its first step
-                r.steps = (spec.steps(self._context(delivery, message), *message.args, **message.kwargs)
-                           if spec.bind else spec.steps(*message.args, **message.kwargs))
+                r.steps = self._call(spec.steps, spec, delivery, message)
             except BaseException as exc:
                 self._end(r, exc)
                 return False
@@ -265,10 +264,7 @@ class TaskRunner:
                 with self._lock:
                     self.rules.on_started(r, started, soft, hard)
                 self.task_local.task = f"{message.task}[{message.id}]"
-                if spec.bind:
-                    spec.func(self._context(delivery, message), *message.args, **message.kwargs)
-                else:
-                    spec.func(*message.args, **message.kwargs)
+                self._call(spec.func, spec, delivery, message)
             finally:
                 r.guard.end()  # nothing meant for this task can arrive after this line
         except BaseException as exc:  # SystemExit too: the task's failure is data for its retry policy
@@ -300,6 +296,13 @@ class TaskRunner:
                 log.error("task %s[%s] raised %s (a BaseException): settling it as a failure",
                           message.task, message.id, type(error).__name__)
             self._fail(delivery, message, r.spec, error, duration)
+
+    def _call(self, func, spec: TaskSpec, delivery: Delivery, message: TaskMessage):
+        """`func` (the task, or its generator function) with the message's arguments, bound to a
+        TaskContext first when the task asked for one."""
+        if spec.bind:
+            return func(self._context(delivery, message), *message.args, **message.kwargs)
+        return func(*message.args, **message.kwargs)
 
     def _context(self, delivery: Delivery, message: TaskMessage) -> TaskContext:
         return TaskContext(id=message.id, name=message.task, retries=message.retries, queue=delivery.queue,
