@@ -128,11 +128,19 @@ def test_two_hosts_and_a_beat_read_a_round_of_2000_meters_exactly_once(tmp_path,
         assert {r.outcome for r in runs} == {"done"}
         assert len(readings) == 2000 * len(SERIES)
         assert len({(r.meter, r.series) for r in readings}) == 2000 * len(SERIES)
-        assert len(requests) == 2000 and set(requests.values()) == {1}, \
-            f"meters read more than once: {sum(1 for n in requests.values() if n != 1)}"
+        # A meter is asked once per attempt of its job: twice only after a poll that timed out
+        # and was retried (a loaded CI machine), never by two hosts running the same job.
+        attempts = {(m.gateway, m.device_id): 0 for m in meters}
+        by_name = {m.name: (m.gateway, m.device_id) for m in meters}
+        for r in runs:
+            attempts[by_name[r.meter]] = r.attempts
+        extra = {k: (n, attempts[k]) for k, n in requests.items() if not 1 <= n <= attempts[k]}
+        assert len(requests) == 2000 and not extra, \
+            f"meters read more often than their jobs were tried: {len(extra)}, e.g. {list(extra.items())[:5]}"
         assert all(n >= 200 for n in worked.values()), f"one host did (nearly) nothing: {worked}"
-        figures.append(f"two hosts + beat, PostgreSQL store, cluster: round of {rnd.jobs} meters read exactly "
-                       f"once (requests per meter {sorted(set(requests.values()))}), tasks run per host {worked}, "
+        figures.append(f"two hosts + beat, PostgreSQL store, cluster: round of {rnd.jobs} meters, each read once per "
+                       f"attempt (requests per meter {sorted(set(requests.values()))}, jobs retried "
+                       f"{sum(1 for n in attempts.values() if n > 1)}), tasks run per host {worked}, "
                        f"round took {rnd.elapsed_seconds or 0:.1f}s")
         for proc in procs:
             proc.signal(signal.SIGTERM)
