@@ -155,8 +155,8 @@ class ModbusFleetSimulator:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def start(self, timeout: float = 30.0) -> None:
-        # 30 s: building 10,000 meters' servers took longer than 10 s on a loaded 2-CPU machine.
+    def start(self, timeout: float = 120.0) -> None:
+        # 120 s: building 10,000 meters took 6 CPU-seconds, 40 s at load 12 on a 2-CPU machine.
         self._thread = threading.Thread(target=self._run, name="modbus-sim", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
