@@ -56,6 +56,7 @@ class Running:
     stepping: bool = False
     wake: object = None
     throw: BaseException | None = None
+    label: str = ""  # "task[id]" for the log lines of its thread (each step sets it again)
 
 
 class TaskRunner:
@@ -246,7 +247,7 @@ class TaskRunner:
         soft, hard = rules.time_limits((message.soft_time_limit, message.time_limit),
                                        (spec.soft_time_limit, spec.time_limit), self.hard_time_limit)
         started = self.clock()
-        r = Running(delivery, message, spec, shield.guard(), started)
+        r = Running(delivery, message, spec, shield.guard(), started, label=f"{message.task}[{message.id}]")
         if spec.steps is not None:
             r.soft = soft is not None
             with self._lock:
@@ -263,7 +264,7 @@ class TaskRunner:
             try:
                 with self._lock:
                     self.rules.on_started(r, started, soft, hard)
-                self.task_local.task = f"{message.task}[{message.id}]"
+                self.task_local.task = r.label
                 self._call(spec.func, spec, delivery, message)
             finally:
                 r.guard.end()  # nothing meant for this task can arrive after this line

@@ -60,7 +60,7 @@ class Stepping:
         runner = self.runner
         lock = runner._lock
         value, r.wake = r.wake, None
-        label = f"{r.message.task}[{r.message.id}]"
+        label = r.label
         guarded = r.soft
         while True:
             with lock:

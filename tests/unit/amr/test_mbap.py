@@ -108,3 +108,36 @@ def test_another_unit_answering_is_garbled_and_a_hang_up_is_a_lost_connection():
         read(connection([other]), 4, 0, 2, 9)
     with pytest.raises(mbap.ConnectionLost):
         read(connection([]), 4, 0, 2, 9)
+
+
+def test_a_pooled_connection_looks_alive_only_while_its_gateway_is_quiet_and_connected():
+    # A real TCP peer: idle and connected is alive; bytes nobody asked for, or the gateway's FIN
+    # while idle, are not (the next request must not go out on it).
+    import socket as socket_module
+
+    from utilitarian.amr.target import parse_meter_url
+
+    server = socket_module.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        for fault in ("late bytes", "closed"):
+            conn = mbap.MbapConnection(parse_meter_url(f"modbus+tcp://127.0.0.1:{port}?device_id=1"), ("127.0.0.1", port))
+            conn.connect()
+            peer, _ = server.accept()
+            try:
+                assert conn.looks_alive() and conn.looks_alive()
+                if fault == "late bytes":
+                    peer.sendall(b"\x00\x07")
+                else:
+                    peer.close()
+                for _ in range(200):  # the bytes or the FIN cross the loopback
+                    if not conn.looks_alive():
+                        break
+                    steps.block(steps.pause(0.005))
+                assert not conn.looks_alive(), fault
+            finally:
+                peer.close()
+                conn.close()
+            assert not conn.looks_alive()
+    finally:
+        server.close()

@@ -147,3 +147,23 @@ def test_timestamps_are_formatted_as_strftime_formatted_them(moment):
     assert SqliteBackend.ts(None, moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     expected = utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{utc.microsecond:06d}" if utc.microsecond else "") + "Z"
     assert iso_utc(moment) == expected
+
+
+# --- deterministic ids ---------------------------------------------------------------------------
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.text())
+def test_ids_are_the_uuid5_that_uuid_gives(name):
+    import uuid
+
+    from utilitarian.amr.model import ID_NAMESPACE, uuid5_text
+
+    assert uuid5_text(name) == str(uuid.uuid5(ID_NAMESPACE, name))
+
+
+def test_job_and_event_ids_did_not_change():
+    # Ids already in stores and queues: a repeated dispatch must name its jobs as before.
+    from utilitarian.amr.model import event_id, job_id
+
+    slot = dt.datetime(2026, 11, 29, tzinfo=UTC)
+    assert job_id("meter-1", "read-daily", slot) == "270e3b7c-cf49-53f6-b8c5-67dc0321d5a2"  # as computed by uuid.uuid5 before
+    assert event_id("abc", 0, 1, "Poll failed") == "e6964b84-832d-5ebf-aee0-1926ee990b51"

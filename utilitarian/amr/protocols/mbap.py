@@ -10,6 +10,7 @@ against pymodbus's own server (tests/integration/amr/test_amr_modbus.py, test_mo
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
@@ -21,7 +22,6 @@ from utilitarian.amr.target import MeterTarget
 _REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
 _HEADER = struct.Struct(">HHHB")       # tid, protocol, length, unit
 MAX_LENGTH = 254                       # unit id + the largest PDU (253 bytes)
-_PEEK = socket.MSG_PEEK | RECV_NOWAIT  # recv flags for the liveness peek
 
 
 class NoAnswer(Exception):
@@ -89,6 +89,7 @@ class MbapConnection:
         self.last_used = 0.0    # pool clock when it was last returned
         self.fd = -1
         self._tid = 0
+        self._poller = None  # select.poll on fd, for looks_alive
 
     def connect(self) -> bool:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -101,10 +102,12 @@ class MbapConnection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.timeout))
         self.sock = sock
         self.fd = sock.fileno()
+        self._poller = None
         return True
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
+        self._poller = None
         if sock is not None:
             try:
                 sock.close()
@@ -116,13 +119,13 @@ class MbapConnection:
         asked for (a late answer): either way it must not carry the next request."""
         if self.sock is None:
             return False
-        try:
-            self.sock.recv(1, _PEEK)  # MSG_DONTWAIT: the blocking socket does not wait here
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False
+        # One poll(0): any event (bytes, the gateway's FIN, an error) says no. A recv peek said
+        # the same by raising BlockingIOError when all was well; the exception cost 4 us of the
+        # 5 a check took, and every pooled poll checks.
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.fd, select.POLLIN | select.POLLPRI)
+        return not self._poller.poll(0)
 
     def read(self, function: int, address: int, count: int, device_id: int) -> list[int]:
         """`read_steps`, waiting in this thread."""

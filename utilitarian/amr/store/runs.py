@@ -54,9 +54,10 @@ class RunStore:
                 tx.execute("SELECT id FROM amr_round WHERE id = ? FOR UPDATE", (rnd.id,))
             rows = tx.all("SELECT job_id, published, outcome FROM amr_task_run WHERE round_id = ?", (rnd.id,))
             known = {job_id: bool(pub) for job_id, pub, _ in rows}
+            created = b.ts(now)
             tx.executemany("INSERT INTO amr_task_run (job_id, round_id, meter_name, amr_task, outcome, "
                            "created_at) VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (job_id) DO NOTHING",
-                           [(j.id, rnd.id, j.meter, j.amr_task, b.ts(now)) for j in jobs if j.id not in known])
+                           [(j.id, rnd.id, j.meter, j.amr_task, created) for j in jobs if j.id not in known])
             # A job recorded by an earlier dispatch of this round but no longer planned (its meter or
             # task was removed or deactivated before its run offset came) would stay pending forever.
             planned = {j.id for j in jobs}

@@ -9,6 +9,9 @@ import random
 from typing import Iterator, Sequence, TypeVar
 
 from utilitarian.amr.settings import AmrConfig
+from utilitarian.amr.store import store_for
+from utilitarian.errors import ConfigError
+from utilitarian.tasks import Defer
 
 UTC = dt.timezone.utc
 T = TypeVar("T")
@@ -31,10 +34,6 @@ def store_of(app):
     instead of failing it: those ConfigErrors were "not retryable", so every job of a round was
     dead-lettered while a migration lagged (issue 11 item 6). Static mistakes in `[database]` never
     get here: `utilitarian.validation` refuses them when the worker starts (exit 78)."""
-    from utilitarian.amr.store import store_for
-    from utilitarian.errors import ConfigError
-    from utilitarian.tasks import Defer
-
     try:
         store = store_for(app)
     except ConfigError as exc:
@@ -42,7 +41,8 @@ def store_of(app):
         _note_store_state(f"{exc.reason}; jobs that need the store are deferred by {wait:g}s each time "
                           f"until it is ready (`utilitarian status` counts them as deferred)")
         raise Defer(f"store not ready: {exc.reason}", countdown=wait * random.uniform(0.75, 1.25)) from None
-    _note_store_state(None)
+    if _store_state[0] is not None:
+        _note_store_state(None)
     return store
 
 

@@ -72,7 +72,7 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
         stamp = utc_now()
         if slot and amr_task and settings.stamp_scheduled_readings == "slot":
             try:
-                stamp = parse_utc(slot)
+                stamp = _slot_time(slot)
             except ValueError:
                 raise Reject(f"slot {slot!r} is not an ISO 8601 time") from None
         iface = device.interface
@@ -162,6 +162,20 @@ def _target(device):
     return target
 
 
+def _slot_time(slot: str):
+    """parse_utc(slot), kept: every poll of a round carries the same slot."""
+    stamp = _slots.get(slot)
+    if stamp is None:
+        stamp = parse_utc(slot)
+        if len(_slots) >= 64:
+            _slots.clear()
+        _slots[slot] = stamp
+    return stamp
+
+
+_slots: dict[str, object] = {}
+
+
 def _new_target(device):
     from utilitarian.amr.target import parse_meter_url
 
@@ -175,11 +189,24 @@ def _new_target(device):
         raise JobFailed(f"meter URL is invalid: {exc.reason}") from None
 
 
-def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
-    # Imported here: protocol drivers (pymodbus) must not load when the worker imports task modules.
-    from utilitarian.amr.environments import run_prepared_steps
-    from utilitarian.amr.readings import apply_transformer_ratios
+def _drivers():
+    """(prepare_call, run_prepared_steps, apply_transformer_ratios), imported at the first poll:
+    protocol drivers (pymodbus) must not load when the worker imports task modules. Kept after
+    that: an import statement per poll is a few microseconds of nothing."""
+    global _loaded
+    if _loaded is None:
+        from utilitarian.amr.environments import prepare_call, run_prepared_steps
+        from utilitarian.amr.readings import apply_transformer_ratios
 
+        _loaded = (prepare_call, run_prepared_steps, apply_transformer_ratios)
+    return _loaded
+
+
+_loaded = None
+
+
+def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
+    _, run_prepared_steps, apply_transformer_ratios = _drivers()
     # `now` stamps current values (the slot); set_time and "last N seconds" reads go by the true
     # clock, else a job run late would set the meter to the slot's time.
     result = yield from run_prepared_steps(_prepare(task, execution_type, call, kwargs), target,
@@ -189,8 +216,7 @@ def _poll(app, execution_type, call, target, kwargs, stamp, device, task=None):
 
 def _prepare(task, execution_type, call, kwargs):
     """The call checked and bound once per AmrTask (None: an on-demand call, prepared each time)."""
-    from utilitarian.amr.environments import prepare_call
-
+    prepare_call = _drivers()[0]
     if task is None:
         return prepare_call(execution_type, call, kwargs)
     hit = _prepared.get(id(task))
