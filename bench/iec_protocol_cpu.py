@@ -193,6 +193,7 @@ class ParkedPolls:
 
 
 def parked(args) -> None:
+    import resource
     import tempfile
 
     from utilitarian.amr.environments import prepare_call, run_prepared_steps
@@ -210,6 +211,7 @@ def parked(args) -> None:
             for number in range(rounds + 1):
                 if number == 1:  # the first round imports and warms caches
                     began, began_wall, failed, readings = time.process_time(), time.monotonic(), 0, 0
+                    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
                 for target in targets:
                     polls.step(run_prepared_steps(prepared, target, now=now), None)
                 for _ in targets:
@@ -219,6 +221,7 @@ def parked(args) -> None:
                     else:
                         readings += len(result.readings)
             spent, wall = time.process_time() - began, time.monotonic() - began_wall
+            switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches
             polls.stop()
         finally:
             sim.terminate()
@@ -227,7 +230,7 @@ def parked(args) -> None:
     print(f"# IEC 62056-21 readouts parked, {len(targets)} in flight, {args.latency * 1e3:.0f} ms per answer; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"protocol + sockets + parking CPU per poll: {spent / n * 1e6:.0f} us ({n} polls in {wall:.1f} s, "
-          f"{failed} failed, {readings / n:.1f} readings each)")
+          f"{failed} failed, {readings / n:.1f} readings each; {switches / n:.1f} voluntary context switches)")
 
 
 def main() -> None:
