@@ -14,6 +14,13 @@ what a poll costs in the protocol layer.
     .venv/bin/python bench/iec_protocol_cpu.py [--polls 5000] [--lines 12] [--chunk 4096]
     .venv/bin/python bench/iec_protocol_cpu.py --url 'iec62056-21+tcp://127.0.0.1:40100?address=10000001' --polls 300
 
+`--parked N` runs the readout task call as a worker child runs it, against N simulated meters (one
+per port, started here): every wait parked in one wait loop (supervisor/waits.py), resumed steps
+on two step threads, N polls in flight. The figure is this process's CPU per poll: the protocol,
+the sockets and the parking (no broker, no store): the part of a round's poll an IEC change moves.
+
+    .venv/bin/python bench/iec_protocol_cpu.py --parked 200 --polls 4000 [--latency 0.05]
+
 `--split DIR` reads the worker profile of a round instead (`bench/amr_round.py --protocol iec
 --profile DIR`) and splits the IEC poll's share of the children's CPU: framing and parsing, the
 sockets, and everything else. Shares, not absolute times: the profiler inflates Python calls more
@@ -89,9 +96,11 @@ SPLIT = [  # (label, file suffix, function); cumulative CPU of each
     ("  readout parsing (data sets)", "protocols/iec_datasets.py", "parse_readout"),
     ("  readings from data sets", "environments/iec6205621.py", "datasets_to_result"),
     ("  sockets: connect", "protocols/transport.py", "open"),
+    ("", "protocols/transport.py", "open_steps"),  # the stepwise connect (a poll run parked in the worker)
     ("  sockets: send", "protocols/transport.py", "write"),
     ("  sockets: receive", "protocols/transport.py", "read"),
-    ("", "protocols/transport.py", "read_steps"),  # the stepwise read (a poll run parked in the worker)
+    ("", "protocols/transport.py", "read_steps"),  # the stepwise read
+    ("", "protocols/transport.py", "ask_steps"),  # a request sent by the wait loop, then its answer
     ("  sockets: close", "protocols/transport.py", "close"),
 ]
 
@@ -118,6 +127,112 @@ def split(directory: str) -> None:
     print(f"{'everything outside the IEC session':<48} {1 - session / total:>6.1%}")
 
 
+def start_meters(count: int, latency: float, work: pathlib.Path):
+    """`utilitarian simulate iec` with `count` meters, one per port: the process and the URLs."""
+    import subprocess
+    import tomllib
+
+    meters_file = work / "meters.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "utilitarian", "simulate", "iec", "--meters", str(count),
+                             "--gateways", str(count), "--latency", str(latency), "--meters-out", str(meters_file),
+                             "-l", "warning"], env={**os.environ, "UTILITARIAN_CONFIG": os.devnull},
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not meters_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the simulator did not start")
+        time.sleep(0.1)
+    time.sleep(0.2)  # written before it is complete? the TOML parser would say so
+    return proc, [m["url"] for m in tomllib.loads(meters_file.read_text())["meters"]]
+
+
+class ParkedPolls:
+    """Readouts run as a worker child runs stepwise tasks: first steps on the caller's thread,
+    waits parked in a WaitLoop, resumed steps on `threads` step threads."""
+
+    def __init__(self, threads: int = 2):
+        import queue
+        import threading
+
+        from utilitarian.supervisor.waits import WaitLoop
+
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.loop = WaitLoop(lambda gen, value: self.ready.put((gen, value)), name="bench-waits")
+        self.loop.start()
+        self.threads = [threading.Thread(target=self._steps, daemon=True) for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def step(self, gen, value) -> None:
+        while True:
+            try:
+                wait = gen.send(value)
+            except StopIteration as stop:
+                self.done.put(stop.value)
+                return
+            except Exception as exc:  # a failed poll counts as done: its error is the result
+                self.done.put(exc)
+                return
+            value = self.loop.park(gen, wait)
+            if value is None:
+                return
+
+    def _steps(self) -> None:
+        while True:
+            gen, value = self.ready.get()
+            if gen is None:
+                return
+            self.step(gen, value)
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.ready.put((None, None))
+        self.loop.stop()
+
+
+def parked(args) -> None:
+    import resource
+    import tempfile
+
+    from utilitarian.amr.environments import prepare_call, run_prepared_steps
+
+    with tempfile.TemporaryDirectory() as work:
+        sim, urls = start_meters(args.parked, args.latency, pathlib.Path(work))
+        try:
+            targets = [parse_meter_url(url + "&timeout=5") for url in urls]
+            prepared = prepare_call("generic_iec6205621", "readout", {"addresses": ["1.8.0", "2.8.0"]})
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            polls = ParkedPolls()
+            failed = readings = 0
+            rounds = max(1, -(-args.polls // len(targets)))
+            began = 0.0
+            for number in range(rounds + 1):
+                if number == 1:  # the first round imports and warms caches
+                    began, began_wall, failed, readings = time.process_time(), time.monotonic(), 0, 0
+                    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+                for target in targets:
+                    polls.step(run_prepared_steps(prepared, target, now=now), None)
+                for _ in targets:
+                    result = polls.done.get(timeout=60)
+                    if isinstance(result, Exception):
+                        failed += 1
+                    else:
+                        readings += len(result.readings)
+            spent, wall = time.process_time() - began, time.monotonic() - began_wall
+            switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches
+            polls.stop()
+        finally:
+            sim.terminate()
+            sim.wait(10)
+    n = rounds * len(targets)
+    print(f"# IEC 62056-21 readouts parked, {len(targets)} in flight, {args.latency * 1e3:.0f} ms per answer; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"protocol + sockets + parking CPU per poll: {spent / n * 1e6:.0f} us ({n} polls in {wall:.1f} s, "
+          f"{failed} failed, {readings / n:.1f} readings each; {switches / n:.1f} voluntary context switches)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--polls", type=int, default=5000)
@@ -125,9 +240,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096, help="bytes per read of the data message")
     parser.add_argument("--url", help="poll this meter over TCP instead of the in-memory line")
     parser.add_argument("--split", metavar="DIR", help="split a round's worker profile instead")
+    parser.add_argument("--parked", type=int, metavar="N", help="N simulated meters polled parked, at once")
+    parser.add_argument("--latency", type=float, default=0.05, help="simulator delay per answer (--parked)")
     args = parser.parse_args()
     if args.split:
         split(args.split)
+        return
+    if args.parked:
+        parked(args)
         return
     target = parse_meter_url(args.url or "iec62056-21+tcp://127.0.0.1:1?address=10000001")
     message = readout_message(args.lines)

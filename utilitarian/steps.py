@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import select
+import socket
 import time
 from typing import Any, Callable, Generator
 
@@ -27,6 +28,45 @@ class Readable:
     def __init__(self, fd: int, deadline: float):
         self.fd = fd
         self.deadline = deadline
+
+
+class Writable:
+    """Wait until file descriptor `fd` is writable or `deadline` passes: a non-blocking connect
+    that has completed or failed (the caller reads SO_ERROR to tell which)."""
+
+    __slots__ = ("fd", "deadline")
+
+    def __init__(self, fd: int, deadline: float):
+        self.fd = fd
+        self.deadline = deadline
+
+
+class Ask:
+    """Send `data` on socket `sock` at `at` (time.monotonic), then wait until it is readable or
+    `deadline` passes: a request a protocol's reaction time holds back (IEC 62056-21's option
+    select), sent by whoever does the waiting, so no task thread wakes only to send it.
+
+    `sent` is how much of `data` went out. The send does not block: a line that takes less (or
+    fails) ends the wait at once, False, and the task sends the rest itself (where a failure
+    raises as any send's would). True: all sent, and the socket is readable."""
+
+    __slots__ = ("sock", "fd", "data", "at", "deadline", "sent")
+
+    def __init__(self, sock, data: bytes, at: float, deadline: float):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.data = data
+        self.at = at
+        self.deadline = deadline
+        self.sent = 0
+
+    def send_now(self) -> bool:
+        """Send the request without blocking; True when all of it went out."""
+        try:
+            self.sent = self.sock.send(self.data, _SEND_NOWAIT)
+        except OSError:
+            self.sent = 0
+        return self.sent == len(self.data)
 
 
 class Until:
@@ -64,17 +104,30 @@ def pause(seconds: float) -> Until:
 
 def block(wait) -> bool:
     """Wait in this thread; the resumption value."""
-    left = wait.deadline - time.monotonic()
-    if isinstance(wait, Readable):
-        if left <= 0:
-            return False
-        poller = select.poll()
-        poller.register(wait.fd, select.POLLIN)
-        # Rounded up: a poll woken a hair before the deadline would only come back to wait again.
-        return bool(poller.poll(int(left * 1000) + 1))
     if isinstance(wait, Until):
-        return wait.event.wait(max(left, 0.0))
-    raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Until)")
+        return wait.event.wait(max(wait.deadline - time.monotonic(), 0.0))
+    if type(wait) is Ask:
+        early = wait.at - time.monotonic()
+        if early > 0:
+            time.sleep(early)
+        if wait.deadline <= time.monotonic() or not wait.send_now():
+            return False
+    events = _POLL_EVENTS.get(type(wait))
+    if events is None:
+        raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Writable, "
+                        "steps.Ask, steps.Until)")
+    left = wait.deadline - time.monotonic()
+    if left <= 0:
+        return False
+    poller = select.poll()
+    poller.register(wait.fd, events)
+    # Rounded up: a poll woken a hair before the deadline would only come back to wait again.
+    # An error or hang-up on the descriptor ends the wait too (poll reports them unasked).
+    return bool(poller.poll(int(left * 1000) + 1))
+
+
+_POLL_EVENTS = {Readable: select.POLLIN, Writable: select.POLLOUT, Ask: select.POLLIN}
+_SEND_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def drive(steps: Steps) -> Any:

@@ -2,7 +2,9 @@
 thread sleeps in one epoll for every parked socket wait and until the earliest deadline; a wait
 that ends (readable, completed from another thread, deadline passed, or cancelled) hands its token
 back through `resume(token, value)`, which the runner turns into the task's next step on a task
-thread. One wake-up of this thread serves every answer that arrived meanwhile.
+thread. One wake-up of this thread serves every answer that arrived meanwhile. A steps.Ask is a
+deadline first: at its time this thread sends its request (a few bytes, not blocking) and the same
+wait goes on for the answer, so no task thread wakes in between.
 
 Parking costs the parking thread one epoll_ctl (the socket is armed EPOLLONESHOT, so a wake-up
 never repeats) and no wake-up of this loop unless the new deadline is earlier than the one it
@@ -21,21 +23,25 @@ import threading
 import time
 from typing import Any, Callable
 
-from utilitarian.steps import Readable, Until
+from utilitarian.steps import Ask, Readable, Until, Writable
 
 log = logging.getLogger(__name__)
 
-_ARM = select.EPOLLIN | select.EPOLLONESHOT
+# What a socket wait arms its descriptor for. EPOLLERR and EPOLLHUP come unasked: a refused connect
+# or a reset line ends its wait too (the task's next recv or SO_ERROR says what happened).
+_ARMS = {Readable: select.EPOLLIN | select.EPOLLONESHOT, Writable: select.EPOLLOUT | select.EPOLLONESHOT,
+         Ask: select.EPOLLIN | select.EPOLLONESHOT}
 
 
 class _Entry:
-    __slots__ = ("token", "fd", "deadline", "done")
+    __slots__ = ("token", "fd", "deadline", "done", "ask")
 
-    def __init__(self, token: Any, fd: int, deadline: float):
+    def __init__(self, token: Any, fd: int, deadline: float, ask: Ask | None = None):
         self.token = token
-        self.fd = fd  # -1: not a socket wait
-        self.deadline = deadline
+        self.fd = fd  # -1: not a socket wait (or not yet: an Ask before its request is sent)
+        self.deadline = deadline  # an Ask's time to send, until it is sent
         self.done = False
+        self.ask = ask  # an Ask whose request this loop sends at `deadline`
 
 
 class WaitLoop:
@@ -69,29 +75,39 @@ class WaitLoop:
 
     # --- any thread --------------------------------------------------------------------------
     def park(self, token: Any, wait) -> bool | None:
-        """Park `token` on `wait` (steps.Readable or steps.Until): None when parked (`resume`
-        follows from another thread), else the wait's value now (its deadline passed, or its
-        event completed already): the caller goes on with it."""
-        is_fd = type(wait) is Readable
+        """Park `token` on `wait` (steps.Readable, steps.Writable, steps.Ask or steps.Until): None
+        when parked (`resume` follows from another thread), else the wait's value now (its deadline
+        passed, its event completed already, or an Ask's request did not all go out): the caller
+        goes on with it."""
+        arm = _ARMS.get(type(wait))
+        is_fd = arm is not None
         if not is_fd and type(wait) is not Until:
-            raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Until)")
+            raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Writable, "
+                            "steps.Ask, steps.Until)")
         deadline = wait.deadline
-        if deadline <= self.clock():
+        now = self.clock()
+        if deadline <= now:
             return False
-        entry = _Entry(token, wait.fd if is_fd else -1, deadline)
+        ask = None
+        if type(wait) is Ask:
+            if wait.at > now:
+                ask = wait  # this loop sends it when its time comes
+            elif not wait.send_now():  # due already: sent by the caller, who owns the task still
+                return False
+        entry = _Entry(token, wait.fd if is_fd and ask is None else -1, deadline if ask is None else ask.at, ask)
         with self._lock:
             if token in self._by_token:
                 raise RuntimeError(f"{token!r} is parked already")
             self._by_token[token] = entry
-            if is_fd:
+            if entry.fd >= 0:
                 self._by_fd[entry.fd] = entry
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), entry))
-            wake = deadline < self._sleeping_until
+            heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
+            wake = entry.deadline < self._sleeping_until
             if wake:
                 self._sleeping_until = -math.inf
-        if is_fd:
-            self._arm(entry.fd)
-        elif not wait.event.subscribe(lambda: self._end(entry, True)):
+        if entry.fd >= 0:
+            self._arm(entry.fd, arm)
+        elif ask is None and not wait.event.subscribe(lambda: self._end(entry, True)):
             if self._take(entry) is not None:
                 return True  # completed before we subscribed
             # else: a cancel took it meanwhile (it resumes nobody): the caller must not step on
@@ -100,11 +116,11 @@ class WaitLoop:
             os.write(self._wake_w, b"x")
         return None
 
-    def _arm(self, fd: int) -> None:
+    def _arm(self, fd: int, events: int) -> None:
         try:
-            self._epoll.modify(fd, _ARM)  # armed before, by an earlier wait on this socket
+            self._epoll.modify(fd, events)  # armed before, by an earlier wait on this socket
         except FileNotFoundError:
-            self._epoll.register(fd, _ARM)
+            self._epoll.register(fd, events)
 
     def cancel(self, token: Any) -> bool:
         """End `token`'s wait without resuming it; True when it was parked (the caller now owns
@@ -133,6 +149,19 @@ class WaitLoop:
             del self._by_fd[entry.fd]
         return token
 
+    def _send(self, entry: _Entry) -> bool:
+        """Under the lock, so a cancel cannot hand the task back (and its socket be closed, its
+        descriptor reused) meanwhile: an Ask's request is due. True when it all went out and the
+        entry waits for the answer now; False ends the wait (the task sends the rest itself)."""
+        ask, entry.ask = entry.ask, None
+        if not ask.send_now():
+            return False
+        entry.fd, entry.deadline = ask.fd, ask.deadline
+        self._by_fd[ask.fd] = entry
+        heapq.heappush(self._deadlines, (ask.deadline, next(self._seq), entry))
+        self._arm(ask.fd, _ARMS[Ask])
+        return True
+
     def _end(self, entry: _Entry, value: bool) -> None:
         token = self._take(entry)
         if token is not None:
@@ -157,7 +186,7 @@ class WaitLoop:
             heap = self._deadlines
             while heap and (heap[0][2].done or heap[0][0] <= now):
                 entry = heapq.heappop(heap)[2]
-                if not entry.done:
+                if not entry.done and not (entry.ask is not None and self._send(entry)):
                     expired.append(self._forget(entry))
             if len(heap) > 1024 and len(heap) > 4 * len(self._by_token):
                 # Ended waits (most of them: answers come long before their deadlines) are

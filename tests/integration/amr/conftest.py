@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -11,14 +12,17 @@ import pytest
 class ScriptedMeter:
     """A TCP peer that expects exact bytes from the client and answers with exact bytes.
 
-    script: [(expected, reply), ...]. It records what it actually received; a mismatch stops the
-    script (the client then sees silence) and is reported by `check()`.
+    script: [(expected, reply), ...]. It records what it actually received, and when (time.monotonic:
+    `received_at` as each expected message was complete, `replied_at` as each reply was sent); a
+    mismatch stops the script (the client then sees silence) and is reported by `check()`.
     """
 
     def __init__(self, script: list[tuple[bytes, bytes]], *, read_timeout: float = 5.0):
         self.script = list(script)
         self.read_timeout = read_timeout
         self.received: list[bytes] = []
+        self.received_at: list[float] = []
+        self.replied_at: list[float] = []
         self.trailing = b""
         self.error: str | None = None
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -48,10 +52,12 @@ class ScriptedMeter:
                 for expected, reply in self.script:
                     got = self._read_exactly(conn, len(expected))
                     self.received.append(got)
+                    self.received_at.append(time.monotonic())
                     if got != expected:
                         self.error = f"expected {expected!r}, got {got!r}"
                         return
                     if reply:
+                        self.replied_at.append(time.monotonic())
                         conn.sendall(reply)
                 # Collect what the client sends after the script (B0) until it hangs up; a
                 # silent meter keeps the line open, as a real one does.

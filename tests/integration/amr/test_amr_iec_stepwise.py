@@ -6,6 +6,7 @@ must not depend on the driver."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,10 +14,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from support.connect_peers import full_backlog, refusing_port
 from support.parked import run_parked
 from utilitarian import steps
 from utilitarian.amr.environments import prepare_call, run_prepared, run_prepared_steps
-from utilitarian.amr.errors import MeterChecksumError, MeterProtocolError, MeterTimeout
+from utilitarian.amr.errors import MeterChecksumError, MeterProtocolError, MeterTimeout, MeterUnreachable
 from utilitarian.amr.protocols import iec_frames as f
 from utilitarian.amr.protocols.iec62056_21 import Iec62056Session
 from utilitarian.amr.target import parse_meter_url
@@ -79,33 +81,90 @@ def hold(conn: socket.socket) -> None:
         pass
 
 
-def test_a_readout_parks_two_answers_and_the_reaction_pause(scripted_meter):
+def test_a_readout_parks_the_identification_and_then_one_wait_for_the_option_select_and_data(scripted_meter):
     # Given a meter answering the request with its identification and the ACK with its data
     peer = scripted_meter([(REQUEST, IDENT), (ACK_READOUT_TCP, f.build_block(DATA))])
     waits: list = []
     # When the readout runs parked
     with Iec62056Session(target_of(peer.port)) as session:
-        fd = session.transport._fd
         result = run_parked(session.readout_steps(), waits=waits)
-    # Then it waited for the identification, the 20 ms reaction time, then the data message, all
-    # as parked waits on this session's socket (an answer split by TCP is another Readable)
+        fd = session.transport._fd
+    # Then it waited for the identification, then once for the option select (sent by the wait
+    # loop after the 20 ms reaction time) and the data message, all parked waits on this
+    # session's socket (an answer split by TCP is another Readable). The connect to loopback has
+    # finished by the time connect returns, unless the kernel deferred the handshake: then its
+    # wait comes first.
     peer.check()
     assert peer.received == [REQUEST, ACK_READOUT_TCP]
+    assert peer.received_at[1] - peer.replied_at[0] >= 0.02  # the meter saw the reaction time kept
+    if type(waits[0]) is steps.Writable:
+        assert waits.pop(0).fd == fd
     assert type(waits[0]) is steps.Readable and waits[0].fd == fd
-    pauses = [w for w in waits if type(w) is steps.Until]
-    assert len(pauses) == 1 and pauses[0].event is steps.NEVER
-    assert type(waits[-1]) is steps.Readable and all(w.fd == fd for w in waits if type(w) is steps.Readable)
+    assert type(waits[1]) is steps.Ask and waits[1].fd == fd and waits[1].data == ACK_READOUT_TCP
+    assert all(type(w) is steps.Readable and w.fd == fd for w in waits[2:])
     assert [(d.address, d.value.number) for d in result.datasets][2:] == [("1.8.0", "12345.678"),
                                                                           ("1-0:2.8.0*255", "10.5")]
+
+
+def open_sockets() -> set[str]:
+    """This process's open sockets (their inodes)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the directory's own descriptor, closed by now
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return found
+
+
+def test_a_connect_that_does_not_complete_is_a_wait_that_times_out(driver):
+    # Given a gateway whose listen backlog is full (its handshake never completes)
+    with full_backlog() as port:
+        before = open_sockets()
+        waits: list = []
+        # When a readout connects to it with a read timeout of 0.3 s
+        with pytest.raises(MeterUnreachable, match="connect timed out") as info:
+            with Iec62056Session(target_of(port, timeout="0.3")) as session:
+                if driver is run_parked:
+                    run_parked(session.readout_steps(), waits=waits)
+                else:
+                    driver(session.readout_steps())
+    # Then the connect was one Writable wait (parked: no thread held), it timed out retryably,
+    # and its socket is closed
+    assert info.value.retryable and open_sockets() <= before
+    if driver is run_parked:
+        assert [type(w) for w in waits] == [steps.Writable]
+
+
+def test_a_refused_connect_is_unreachable_by_both_drivers(driver):
+    before = open_sockets()
+    with pytest.raises(MeterUnreachable, match="refused") as info:
+        readout(driver, target_of(refusing_port()))
+    assert info.value.retryable and open_sockets() <= before
+
+
+def test_a_task_closed_while_its_connect_waits_leaves_no_socket_open():
+    with full_backlog() as port:
+        before = open_sockets()
+        session = Iec62056Session(target_of(port, timeout="30"))
+        gen = session.readout_steps()
+        wait = next(gen)
+        assert type(wait) is steps.Writable and os.readlink(f"/proc/self/fd/{wait.fd}") not in before
+        # As a worker closes a parked task at its hard limit: the generator's finally blocks run
+        gen.close()
+        session.close()
+        assert open_sockets() <= before
 
 
 def test_the_reaction_pause_is_kept_by_both_drivers(driver, scripted_meter):
     # upper-case H: the meter asks for 200 ms before the option select
     peer = scripted_meter([(REQUEST, b"/EMH5\\2LZQJL0014F\r\n"), (ACK_READOUT_TCP, f.build_block(DATA))])
-    started = time.monotonic()
     result = readout(driver, target_of(peer.port))
     peer.check()
-    assert time.monotonic() - started >= 0.2
+    # between the identification leaving the meter and the option select reaching it
+    assert peer.received_at[1] - peer.replied_at[0] >= 0.2
     assert result.identification.enhanced == "2" and len(result.datasets) == 4
 
 

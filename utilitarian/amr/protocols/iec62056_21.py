@@ -4,8 +4,9 @@ One `Iec62056Session` is one conversation with one meter, bounded by the target'
 session timeout. Passwords go on the wire only; logs and errors never contain them.
 
 Each exchange is a stepwise function (utilitarian/steps.py, `..._steps`): over TCP it yields its
-waits (an answer: steps.Readable; the reaction time: steps.pause), so a worker parks a poll between
-answers without holding a thread; on a serial line it blocks in its thread and yields nothing. The
+waits (the connect: steps.Writable; an answer: steps.Readable; a request after the reaction time
+and its answer: one steps.Ask), so a worker parks a poll between answers without holding a thread;
+on a serial line it blocks in its thread and yields nothing. The
 plain methods (LIS-200, tests) run the same steps to their end in their thread, blocking in each
 read; steps.drive of the `..._steps` blocks in each wait instead (`utilitarian read`).
 """
@@ -39,7 +40,9 @@ class Readout:
 
 
 class Iec62056Session:
-    """A mode C conversation. Use as a context manager; programming mode ends with B0 on exit."""
+    """A mode C conversation. Use as a context manager; programming mode ends with B0 on exit.
+    The line opens as the first exchange begins (its sign-on), so over TCP a stepwise exchange
+    yields the connect's wait too (`open` opens it at once, in this thread)."""
 
     def __init__(self, target: MeterTarget, *, transport: Transport | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -65,14 +68,22 @@ class Iec62056Session:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Iec62056Session:
-        self.open()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
     def open(self) -> None:
-        self.transport.open(min(self.target.timeout, max(self.channel.remaining(), 0.001)))
+        self._run(self.open_steps())
+
+    def open_steps(self) -> steps.Steps:
+        """Open the line, bounded by the read timeout and the session deadline; over TCP (while
+        the channel parks) a connect still under way is a parked wait."""
+        timeout = min(self.target.timeout, max(self.channel.remaining(), 0.001))
+        if self.channel.park:
+            yield from self.transport.open_steps(timeout)
+        else:
+            self.transport.open(timeout)
         self._opened = True
 
     def close(self) -> None:
@@ -115,6 +126,18 @@ class Iec62056Session:
                 # wait (resumed when a task thread is free) could miss.
                 time.sleep(seconds)
 
+    def _send_after(self, seconds: float, data: bytes) -> steps.Steps:
+        """Send `data` once the reaction time `seconds` has passed; an answer is received next.
+        Over TCP the request is held for that receive (Channel.send_later), which sends it from
+        the wait for the answer: one parked wait, not a pause and then a read."""
+        if self.channel.park and self.sleep is None:
+            if self.channel.remaining() < seconds:
+                raise MeterTimeout(f"{self.where}: session timeout reached")
+            self.channel.send_later(data, seconds)
+        else:
+            yield from self._pause(seconds)
+            self.channel.send(data)
+
     @property
     def reaction_time(self) -> float:
         return self.identification.reaction_time if self.identification else 0.2
@@ -140,6 +163,8 @@ class Iec62056Session:
 
     def sign_on_steps(self, mode: str) -> steps.Steps:
         """Request, identification, option select and (on serial lines) the baud switch."""
+        if not self._opened:
+            yield from self.open_steps()
         if self.target.wakeup:
             yield from self.wake_up_steps()
         self.channel.send(f.build_request(self.target.address))
@@ -156,14 +181,17 @@ class Iec62056Session:
         else:
             # A transparent gateway keeps its line speed: ask the meter not to switch.
             baud = line_baud if line_baud in f.CHAR_FOR_BAUD else 300
-        yield from self._pause(ident.reaction_time)
-        self.channel.send(f.build_option_select(f.CHAR_FOR_BAUD[baud], mode))
+        option_select = f.build_option_select(f.CHAR_FOR_BAUD[baud], mode)
         if self.transport.can_switch_baud and baud != line_baud:
             # The ACK must leave at the old speed. USB adapters report it sent while it is still
             # in their FIFO; switch_delay covers that.
+            yield from self._pause(ident.reaction_time)
+            self.channel.send(option_select)
             self.transport.drain()
             yield from self._pause(self.target.switch_delay)
             self.transport.set_baudrate(baud)
+        else:
+            yield from self._send_after(ident.reaction_time, option_select)
         return ident
 
     def readout(self) -> Readout:
@@ -189,8 +217,7 @@ class Iec62056Session:
             if frame.kind != "block" or frame.bcc_ok:
                 return frame
             log.debug("%s: %s with bad BCC, asking for a repeat", self.where, what)
-            yield from self._pause(self.reaction_time)
-            self.channel.send(bytes([f.NAK]))
+            yield from self._send_after(self.reaction_time, bytes([f.NAK]))
         raise MeterChecksumError(f"{self.where}: {what} BCC still wrong after "
                                  f"{self.target.retries} repeats")
 
@@ -209,10 +236,9 @@ class Iec62056Session:
         operand = frame.payload.decode("ascii", errors="replace").strip("()")
         if password is None:
             return operand
-        yield from self._pause(self.reaction_time)
         log.debug("%s: sending password (P1)", self.where)
         payload = b"(" + password.encode("ascii", errors="replace") + b")"
-        self.channel.send(f.build_command("P1", payload))
+        yield from self._send_after(self.reaction_time, f.build_command("P1", payload))
         answer = yield from self._receive_block("password answer")
         if answer.kind == "ack":
             return operand
@@ -224,8 +250,7 @@ class Iec62056Session:
     def _command(self, command: str, payload: bytes, what: str) -> steps.Steps:
         """Send a command; resend it (bounded) while the meter answers NAK."""
         for _attempt in range(self.target.retries + 1):
-            yield from self._pause(self.reaction_time)
-            self.channel.send(f.build_command(command, payload))
+            yield from self._send_after(self.reaction_time, f.build_command(command, payload))
             frame = yield from self._receive_block(what)
             if frame.kind != "nak":
                 return frame
@@ -263,8 +288,7 @@ class Iec62056Session:
                 return blocks
             if len(blocks) > 100_000:
                 raise MeterProtocolError(f"{self.where}: {command} {address} never ended")
-            yield from self._pause(self.reaction_time)
-            self.channel.send(bytes([f.ACK]))
+            yield from self._send_after(self.reaction_time, bytes([f.ACK]))
             frame = yield from self._receive_block(f"partial block {len(blocks) + 1} of {command} {address}")
 
     def write(self, address: str, value: str) -> None:

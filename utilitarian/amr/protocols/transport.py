@@ -6,7 +6,9 @@ readout at 300 baud is fine) and by the session deadline (so a babbling meter ca
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -26,8 +28,9 @@ RECV_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 class Transport(Protocol):
     """What the protocol layer needs from a line. A line whose waits a worker can park (TCP) also
-    offers `read_steps(timeout)`, `read` as a stepwise function (utilitarian/steps.py); Channel
-    uses it when it is there."""
+    offers `open_steps(timeout)` and `read_steps(timeout)`, `open` and `read` as stepwise functions
+    (utilitarian/steps.py), and `ask_steps(data, at, timeout)`, a write at a given time and then
+    `read_steps`; Channel uses them when they are there."""
 
     can_switch_baud: bool
 
@@ -53,8 +56,8 @@ class TcpTransport:
     blocking `read` is one recv, its timeout kept by the kernel (SO_RCVTIMEO, changed only when a
     wait differs by more than 10 ms). A stepwise read (`read_steps`) yields a steps.Readable (parked
     in the worker's epoll) and then takes the bytes with MSG_DONTWAIT. A send is bounded by
-    SO_SNDTIMEO. The connect stays blocking, bounded by its timeout (the wait loop has no writable
-    wait): to a LAN gateway or a live modem link it is one round trip."""
+    SO_SNDTIMEO. The connect is non-blocking (`open_steps`): a handshake still under way when
+    connect returns is a steps.Writable, so a modem link's round trip holds no thread."""
 
     can_switch_baud = False
 
@@ -65,17 +68,55 @@ class TcpTransport:
         self._wait = -1.0   # the socket's SO_RCVTIMEO in seconds
 
     def open(self, timeout: float) -> None:
+        """`open_steps`, waiting for the handshake in this thread (poll)."""
+        steps.drive(self.open_steps(timeout))
+
+    def open_steps(self, timeout: float) -> steps.Steps:
+        """Connect within `timeout`: a non-blocking connect, then one steps.Writable while the
+        handshake is still under way. Asked a second time, connect says whether it is: to loopback
+        or a LAN gateway the handshake has finished by then, and nothing is yielded (a parked wait
+        would cost a wake-up of the wait loop and a step thread for an answer already there)."""
+        deadline = time.monotonic() + timeout
+        last: MeterUnreachable | None = None
+        for family, address in self._addresses():
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == errno.EINPROGRESS:
+                    code = sock.connect_ex(address)  # 0 (or EISCONN) once connected, EALREADY meanwhile
+                    if code == errno.EALREADY:
+                        if not (yield steps.Writable(sock.fileno(), deadline)):
+                            raise MeterUnreachable(f"{self.host}:{self.port}: connect timed out")
+                        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code and code != errno.EISCONN:
+                    last = MeterUnreachable(f"{self.host}:{self.port}: {os.strerror(code)}")
+                    sock.close()
+                    continue
+                sock.setblocking(True)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A send blocks only when the gateway stops reading; bound it like the connect.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
+            except BaseException:  # a timeout, or the task closed while it waited: no socket left open
+                sock.close()
+                raise
+            self._sock, self._fd, self._wait = sock, sock.fileno(), -1.0
+            return
+        raise last or MeterUnreachable(f"{self.host}:{self.port}: no address")
+
+    def _addresses(self) -> list[tuple[int, tuple]]:
+        """Where to connect, in order. An IP address as itself: getaddrinfo costs a GIL hand-over."""
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, self.host)
+            except OSError:
+                continue
+            return [(family, (self.host, self.port))]
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except socket.timeout:
-            raise MeterUnreachable(f"{self.host}:{self.port}: connect timed out") from None
+            found = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
         except OSError as exc:
             raise MeterUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)
-        # A send blocks only when the gateway stops reading; bound it like the connect.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(max(timeout, 0.001)))
-        self._sock, self._fd, self._wait = sock, sock.fileno(), -1.0
+        return [(family, address) for family, _type, _proto, _name, address in found]
 
     def close(self) -> None:
         if self._sock is not None:
@@ -106,6 +147,20 @@ class TcpTransport:
         time (or the wake-up found no bytes: the caller's loop waits again for what is left)."""
         if not (yield steps.Readable(self._fd, time.monotonic() + max(timeout, 0.0))):
             return b""
+        return self._recv_now()
+
+    def ask_steps(self, data: bytes, at: float, timeout: float) -> steps.Steps:
+        """`data` written at `at` (time.monotonic), then `read_steps(timeout)`, as one steps.Ask:
+        the request a reaction time holds back goes out from the wait, not from a thread woken
+        only to send it. What the wait could not send is written here (a failed line raises)."""
+        ask = steps.Ask(self._sock, data, at, time.monotonic() + max(timeout, 0.0))
+        answered = yield ask
+        if ask.sent < len(data):
+            self.write(data[ask.sent:])
+            return b""  # the caller's loop waits for the answer
+        return self._recv_now() if answered else b""
+
+    def _recv_now(self) -> bytes:
         try:
             data = self._sock.recv(4096, RECV_NOWAIT)
         except BlockingIOError:
@@ -219,14 +274,32 @@ class Channel:
         self.buffer = bytearray()
         # receive_steps yields the reads' waits (a TCP line) instead of blocking in them.
         self.park = hasattr(transport, "read_steps")
+        self._later: tuple[bytes, float] | None = None  # send_later's request and its time (monotonic)
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
 
     def send(self, data: bytes) -> None:
+        if self._later is not None:
+            self._send_held()
         if self.remaining() <= 0:
             raise MeterTimeout("session timeout reached before sending")
         self.transport.write(data)
+
+    def send_later(self, data: bytes, delay: float) -> None:
+        """Send `data` `delay` seconds from now (a protocol's reaction time), together with the
+        wait for its answer: the next `receive_steps` on a parking line yields one wait for both
+        (a steps.Ask), not a pause and then a read. Otherwise it is slept out and sent as the next
+        receive or send begins."""
+        self._later = (data, time.monotonic() + delay)
+
+    def _send_held(self) -> None:
+        """send_later's request, sent in this thread (a line that does not park, or a send first)."""
+        (data, at), self._later = self._later, None
+        early = at - time.monotonic()
+        if early > 0:
+            time.sleep(early)
+        self.send(data)
 
     def receive(self, extract: Callable[[bytearray], tuple[int, T] | None], what: str,
                 *, on_timeout: Callable[[], Exception | None] | None = None) -> T:
@@ -239,7 +312,20 @@ class Channel:
         """`receive` as a stepwise function: while `park` (default: self.park) it yields the
         transport's waits (read_steps); else it blocks in the transport's reads, yielding nothing."""
         read_steps = self.transport.read_steps if (self.park if park is None else park) else None
+        if self._later is not None and read_steps is None:
+            self._send_held()
         last_activity = self.clock()
+        if self._later is not None:
+            # The held request goes out with the first wait; the read timeout counts from then.
+            (data, at), self._later = self._later, None
+            last_activity += max(at - time.monotonic(), 0.0)
+            if last_activity >= self.deadline:
+                raise MeterTimeout("session timeout reached before sending")
+            wait = min(last_activity + self.timeout, self.deadline) - self.clock()
+            chunk = yield from self.transport.ask_steps(data, at, wait)
+            if chunk:
+                self.buffer += chunk
+                last_activity = self.clock()
         while True:
             result = extract(self.buffer)
             if result is not None:
