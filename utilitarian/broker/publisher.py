@@ -147,10 +147,16 @@ class _IOThread(threading.Thread):
                 continue
             seq += 1
             pending[seq] = (batch, index)
-        self._seq = seq
+        first, self._seq = self._seq + 1, seq
         if out:
             # pika's own output path (Connection._send_message ends here), minus its frame objects.
-            self.connection._output_marshaled_frames((b"".join(out),))
+            try:
+                self.connection._output_marshaled_frames((b"".join(out),))
+            except Exception as exc:  # the connection went away between the check above and here
+                for tag in range(first, seq + 1):
+                    entry = pending.pop(tag, None)
+                    if entry is not None:
+                        batch.settle(entry[1], f"cannot publish: {exc}")
 
     def on_return(self, channel, method, properties, body) -> None:
         seq = _seq_of(properties.message_id, self._tag_prefix)
