@@ -69,23 +69,37 @@ class App:
             return resolved or queue
         return self.registry.route(name, self.config)
 
-    def prepare(self, call: TaskCall, now: dt.datetime | None = None) -> tuple[Envelope, Outgoing]:
+    def prepare(self, call: TaskCall, now: dt.datetime | None = None, *, parent_id: str | None = None,
+                root_id: str | None = None, queue: str | None = None) -> tuple[Envelope, Outgoing]:
+        """The message for one call. `parent_id`/`root_id`: the sending task's, for a call that names
+        no parent; `queue`: the call's route when the caller resolved it already."""
         now = now or dt.datetime.now(UTC)
+        if call.parent_id or not parent_id:
+            parent_id, root_id = call.parent_id, call.root_id
+        else:
+            root_id = call.root_id or root_id or parent_id
         envelope = encode_task(
             call.name, call.args, call.kwargs, task_id=call.task_id, eta=call.eta, countdown=call.countdown,
             expires=call.expires, retries=call.retries, time_limit=call.time_limit,
-            soft_time_limit=call.soft_time_limit, parent_id=call.parent_id, root_id=call.root_id,
+            soft_time_limit=call.soft_time_limit, parent_id=parent_id, root_id=root_id,
             extra_headers=call.extra_headers, now=now)
-        return envelope, outgoing_for(envelope, self.route(call.name, call.queue), now)
+        return envelope, outgoing_for(envelope, queue or self.route(call.name, call.queue), now)
 
-    def send_tasks(self, calls: Iterable[TaskCall], *, timeout: float | None = None) -> list[str]:
-        """Publish many tasks with pipelined confirms; returns their ids in order."""
+    def send_tasks(self, calls: Iterable[TaskCall], *, timeout: float | None = None, parent_id: str | None = None,
+                   root_id: str | None = None) -> list[str]:
+        """Publish many tasks with pipelined confirms; returns their ids in order. `parent_id` and
+        `root_id` are set on the calls that name no parent of their own (a task's follow-ups)."""
         now = dt.datetime.now(UTC)
         ids: list[str] = []
+        routes: dict[tuple, str] = {}  # a fan-out sends one task name to one queue, thousands of times
 
         def outgoing():
             for call in calls:
-                envelope, out = self.prepare(call, now)
+                where = (call.name, call.queue)
+                queue = routes.get(where)
+                if queue is None:
+                    queue = routes[where] = self.route(call.name, call.queue)
+                envelope, out = self.prepare(call, now, parent_id=parent_id, root_id=root_id, queue=queue)
                 ids.append(envelope.task_id)
                 yield out
 

@@ -127,8 +127,22 @@ def _object_hook(obj: dict) -> Any:
     return obj
 
 
+# json.dumps(cls=...) builds an encoder, and the encoder a C iterator, per call: half the cost of
+# a task's small body. One C iterator serves every call and thread because it keeps no state
+# between calls (check_circular off: its `markers` dict would be shared); a circular value ends in
+# RecursionError, reported as json's ValueError.
+_ENCODER = _Encoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_ITERENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                                           False, False, True)
+               if json.encoder.c_make_encoder is not None else None)
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, cls=_Encoder, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        text = "".join(_ITERENCODE(value, 0)) if _ITERENCODE is not None else _ENCODER.encode(value)
+    except RecursionError:
+        raise ValueError("Circular reference detected (or nesting too deep for JSON)") from None
+    return text.encode("utf-8")
 
 
 _DECODER = json.JSONDecoder(object_hook=_object_hook)  # json.loads builds one per call otherwise
@@ -181,6 +195,16 @@ def _saferepr(value: Any, limit: int = 1024, small: bool = False) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def new_task_id() -> str:
+    """str(uuid.uuid4()) in a third of its time (no UUID object): 16 random bytes with the
+    version 4 and RFC 4122 variant bits set, in the same 8-4-4-4-12 hex form."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
@@ -200,7 +224,7 @@ def encode_task(name: str, args: tuple | list = (), kwargs: Mapping | None = Non
     if not isinstance(args, (list, tuple)):
         raise TypeError("task args must be a list or tuple")
     kwargs = dict(kwargs or {})
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or new_task_id()
     body = dumps([list(args), kwargs, EMPTY_EMBED])
     small = len(body) <= 2048
     if countdown is not None or isinstance(expires, (int, float)):
@@ -214,8 +238,8 @@ def encode_task(name: str, args: tuple | list = (), kwargs: Mapping | None = Non
         "task": name,
         "id": task_id,
         "shadow": None,
-        "eta": _iso(eta),
-        "expires": _iso(expires),
+        "eta": None if eta is None else _iso(eta),
+        "expires": None if expires is None else _iso(expires),
         "group": group,
         "group_index": None,
         "retries": retries,

@@ -145,3 +145,12 @@ def test_structurally_valid_bodies_with_odd_values(args, headers, tagged, value)
         p.decode(body, content_type="application/json", content_encoding="utf-8", headers=headers, now=NOW)
     except p.ProtocolError:
         pass
+
+
+def test_generated_task_ids_are_version_4_uuids_in_celerys_form():
+    ids = [p.new_task_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert p.encode_task("t").task_id != p.encode_task("t").task_id

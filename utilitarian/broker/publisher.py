@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from utilitarian.broker.connection import Backoff, BrokerSettings, translate
-from utilitarian.broker.wire import Properties
+from utilitarian.broker.wire import PublishFrames
 from utilitarian.errors import BrokerUnavailable, PublishError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class _IOThread(threading.Thread):
         self._lowest = 1
         self._pending: dict[int, tuple[_Batch, int]] = {}
         self._returned: dict[int, str] = {}
+        self._frames: PublishFrames | None = None  # built for the open channel
 
     # --- thread body -----------------------------------------------------------------------
     def run(self) -> None:
@@ -111,6 +112,8 @@ class _IOThread(threading.Thread):
 
     def on_channel_open(self, channel) -> None:
         self.channel = channel
+        # _body_max_length: what the connection's tune left for a body frame (pika writes ours).
+        self._frames = PublishFrames(channel.channel_number, self.connection._body_max_length)
         channel.add_on_close_callback(self.on_channel_closed)
         channel.add_on_return_callback(self.on_return)
         channel.confirm_delivery(ack_nack_callback=self.on_confirm, callback=lambda _frame: self.opened.set())
@@ -128,20 +131,32 @@ class _IOThread(threading.Thread):
         if self.closed or self.channel is None or not self.channel.is_open:
             batch.fail_rest(str(self.error or "publisher is closed"), range(len(items)))
             return
+        # The whole batch goes out as one write: pika's basic_publish writes three frames each, and
+        # its transport makes one send() per frame (30,000 system calls for a 10,000-job round).
+        frames = self._frames
+        out: list = []
+        pending = self._pending
+        prefix = self._tag_prefix
+        seq = self._seq
         for index, item in enumerate(items):
-            self._seq += 1
-            props = dict(item.properties)
-            props["message_id"] = f"{self._tag_prefix}.{self._seq}"
-            self._pending[self._seq] = (batch, index)
             try:
-                self.channel.basic_publish(item.exchange, item.routing_key, item.body,
-                                           Properties(**props), mandatory=item.mandatory)
+                frames.add(out, item.exchange, item.routing_key, item.body, item.properties, item.mandatory,
+                           f"{prefix}.{seq + 1}")
             except Exception as exc:  # bad property types must fail the message, not the loop
-                self._pending.pop(self._seq, None)
                 batch.settle(index, f"cannot publish: {exc}")
-                if not self.channel.is_open:
-                    batch.fail_rest(f"channel closed: {exc}", range(index + 1, len(items)))
-                    return
+                continue
+            seq += 1
+            pending[seq] = (batch, index)
+        first, self._seq = self._seq + 1, seq
+        if out:
+            # pika's own output path (Connection._send_message ends here), minus its frame objects.
+            try:
+                self.connection._output_marshaled_frames((b"".join(out),))
+            except Exception as exc:  # the connection went away between the check above and here
+                for tag in range(first, seq + 1):
+                    entry = pending.pop(tag, None)
+                    if entry is not None:
+                        batch.settle(entry[1], f"cannot publish: {exc}")
 
     def on_return(self, channel, method, properties, body) -> None:
         seq = _seq_of(properties.message_id, self._tag_prefix)
