@@ -44,12 +44,16 @@ def decode_table(encoded: bytes, offset: int) -> tuple[dict, int]:
     size = _U32(encoded, offset)[0]
     start = offset + 4
     chunk = encoded[start:start + size]
-    if chunk.isascii() and len(chunk) == size:
-        # Celery's headers are ASCII throughout (lengths and integers included, mostly): decoded
-        # once, every key and string value is then a slice of one str, where it was a bytes
-        # slice plus a decode call each (~40 per table). Any other table takes the general loop.
+    if len(chunk) == size:
+        # Decoded once as latin-1 (one character per byte, so offsets into the str are offsets
+        # into the bytes), every key and string value is then a slice of one str, where it was a
+        # bytes slice plus a decode call each (~40 per table). Celery's headers are ASCII in their
+        # text, but a length or an integer byte >= 0x80 (a kwargsrepr longer than 127 bytes) makes
+        # the table as a whole non-ASCII: then each slice is checked (str.isascii() is O(1) in
+        # CPython) and only a non-ASCII one is decoded again from its bytes, as UTF-8.
+        text = chunk.decode("latin-1")
         try:
-            result, end = _decode_ascii(encoded, start, chunk, chunk.decode("ascii"))
+            result, end = _decode_sliced(encoded, start, chunk, text, not text.isascii())
         except (IndexError, struct.error):  # malformed: fail exactly as the general loop does
             end = -1
         if end == size:
@@ -57,18 +61,24 @@ def decode_table(encoded: bytes, offset: int) -> tuple[dict, int]:
     return _decode_general(encoded, offset, size)
 
 
-def _decode_ascii(encoded: bytes, start: int, chunk: bytes, text: str) -> tuple[dict, int]:
-    """The fields of an ASCII-only table: (table, offset after the last field, from `start`)."""
+def _decode_sliced(encoded: bytes, start: int, chunk: bytes, text: str, mixed: bool) -> tuple[dict, int]:
+    """The fields of a table whose bytes are `chunk` and, read as latin-1, `text`: (table, offset
+    after the last field, from `start`). `mixed`: some bytes are >= 0x80, so a slice may need UTF-8."""
     size = len(chunk)
     result = {}
     pos = 0
     while pos < size:
         end = pos + 1 + chunk[pos]
         key = text[pos + 1:end]
+        if mixed and not key.isascii():
+            key = _text(chunk[pos + 1:end])
         kind = chunk[end]
         if kind == _S:
             pos = end + 5 + _U32(chunk, end + 1)[0]
-            result[key] = text[end + 5:pos]
+            value = text[end + 5:pos]
+            if mixed and not value.isascii():
+                value = _text(chunk[end + 5:pos])
+            result[key] = value
         elif kind == _V:
             result[key] = None
             pos = end + 1
