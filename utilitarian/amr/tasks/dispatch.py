@@ -7,11 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from utilitarian import queues
-from utilitarian.amr.model import ID_NAMESPACE, DispatchRound, Job, iso_utc, job_id, parse_utc, round_id
+from utilitarian.amr.model import DispatchRound, Job, iso_utc, job_id, parse_utc, round_id, uuid5_text
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import chunks, settings_of, store_of, utc_now
 from utilitarian.amr.tasks.faultpoints import faultpoint
@@ -91,7 +90,7 @@ def dispatch_schedule(ctx, schedule: str, slot: str | None = None) -> dict:
         # Recording first would make that retry believe the continuation was sent (issue 11).
         faultpoint("dispatch.before_continuation")
         ctx.send_task(ctx.name, kwargs={"schedule": schedule, "slot": slot_text}, queue=queues.AMR, eta=next_eta,
-                      task_id=str(uuid.uuid5(ID_NAMESPACE, f"continue\x00{rnd.id}\x00{iso_utc(next_eta)}")))
+                      task_id=uuid5_text(f"continue\x00{rnd.id}\x00{iso_utc(next_eta)}"))
         faultpoint("dispatch.after_continuation")
         store.record_continuation(rnd.id, next_eta)
     seconds = time.monotonic() - started

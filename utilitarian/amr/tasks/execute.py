@@ -6,6 +6,7 @@ the last failure becomes a "Poll failed" event.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ from utilitarian import queues, steps
 from utilitarian.amr import metrics
 from utilitarian.amr.blocking import InterfaceBusy, interface_lock
 from utilitarian.amr.errors import MeterError, MeterTimeout
-from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc
+from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc, uuid5_text
 from utilitarian.amr.store import StoreError
 from utilitarian.amr.tasks.common import meter_types_of, settings_of, store_of, utc_now
 from utilitarian.amr.tasks.faultpoints import faultpoint
@@ -162,18 +163,10 @@ def _target(device):
     return target
 
 
+@functools.lru_cache(maxsize=64)
 def _slot_time(slot: str):
     """parse_utc(slot), kept: every poll of a round carries the same slot."""
-    stamp = _slots.get(slot)
-    if stamp is None:
-        stamp = parse_utc(slot)
-        if len(_slots) >= 64:
-            _slots.clear()
-        _slots[slot] = stamp
-    return stamp
-
-
-_slots: dict[str, object] = {}
+    return parse_utc(slot)
 
 
 def _new_target(device):
@@ -254,15 +247,12 @@ def _delay_on_demand(ctx, meter, amr_task, task_call, task_kwargs, execution_typ
     if offset == 0 or ctx.eta is not None or (ctx.headers or {}).get("eta"):
         return False
     import datetime as dt
-    import uuid
-
-    from utilitarian.amr.model import ID_NAMESPACE
 
     eta = utc_now() + dt.timedelta(seconds=float(offset))
     ctx.send_task(ctx.name, kwargs={"meter": meter, "task_call": task_call, "task_kwargs": task_kwargs,
                                     "execution_type": execution_type, "run_offset_seconds": 0},
                   queue=ctx.queue or queues.AMR_ON_DEMAND, eta=eta,
-                  task_id=str(uuid.uuid5(ID_NAMESPACE, f"on-demand-offset\x00{ctx.id}")))
+                  task_id=uuid5_text(f"on-demand-offset\x00{ctx.id}"))
     log.info("on-demand %s for %s held back %gs (run_offset_seconds)", task_call, meter, offset)
     return True
 
