@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from support.broker_admin import VhostSupply
 from support.rabbit import ContainerRabbit, PrivateNode, find_broker
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -26,14 +27,21 @@ def rabbit():
         broker.stop()
 
 
-@pytest.fixture
-def vhost(rabbit):
-    """A fresh vhost for one test, deleted afterwards: fixed queue names cannot collide."""
+@pytest.fixture(scope="session")
+def vhost_supply(rabbit):
     if not rabbit.has_ctl:
         pytest.fail("per-test vhosts need rabbitmqctl for the test broker", pytrace=False)
-    name = rabbit.add_vhost()
+    supply = VhostSupply(rabbit)
+    yield supply
+    supply.close()
+
+
+@pytest.fixture
+def vhost(vhost_supply):
+    """A fresh vhost for one test, deleted afterwards: fixed queue names cannot collide."""
+    name = vhost_supply.take()
     yield name
-    rabbit.delete_vhost(name)
+    vhost_supply.give_back(name)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -99,10 +100,14 @@ class Rabbit:
         """A generator for fixtures: a new broker user with full permissions on `vhost` (like a
         site's `utilitarian` user), deleted afterwards."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.ctl("add_user", name, password)
-        self.ctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
+        # One `eval` for both steps: every rabbitmqctl call boots an Erlang VM (1-10 s).
+        user, pw, vh = (_erlang_binary(text) for text in (name, password, vhost))
+        self.ctl("eval", f"ok = rabbit_auth_backend_internal:add_user({user}, {pw}, <<\"tests\">>), "
+                         f"ok = rabbit_auth_backend_internal:set_permissions({user}, {vh}, <<\".*\">>, "
+                         f"<<\".*\">>, <<\".*\">>, <<\"tests\">>).")
         yield name
-        self.ctl("delete_user", name, check=False)
+        # deleted while the next test runs; not a daemon, so the session waits for it at exit
+        threading.Thread(target=self.ctl, args=("delete_user", name), kwargs={"check": False}).start()
 
     def delete_vhost(self, vhost: str, wait: bool = False) -> None:
         cmd = ["rabbitmqctl"] + (["-n", self.node] if self.node else []) + ["delete_vhost", vhost]
@@ -117,6 +122,11 @@ class Rabbit:
     def connection_names(self, vhost: str) -> list[str]:
         out = self.ctl("list_connections", "-p", vhost, "client_properties", "--quiet", "--no-table-headers").stdout
         return [line for line in out.splitlines() if line.strip()]
+
+
+def _erlang_binary(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'<<"{escaped}"/utf8>>'
 
 
 def _is_local(url: str) -> bool:
