@@ -46,6 +46,11 @@ MAX_IDLE_TOTAL = max(MAX_IDLE_LOW, min(4096, resource.getrlimit(resource.RLIMIT_
 # non-blocking anyway once pymodbus has read from it).
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
+# Forks this process descends from since import (counted in the child, see the end of this
+# module): a pool belongs to the generation that created it. Cheaper than comparing getpid(), a
+# system call, on every checkout and checkin.
+_forks = [0]
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -174,7 +179,7 @@ class ConnectionPool:
         self.max_idle_total = max_idle_total
         self.max_idle_low = max_idle_low
         self.clock = clock
-        self.pid = os.getpid()
+        self.forks = _forks[0]  # this process's generation: getpid() is a system call per check
         self._lock = threading.Lock()
         self._idle: dict[Endpoint, list[ModbusConnection]] = {}
         self._total = 0     # connections in all the lists of _idle
@@ -184,7 +189,7 @@ class ConnectionPool:
         self.closed = False
 
     def _owned(self) -> bool:
-        return self.pid == os.getpid() and not self.closed
+        return self.forks == _forks[0] and not self.closed
 
     def checkout(self, endpoint: Endpoint) -> ModbusConnection | None:
         """An idle connection to `endpoint` that still looks alive, or None (connect a new one)."""
@@ -319,7 +324,7 @@ class ConnectionPool:
     def close(self) -> None:
         """Close every idle connection and stop the reaper (connections out on a poll are closed
         when they come back)."""
-        if self.pid != os.getpid():
+        if self.forks != _forks[0]:
             return
         self.closed = True
         with self._lock:
@@ -350,10 +355,10 @@ def process_pool() -> ConnectionPool:
     """This process's pool, created on first use (and anew in a forked child)."""
     global _pool
     pool = _pool
-    if pool is not None and pool.pid == os.getpid() and not pool.closed:
+    if pool is not None and pool.forks == _forks[0] and not pool.closed:
         return pool
     with _pool_lock:
-        if _pool is None or _pool.pid != os.getpid() or _pool.closed:
+        if _pool is None or _pool.forks != _forks[0] or _pool.closed:
             _pool = ConnectionPool()
         return _pool
 
@@ -361,6 +366,7 @@ def process_pool() -> ConnectionPool:
 def _forget_pool_in_child() -> None:
     # Runs in the child right after fork, while it has a single thread: nothing can race it.
     global _pool, _pool_lock
+    _forks[0] += 1
     inherited, _pool, _pool_lock = _pool, None, threading.Lock()
     if inherited is not None:
         inherited.abandon_after_fork()
