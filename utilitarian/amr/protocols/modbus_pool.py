@@ -14,8 +14,7 @@ import resource
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from utilitarian.amr.target import MeterTarget
 
@@ -52,9 +51,10 @@ _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _forks = [0]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """What makes two TCP connections interchangeable: the same gateway, framing and client settings."""
+class Endpoint(NamedTuple):
+    """What makes two TCP connections interchangeable: the same gateway, framing and client settings.
+    A tuple: built, hashed and compared in C on every checkout and checkin (a frozen dataclass
+    spent ~4 us of a poll on its __init__, __hash__ and __eq__)."""
 
     transport: str          # "tcp" (Modbus TCP framing) or "rtu-over-tcp"
     host: str
