@@ -34,8 +34,9 @@ MAX_IDLE_PER_ENDPOINT = 32
 # fails for a file descriptor above 1023 (the poll then reports "connection lost"): 100 pooled
 # connections on each of 10 gateways pushed every new socket of a process past it, and 3 polls in
 # 4 failed. Our own MBAP connections sit above that range (mbap.py) and count only against
-# MAX_IDLE_TOTAL: at 256 for all, a round with 400 polls in flight per process reconnected ~8 % of
-# its polls and spent a scan of every endpoint's list on most returns.
+# MAX_IDLE_TOTAL: at 256 for all, 400 polls in flight per process on 30 gateways reconnected one
+# poll in six (bench/amr_poll_cpu.py, 1,410 connects for 6,000 polls; 425 now) and most returns
+# scanned every endpoint's list for the oldest connection.
 MAX_IDLE_LOW = 256
 # Idle connections kept per process in all: each holds a descriptor, so at most a quarter of the
 # process's limit (RLIMIT_NOFILE; at the usual 1024 that is MAX_IDLE_LOW, as before).
@@ -81,6 +82,8 @@ class ModbusConnection:
     raises the exceptions of mbap.py, like MbapConnection. pymodbus clients are not thread-safe:
     one session uses a connection at a time."""
 
+    low_fd = True  # pymodbus waits with select(): its sockets must stay below 1024 (the pool counts them)
+
     def __init__(self, target: MeterTarget):
         self.endpoint = Endpoint.of(target) if target.transport != "serial" else None
         self.client = _make_client(target, self._trace_packet)
@@ -103,8 +106,6 @@ class ModbusConnection:
     @property
     def sock(self):
         return getattr(self.client, "socket", None)
-
-    low_fd = True  # pymodbus waits with select(): its sockets must stay below 1024
 
     def read(self, function: int, address: int, count: int, device_id: int) -> list[int]:
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
