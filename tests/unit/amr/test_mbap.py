@@ -141,3 +141,31 @@ def test_a_pooled_connection_looks_alive_only_while_its_gateway_is_quiet_and_con
             assert not conn.looks_alive()
     finally:
         server.close()
+
+
+def test_a_connection_lives_above_the_descriptors_select_can_take_and_still_reads():
+    # pymodbus's select() needs descriptors below 1024: ours move up where the limit allows, and
+    # the moved socket is the same connection (a request and its answer cross it).
+    import resource
+    import socket as socket_module
+
+    from utilitarian.amr.target import parse_meter_url
+
+    server = socket_module.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    conn = mbap.MbapConnection(parse_meter_url(f"modbus+tcp://127.0.0.1:{port}?device_id=9"), ("127.0.0.1", port))
+    try:
+        conn.connect()
+        peer, _ = server.accept()
+        high = resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 2 * mbap.FD_SETSIZE
+        assert (conn.fd >= mbap.FD_SETSIZE) is high and conn.low_fd is not high
+        assert conn.sock.gettimeout() is None and conn.looks_alive()
+        answer = FramerSocket(DecodePDU(True)).buildFrame(ReadInputRegistersResponse(registers=[5, 6], dev_id=9,
+                                                                                    transaction_id=1))
+        peer.sendall(answer)
+        assert conn.read(4, 0, 2, 9) == [5, 6]
+        assert peer.recv(64) == mbap.read_request(1, 9, 4, 0, 2)
+        peer.close()
+    finally:
+        conn.close()
+        server.close()

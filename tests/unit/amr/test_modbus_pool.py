@@ -14,8 +14,9 @@ GATEWAY = Endpoint.of(parse_meter_url("modbus+tcp://10.0.0.5:502?device_id=3"))
 class StandIn:
     """Just what the pool touches on a connection."""
 
-    def __init__(self, endpoint=GATEWAY, alive=True):
+    def __init__(self, endpoint=GATEWAY, alive=True, low_fd=True):
         self.endpoint = endpoint
+        self.low_fd = low_fd
         self.alive = alive
         self.closed = False
         self.last_used = 0.0
@@ -74,6 +75,26 @@ def test_a_full_pool_closes_its_least_recently_used_connection():
     assert pool.idle_count() == 2 and pool.idle_count(GATEWAY) == 1
     assert pool.checkout(GATEWAY) is third and pool.checkout(other) is second
     assert pool.idle_count() == 0
+    pool.close()
+
+
+def test_only_connections_on_low_descriptors_count_against_the_select_cap():
+    clock = {"now": 100.0}
+    pool = ConnectionPool(max_idle_low=2, max_idle_total=4, clock=lambda: clock["now"])
+    other = Endpoint.of(parse_meter_url("modbus+tcp://10.0.0.6:502"))
+    high = [StandIn(GATEWAY, low_fd=False), StandIn(other, low_fd=False)]
+    low = [StandIn(other), StandIn(GATEWAY), StandIn(other)]
+    for conn in (high[0], low[0], high[1], low[1], low[2]):
+        pool.checkin(conn)
+        clock["now"] += 1
+    # Given room for two low ones, the oldest low one made room; the older high one stays
+    assert low[0].closed and not any(c.closed for c in (*high, low[1], low[2]))
+    assert pool.idle_count() == 4
+    # A fifth connection: the pool is full, so the oldest of any kind goes
+    late = StandIn(GATEWAY, low_fd=False)
+    pool.checkin(late)
+    assert high[0].closed and pool.idle_count() == 4
+    assert pool.checkout(GATEWAY) is late and pool.checkout(GATEWAY) is low[1]
     pool.close()
 
 

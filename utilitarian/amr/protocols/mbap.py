@@ -10,6 +10,9 @@ against pymodbus's own server (tests/integration/amr/test_amr_modbus.py, test_mo
 
 from __future__ import annotations
 
+import fcntl
+import os
+import resource
 import select
 import socket
 import struct
@@ -22,6 +25,31 @@ from utilitarian.amr.target import MeterTarget
 _REQUEST = struct.Struct(">HHHBBHH")   # tid, protocol 0, length 6, unit, function, address, count
 _HEADER = struct.Struct(">HHHB")       # tid, protocol, length, unit
 MAX_LENGTH = 254                       # unit id + the largest PDU (253 bytes)
+
+# select() (pymodbus's sync clients for RTU framings wait with it) fails for a descriptor at or
+# above FD_SETSIZE. Our sockets never go near select(): they live from here up when the process may
+# open that many, so a pool of hundreds of them leaves the low numbers to those that need them
+# (modbus_pool.py caps only connections on low descriptors).
+FD_SETSIZE = 1024
+_HIGH_FDS = resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 2 * FD_SETSIZE
+
+
+def _above_select_range(sock: socket.socket) -> socket.socket:
+    """`sock` on a descriptor >= FD_SETSIZE (the same connection), or `sock` itself when the
+    process may not open that many."""
+    if not _HIGH_FDS or sock.fileno() >= FD_SETSIZE:
+        return sock
+    try:
+        fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, FD_SETSIZE)
+    except OSError:  # EMFILE, or a limit lowered since start: the low one still works
+        return sock
+    try:
+        high = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return sock
+    sock.close()
+    return high
 
 
 class NoAnswer(Exception):
@@ -88,11 +116,12 @@ class MbapConnection:
         self.received = False   # bytes seen since the last request (tells garbage from silence)
         self.last_used = 0.0    # pool clock when it was last returned
         self.fd = -1
+        self.low_fd = True      # holds a descriptor select() could take (modbus_pool.py counts those)
         self._tid = 0
         self._poller = None  # select.poll on fd, for looks_alive
 
     def connect(self) -> bool:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock = _above_select_range(socket.create_connection((self.host, self.port), timeout=self.timeout))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Blocking without a Python timeout (which costs a poll() before every recv and send): a
         # read waits for its answer as a steps.Readable (parked in the worker's epoll, or one
@@ -102,6 +131,7 @@ class MbapConnection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.timeout))
         self.sock = sock
         self.fd = sock.fileno()
+        self.low_fd = self.fd < FD_SETSIZE
         self._poller = None
         return True
 

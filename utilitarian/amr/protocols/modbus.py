@@ -118,33 +118,36 @@ class ModbusSession:
     def read_block_steps(self, block: ReadBlock) -> steps.Steps:
         """`read_block`, yielding its waits (steps.Readable) when the session has a pool and the
         connection is our own MBAP one; otherwise it waits in this thread, without yielding."""
-        where = (f"{self.target.interface} device {self.device_id} "
-                 f"function {block.function} address {block.address} count {block.count}")
         if self.clock() > self.deadline:
-            raise MeterTimeout(f"{where}: session timeout {self.target.session_timeout:g}s reached")
+            raise MeterTimeout(f"{self._where(block)}: session timeout {self.target.session_timeout:g}s reached")
         if self._conn is None:
             self.open()
         try:
-            response = yield from self._request(block, where)
+            response = yield from self._request(block)
         except _ConnectionLost as lost:
             if not self._maybe_stale:
-                raise MeterUnreachable(f"{where}: {lost}") from None
+                raise MeterUnreachable(f"{self._where(block)}: {lost}") from None
             # Once, on a new connection: the gateway may have closed the pooled one just as it
             # was taken (the liveness peek at checkout catches the closes that came earlier).
             log.debug("pooled connection to %s lost on first use (%s); retrying on a new one",
                       self.target.interface, lost)
             self._connect()
             try:
-                response = yield from self._request(block, where)
+                response = yield from self._request(block)
             except _ConnectionLost as again:
-                raise MeterUnreachable(f"{where}: {again}") from None
+                raise MeterUnreachable(f"{self._where(block)}: {again}") from None
         self._maybe_stale = False
         registers = response
         if len(registers) < block.count:
-            raise MeterProtocolError(f"{where}: answer holds {len(registers)} registers")
+            raise MeterProtocolError(f"{self._where(block)}: answer holds {len(registers)} registers")
         return registers[:block.count]
 
-    def _request(self, block: ReadBlock, where: str) -> steps.Steps:
+    def _where(self, block: ReadBlock) -> str:
+        """The request, for error messages (built only for one: every poll makes requests)."""
+        return (f"{self.target.interface} device {self.device_id} "
+                f"function {block.function} address {block.address} count {block.count}")
+
+    def _request(self, block: ReadBlock) -> steps.Steps:
         """One read on the connection, its failures translated; a lost connection is
         `_ConnectionLost` so that read_block can tell a stale pooled connection from a meter that
         hung up. After any failure but an exception answer the connection is closed."""
@@ -156,19 +159,19 @@ class ModbusSession:
                 return (yield from conn.read_steps(block.function, block.address, block.count, self.device_id))
             return conn.read(block.function, block.address, block.count, self.device_id)
         except mbap.ExceptionAnswer as answer:
-            raise exception_error(answer.code, where) from None
+            raise exception_error(answer.code, self._where(block)) from None
         except mbap.NoAnswer:
             self.close()
-            raise MeterTimeout(f"{where}: no answer within {self.target.timeout:g}s") from None
+            raise MeterTimeout(f"{self._where(block)}: no answer within {self.target.timeout:g}s") from None
         except mbap.Garbled:
             self.close()
-            raise MeterProtocolError(f"{where}: answer was not a valid Modbus frame") from None
+            raise MeterProtocolError(f"{self._where(block)}: answer was not a valid Modbus frame") from None
         except mbap.ConnectionLost as exc:
             self.close()
             raise _ConnectionLost(str(exc)) from None
         except mbap.MalformedAnswer as exc:
             self.close()
-            raise MeterProtocolError(f"{where}: {exc}") from None
+            raise MeterProtocolError(f"{self._where(block)}: {exc}") from None
 
 
 class _ConnectionLost(Exception):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from utilitarian.amr.target import MeterTarget
 
@@ -29,20 +29,33 @@ IDLE_TIMEOUT = 5.0
 # over the interfaces, so a process rarely has more than a handful in flight per gateway, and a
 # real gateway has few TCP slots to spare.
 MAX_IDLE_PER_ENDPOINT = 32
-# Idle connections kept per process, all endpoints together; the least recently used one is closed
-# to make room. pymodbus's sync client waits with select(), which fails for a file descriptor above
-# 1023 (the poll then reports "connection lost"): 100 pooled connections on each of 10 gateways
-# pushed every new socket of a process past it, and 3 polls in 4 failed.
-MAX_IDLE_TOTAL = 256
+# Idle connections kept per process on descriptors below 1024, all endpoints together; the least
+# recently used of them is closed to make room. pymodbus's sync client waits with select(), which
+# fails for a file descriptor above 1023 (the poll then reports "connection lost"): 100 pooled
+# connections on each of 10 gateways pushed every new socket of a process past it, and 3 polls in
+# 4 failed. Our own MBAP connections sit above that range (mbap.py) and count only against
+# MAX_IDLE_TOTAL: at 256 for all, 400 polls in flight per process on 30 gateways reconnected one
+# poll in six (bench/amr_poll_cpu.py, 1,410 connects for 6,000 polls; 425 now) and most returns
+# scanned every endpoint's list for the oldest connection.
+MAX_IDLE_LOW = 256
+# Idle connections kept per process in all: each holds a descriptor, so at most a quarter of the
+# process's limit (RLIMIT_NOFILE; at the usual 1024 that is MAX_IDLE_LOW, as before).
+MAX_IDLE_TOTAL = max(MAX_IDLE_LOW, min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
 # recv flags for the liveness peek; MSG_DONTWAIT where the platform has it (the socket is
 # non-blocking anyway once pymodbus has read from it).
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
+# Forks this process descends from since import (counted in the child, see the end of this
+# module): a pool belongs to the generation that created it. Cheaper than comparing getpid(), a
+# system call, on every checkout and checkin.
+_forks = [0]
 
-@dataclass(frozen=True)
-class Endpoint:
-    """What makes two TCP connections interchangeable: the same gateway, framing and client settings."""
+
+class Endpoint(NamedTuple):
+    """What makes two TCP connections interchangeable: the same gateway, framing and client settings.
+    A tuple: built, hashed and compared in C on every checkout and checkin (a frozen dataclass
+    spent ~4 us of a poll on its __init__, __hash__ and __eq__)."""
 
     transport: str          # "tcp" (Modbus TCP framing) or "rtu-over-tcp"
     host: str
@@ -68,6 +81,8 @@ class ModbusConnection:
     """One pymodbus sync client plus what a session needs to know about its byte stream; `read`
     raises the exceptions of mbap.py, like MbapConnection. pymodbus clients are not thread-safe:
     one session uses a connection at a time."""
+
+    low_fd = True  # pymodbus waits with select(): its sockets must stay below 1024 (the pool counts them)
 
     def __init__(self, target: MeterTarget):
         self.endpoint = Endpoint.of(target) if target.transport != "serial" else None
@@ -147,7 +162,8 @@ def _make_client(target: MeterTarget, trace_packet: Callable[[bool, bytes], byte
 
 class ConnectionPool:
     """Idle TCP connections per endpoint, most recently used first (so surplus ones age out), at
-    most `max_idle_per_endpoint` per endpoint and `max_idle_total` in all.
+    most `max_idle_per_endpoint` per endpoint, `max_idle_total` in all and `max_idle_low` of those
+    on descriptors select() can take (a connection's `low_fd`; True when it has none).
 
     A daemon reaper thread closes connections idle for `idle_timeout` seconds; it runs only while
     the pool holds something. A pool belongs to the process that created it: in a forked child
@@ -157,21 +173,24 @@ class ConnectionPool:
     def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT,
                  max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
                  max_idle_total: int = MAX_IDLE_TOTAL,
+                 max_idle_low: int = MAX_IDLE_LOW,
                  clock: Callable[[], float] = time.monotonic):
         self.idle_timeout = idle_timeout
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.max_idle_total = max_idle_total
+        self.max_idle_low = max_idle_low
         self.clock = clock
-        self.pid = os.getpid()
+        self.forks = _forks[0]  # this process's generation: getpid() is a system call per check
         self._lock = threading.Lock()
         self._idle: dict[Endpoint, list[ModbusConnection]] = {}
         self._total = 0     # connections in all the lists of _idle
+        self._low = 0       # those of them with low_fd
         self._reaper: threading.Thread | None = None
         self._wake = threading.Event()
         self.closed = False
 
     def _owned(self) -> bool:
-        return self.pid == os.getpid() and not self.closed
+        return self.forks == _forks[0] and not self.closed
 
     def checkout(self, endpoint: Endpoint) -> ModbusConnection | None:
         """An idle connection to `endpoint` that still looks alive, or None (connect a new one)."""
@@ -185,11 +204,12 @@ class ConnectionPool:
                 idle = self._idle.get(endpoint)
                 if idle:
                     found = idle.pop()
-                    self._total -= 1
+                    self._forget(found)
                     if now - found.last_used > self.idle_timeout:
                         # The newest is past its time, so all older ones are too.
                         stale, found = [found, *idle], None
-                        self._total -= len(idle)
+                        for conn in idle:
+                            self._forget(conn)
                         idle.clear()
             # The peek and the closes are syscalls: done outside the lock.
             for conn in stale:
@@ -216,10 +236,14 @@ class ConnectionPool:
             if len(idle) >= self.max_idle_per_endpoint:
                 evicted = conn
             else:
-                if self._total >= self.max_idle_total:
-                    evicted = self._pop_least_recent()
+                low = getattr(conn, "low_fd", True)
+                if low and self._low >= self.max_idle_low:
+                    evicted = self._pop_least_recent(low_only=True)
+                elif self._total >= self.max_idle_total:
+                    evicted = self._pop_least_recent(low_only=False)
                 idle.append(conn)
                 self._total += 1
+                self._low += low
                 if self._reaper is None:
                     self._reaper = threading.Thread(target=self._reap, name="modbus-pool-reaper",
                                                     daemon=True)
@@ -227,14 +251,27 @@ class ConnectionPool:
         if evicted is not None:
             evicted.close()
 
-    def _pop_least_recent(self) -> ModbusConnection | None:
-        # Under the lock. Each list is oldest first, so the oldest overall heads one of them.
-        oldest = min((idle for idle in self._idle.values() if idle),
-                     key=lambda idle: idle[0].last_used, default=None)
+    def _forget(self, conn) -> None:
+        # Under the lock: `conn` left the lists.
+        self._total -= 1
+        self._low -= getattr(conn, "low_fd", True)
+
+    def _pop_least_recent(self, *, low_only: bool) -> ModbusConnection | None:
+        # Under the lock. Each list is oldest first, so the oldest overall heads one of them (the
+        # oldest low one is the first low one of a list).
+        oldest = None
+        for idle in self._idle.values():
+            for i, conn in enumerate(idle):
+                if not low_only or getattr(conn, "low_fd", True):
+                    if oldest is None or conn.last_used < oldest[0].last_used:
+                        oldest = (conn, idle, i)
+                    break
         if oldest is None:
             return None
-        self._total -= 1
-        return oldest.pop(0)
+        conn, idle, i = oldest
+        del idle[i]
+        self._forget(conn)
+        return conn
 
     def idle_count(self, endpoint: Endpoint | None = None) -> int:
         with self._lock:
@@ -257,8 +294,9 @@ class ConnectionPool:
                 while keep < len(idle) and now - idle[keep].last_used > self.idle_timeout:
                     keep += 1
                 expired.extend(idle[:keep])
+                for conn in idle[:keep]:
+                    self._forget(conn)
                 del idle[:keep]
-                self._total -= keep
                 if idle:
                     due = idle[0].last_used + self.idle_timeout
                     next_due = due if next_due is None else min(next_due, due)
@@ -287,13 +325,13 @@ class ConnectionPool:
     def close(self) -> None:
         """Close every idle connection and stop the reaper (connections out on a poll are closed
         when they come back)."""
-        if self.pid != os.getpid():
+        if self.forks != _forks[0]:
             return
         self.closed = True
         with self._lock:
             conns = [c for idle in self._idle.values() for c in idle]
             self._idle.clear()
-            self._total = 0
+            self._total = self._low = 0
         self._wake.set()
         for conn in conns:
             conn.close()
@@ -318,10 +356,10 @@ def process_pool() -> ConnectionPool:
     """This process's pool, created on first use (and anew in a forked child)."""
     global _pool
     pool = _pool
-    if pool is not None and pool.pid == os.getpid() and not pool.closed:
+    if pool is not None and pool.forks == _forks[0] and not pool.closed:
         return pool
     with _pool_lock:
-        if _pool is None or _pool.pid != os.getpid() or _pool.closed:
+        if _pool is None or _pool.forks != _forks[0] or _pool.closed:
             _pool = ConnectionPool()
         return _pool
 
@@ -329,6 +367,7 @@ def process_pool() -> ConnectionPool:
 def _forget_pool_in_child() -> None:
     # Runs in the child right after fork, while it has a single thread: nothing can race it.
     global _pool, _pool_lock
+    _forks[0] += 1
     inherited, _pool, _pool_lock = _pool, None, threading.Lock()
     if inherited is not None:
         inherited.abandon_after_fork()
