@@ -82,6 +82,8 @@ def test_active_only_after_ready(machine):
     assert r["forwarded_for_one"] == 1 and r["forwarded"] >= 2, r
     assert r["show"]["Type"] == "notify" and r["show"]["NotifyAccess"] == "main"
     assert r["show"]["User"] == "utilitarian"
+    # room for a round's meter connections (the Modbus pool sizes itself from the soft limit)
+    assert int(r["show"]["LimitNOFILESoft"]) == 65536, r["show"]
     # A plain, blocking `systemctl start utilitarian-worker@test` returns once READY came.
     assert r["start"]["rc"] == 0 and r["after_start"]["ActiveState"] == "active", r
     assert r["after_start"]["StatusText"].startswith("2/2 children"), r["after_start"]

@@ -183,7 +183,7 @@ def ready(r):
         r["forwarded"] = proxy.forwarded
         r["journal"] = journal_text(c, WORKER_TEST)
         r["show"] = show(WORKER_TEST, "ActiveState", "SubState", "Type", "NotifyAccess", "WatchdogUSec", "MainPID",
-                         "User", "StatusText")
+                         "User", "StatusText", "LimitNOFILESoft")
         run(["systemctl", "stop", WORKER_TEST])
         os.unlink(f"{DROPIN_DIR}/{WORKER_TEST}.d/held-broker.conf")
         run(["systemctl", "daemon-reload"], check=True)
