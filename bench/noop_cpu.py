@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from common import (BROKER, ctl, env_for, fill, fill_with_celery, median, stop, tmpdir, wait_counter,
-                    write_config)
+from common import BROKER, ctl, env_for, fill, fill_with_celery, median, tmpdir, write_config
+from worker_throughput import drained
 
 
 def drain_once(tree: pathlib.Path, url: str, config: pathlib.Path, n: int, flags: list[str]) -> tuple:
@@ -29,14 +29,8 @@ def drain_once(tree: pathlib.Path, url: str, config: pathlib.Path, n: int, flags
                              "bench_tasks", "-Q", "default", *flags], env=env, cwd=tree,
                             stdout=open(counter.parent / "worker.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-    try:
-        first: list = []
-        cpu: list = []
-        done = wait_counter(counter, n, first=first, cpu_of=proc.pid, cpu=cpu)
-    finally:
-        stop(proc)
-    tasks, seconds = cpu[0]
-    return seconds / max(1, tasks), tasks / max(1e-9, done - first[0]), n / (done - began)
+    first, done, cpu = drained(proc, counter, n)
+    return cpu, n / max(1e-9, done - first), n / (done - began)
 
 
 def main() -> None:
