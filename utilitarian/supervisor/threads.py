@@ -81,12 +81,9 @@ class TaskThreads:
         gates = []
         with self._lock:
             delay = self._spare_after
-            # A thread for each delivery that waited that long, counted from the oldest no free
-            # thread takes, but at most as many as are awake: a burst of slow tasks doubles its
-            # threads every check, and a burst of short ones does not wake dozens that find nothing.
-            budget = max(1, len(self.threads) - len(self._parked))
-            while len(self._items) > self._free and (self._parked or len(self.threads) < self._max) and budget:
-                budget -= 1
+            # A thread for each delivery that waited that long (a burst of slow tasks gets its
+            # threads together, not one per check), counted from the oldest no free thread takes.
+            while len(self._items) > self._free and (self._parked or len(self.threads) < self._max):
                 submitted = self._items[self._free][1]
                 waited = now - submitted if submitted is not None else delay
                 if waited < delay:
