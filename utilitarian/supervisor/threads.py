@@ -78,24 +78,22 @@ class TaskThreads:
         for a delivery that waited `spare_after` while every awake thread ran a task."""
         if self._spare_after is None:
             return
-        gates = []
         with self._lock:
+            self._armed = False
+            gate = None
             delay = self._spare_after
-            # A thread for each delivery that waited that long (a burst of slow tasks gets its
-            # threads together, not one per check), counted from the oldest no free thread takes.
-            while len(self._items) > self._free and (self._parked or len(self.threads) < self._max):
-                submitted = self._items[self._free][1]
-                waited = now - submitted if submitted is not None else delay
-                if waited < delay:
+            if len(self._items) > self._free:
+                waited = self._items[self._free][1]  # the oldest one no free thread will take
+                waited = now - waited if waited is not None else delay
+                if waited >= delay:
+                    gate = self._wake_one()
+                else:
                     delay -= waited
-                    break
-                gate = self._wake_one()  # counts it free: the next item is the next to look at
-                if gate is not None:
-                    gates.append(gate)
-            # again while some wait beyond the free threads and a thread could still be woken
-            self._armed = arm = len(self._items) > self._free and (
-                bool(self._parked) or len(self.threads) < self._max)
-        for gate in gates:
+                # again while some wait beyond the free threads and a thread could still be woken
+                self._armed = len(self._items) > self._free and (
+                    bool(self._parked) or len(self.threads) < self._max)
+            arm = self._armed
+        if gate is not None:
             gate.release()
         if arm and not self._call_later(delay, self._check_now):
             with self._lock:
