@@ -123,15 +123,6 @@ class Consumer:
                 self._wake_scheduled = False
 
     # --- pump thread -------------------------------------------------------------------------
-    def call_later(self, delay: float, fn: Callable[[], None]) -> bool:
-        """Run `fn` on the pump thread in `delay` seconds, from the pump thread (inside pika's read
-        callback too: a timer is no pika call); False without an open connection (nothing runs)."""
-        connection = self.connection
-        if connection is None or not connection.is_open:
-            return False
-        connection._impl.ioloop.call_later(delay, fn)
-        return True
-
     def _flush_settles(self) -> None:
         with self._lock:
             batch = list(self._pending)

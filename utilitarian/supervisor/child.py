@@ -229,7 +229,6 @@ class Child:
                 runner.drain()  # held deliveries go back now, not after their backoff
                 if agent is not None:
                     agent.drain()
-            runner.executor.check(now)  # the task threads' watchdog, should its pump timer be lost with a connection
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 last_beat = now
                 beat()

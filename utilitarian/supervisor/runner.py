@@ -33,11 +33,6 @@ from utilitarian.tasks import MAX_DEFERRALS, Defer, Registry, SoftTimeLimitExcee
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
 ETA_SLACK = rules.ETA_SLACK  # the rule lives in delivery.py; tests and tools read it here
-# Seconds a delivery may wait for a task thread that is busy (it takes the delivery when its task
-# ends) before another thread is woken for it. Waking one per delivery costs a futex call, a
-# context switch and a GIL hand-over (more than a no-op task itself); this is the most a delivery
-# behind a long task waits for that saving, plus the pump's timer lag (threads.py).
-SPARE_THREAD_AFTER = 0.002
 
 
 def _utcnow() -> dt.datetime:
@@ -82,8 +77,7 @@ class TaskRunner:
         self.wall_clock = wall_clock
         self.rules = rules.DeliveryRules(follow_up_backoff_cap=follow_up_backoff_cap)
         self.settler = settler or Settler(self.check_time_limits, clock=clock, name="settler")
-        self.executor = TaskThreads(self._handle, threads, name="task", spare_after=SPARE_THREAD_AFTER,
-                                    call_later=getattr(consumer, "call_later", None), clock=clock)
+        self.executor = TaskThreads(self._handle, threads, name="task")
         self.stepping = Stepping(self)
         self._lock = threading.Lock()
         self.submitted = 0
@@ -109,8 +103,8 @@ class TaskRunner:
         with self._lock:
             self.submitted += 1
             reached = self.task_limit and self.submitted == self.task_limit
-        self.last_activity = now = self.clock()
-        self.executor.submit(delivery, now)
+        self.last_activity = self.clock()
+        self.executor.submit(delivery)
         if reached and self.on_task_limit:
             # On the pump thread, at the delivery that reaches the limit: consumption stops now,
             # so only deliveries already on their way (fewer than the prefetch) run on top.

@@ -7,20 +7,14 @@ a fifth of a no-op task's CPU (docs/benchmarks.md).
 Wake-ups are what cost here (a futex call, a context switch and a GIL hand-over each), so a
 thread is woken only when no awake thread will look at the deque anyway: a thread that finished
 takes its next delivery straight from the deque, and a burst of short tasks runs on the one or two
-threads already awake instead of waking all N. Without `spare_after`, a thread that takes a
-delivery while more are waiting and nobody else is awake wakes one more first, so a long task never
-holds the rest back. With it (the worker's task threads), nobody is woken while a thread that runs a
-task will take the waiting delivery when it is done: a watchdog (`check`, armed through
-`call_later` on the submitting thread) wakes one once the oldest waiting delivery has waited
-`spare_after` seconds. A burst of no-op tasks then runs on one thread, woken once per burst, and a
-delivery behind a long task waits `spare_after` longer than it did (plus the caller's timer lag)."""
+threads already awake instead of waking all N. A thread that takes a delivery while more are
+waiting and nobody else is awake wakes one more first, so a long task never holds the rest back."""
 
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-import time
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -28,76 +22,24 @@ _STOP = object()
 
 
 class TaskThreads:
-    def __init__(self, handle: Callable[[Any], None], max_threads: int, *, name: str = "task",
-                 spare_after: float | None = None, call_later: Callable[[float, Callable[[], None]], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, handle: Callable[[Any], None], max_threads: int, *, name: str = "task"):
         self._handle = handle
         self._max = max_threads
         self._name = name
-        self._items: collections.deque = collections.deque()  # (item, monotonic time submitted or None)
+        self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._free = 0  # awake threads not running an item: each looks at the deque before it parks
         self._parked: list[threading.Lock] = []  # gates of sleeping threads (held; released to wake)
         self.threads: list[threading.Thread] = []
-        self._spare_after = spare_after if call_later is not None else None
-        self._call_later = call_later  # (delay, fn) -> False when it cannot arm: then wake at once
-        self._clock = clock
-        self._armed = False  # a check() is due: no need to arm another
 
-    def submit(self, item: Any, now: float | None = None) -> None:
-        """`now` (the clock's time) lets a delivery wait up to `spare_after` for a busy thread."""
-        arm = False
+    def submit(self, item: Any) -> None:
         with self._lock:
-            self._items.append((item, now))
-            if self._spare_after is None or now is None:
-                if self._free:
-                    return  # an awake thread takes it
-                gate = self._wake_one()
-            elif len(self._items) <= self._free:
+            self._items.append(item)
+            if self._free:
                 return  # an awake thread takes it
-            elif self._free or len(self.threads) > len(self._parked):  # awake threads take it in turn
-                gate = None
-                arm = not self._armed
-                self._armed = True
-            else:
-                gate = self._wake_one()  # nobody awake
+            gate = self._wake_one()
         if gate is not None:
             gate.release()
-        if arm and not self._call_later(self._spare_after, self._check_now):
-            with self._lock:
-                self._armed = False
-                gate = self._wake_one() if len(self._items) > self._free else None
-            if gate is not None:
-                gate.release()
-
-    def _check_now(self) -> None:
-        self.check(self._clock())
-
-    def check(self, now: float) -> None:
-        """The watchdog (the submitting thread, from its timer or its periodic tick): wake a thread
-        for a delivery that waited `spare_after` while every awake thread ran a task."""
-        if self._spare_after is None:
-            return
-        with self._lock:
-            self._armed = False
-            gate = None
-            delay = self._spare_after
-            if len(self._items) > self._free:
-                waited = self._items[self._free][1]  # the oldest one no free thread will take
-                waited = now - waited if waited is not None else delay
-                if waited >= delay:
-                    gate = self._wake_one()
-                else:
-                    delay -= waited
-                # again while some wait beyond the free threads and a thread could still be woken
-                self._armed = len(self._items) > self._free and (
-                    bool(self._parked) or len(self.threads) < self._max)
-            arm = self._armed
-        if gate is not None:
-            gate.release()
-        if arm and not self._call_later(delay, self._check_now):
-            with self._lock:
-                self._armed = False
 
     def _wake_one(self):
         """Under the lock: a parked thread's gate to release, or a new thread started; the thread
@@ -123,9 +65,9 @@ class TaskThreads:
                 if not busy:
                     self._free -= 1
                 if self._items:
-                    item = self._items.popleft()[0]
+                    item = self._items.popleft()
                     busy = True
-                    if self._items and not self._free and self._spare_after is None:
+                    if self._items and not self._free:
                         wake = self._wake_one()
                 else:
                     self._parked.append(gate)
@@ -147,7 +89,7 @@ class TaskThreads:
         """Stop the threads once the deque is empty; does not wait (a stuck task's thread is
         abandoned: the child exits with os._exit)."""
         with self._lock:
-            self._items.extend((_STOP, None) for _ in self.threads)
+            self._items.extend(_STOP for _ in self.threads)
             gates, self._parked = self._parked, []
             self._free += len(gates)
         for gate in gates:
