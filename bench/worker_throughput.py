@@ -55,15 +55,21 @@ def timed(system: str, n: int, task: str, task_args: list, start, producer: str 
             fill(config, task, n, task_args)
         counter = work / "counter"
         began = time.monotonic()
-        proc = start(url, config, counter, work)
-        try:
-            first: list = []
-            cpu: list = []
-            done = wait_counter(counter, n, first=first, cpu_of=proc.pid, cpu=cpu)
-        finally:
-            stop(proc)
-        tasks, seconds = cpu[0] if cpu else (n, float("nan"))
-        return done - began, done - first[0], seconds / max(1, tasks)
+        first, done, cpu = drained(start(url, config, counter, work), counter, n)
+        return done - began, done - first, cpu
+
+
+def drained(proc: subprocess.Popen, counter: pathlib.Path, n: int) -> tuple[float, float, float]:
+    """Wait for `n` tasks, then stop `proc`: (monotonic time of the first task, of the n-th, CPU
+    seconds per task of proc's process tree between them)."""
+    try:
+        first: list = []
+        cpu: list = []
+        done = wait_counter(counter, n, first=first, cpu_of=proc.pid, cpu=cpu)
+    finally:
+        stop(proc)
+    tasks, seconds = cpu[0] if cpu else (n, float("nan"))
+    return first[0], done, seconds / max(1, tasks)
 
 
 def live(system: str, n: int, task: str, task_args: list, worker_args: list[str]) -> float:

@@ -45,20 +45,122 @@ def decode_table(encoded: bytes, offset: int) -> tuple[dict, int]:
     start = offset + 4
     chunk = encoded[start:start + size]
     if len(chunk) == size:
-        # Decoded once as latin-1 (one character per byte, so offsets into the str are offsets
-        # into the bytes), every key and string value is then a slice of one str, where it was a
-        # bytes slice plus a decode call each (~40 per table). Celery's headers are ASCII in their
-        # text, but a length or an integer byte >= 0x80 (a kwargsrepr longer than 127 bytes) makes
-        # the table as a whole non-ASCII: then each slice is checked (str.isascii() is O(1) in
-        # CPython) and only a non-ASCII one is decoded again from its bytes, as UTF-8.
-        text = chunk.decode("latin-1")
-        try:
-            result, end = _decode_sliced(encoded, start, chunk, text, not text.isascii())
-        except (IndexError, struct.error):  # malformed: fail exactly as the general loop does
-            end = -1
-        if end == size:
+        if size >= SHAPED_MIN_SIZE:
+            entry = _SHAPES.get(size)
+            if entry is not None and entry[1] is not None:
+                result = _from_shape(chunk, entry[1])
+                if result is not None:
+                    return result, start + size
+            result = _decode_chunk(encoded, start, chunk)
+            if result is not None:
+                _learn(size, chunk, result, entry)
+                return result, start + size
+            return _decode_general(encoded, offset, size)
+        result = _decode_chunk(encoded, start, chunk)
+        if result is not None:
             return result, start + size
     return _decode_general(encoded, offset, size)
+
+
+# --- tables of a shape seen before -------------------------------------------------------------
+# Celery's header table has one shape per producer and task: the same ~19 keys, types and lengths,
+# only the task id (and root id) differ. A table of a size seen before is compared with the last
+# one of that size outside the text values that differed between those two; where every byte
+# there is the same, the table parses the same way (the bytes decide every field's position), so
+# it is the last result with those values sliced anew: three memcmp instead of ~19 fields.
+SHAPED_MIN_SIZE = 64  # smaller tables (nested ones, {} stamps) decode as fast as they compare
+SHAPED_MAX_SIZE = 4096  # bounds what the cache holds: <= SHAPES_MAX x 2 x this
+SHAPES_MAX = 32  # sizes remembered; past that the cache starts over
+MAX_VARYING = 8  # text values allowed to differ from the last table of that size
+MAX_RELEARNS = 64  # a size whose tables keep differing elsewhere is decoded in full from then on
+_IMMUTABLE = (str, bytes, int, float, type(None), decimal.Decimal, datetime)
+# size -> (last chunk, shape or None, relearns); a tuple replaced whole, never changed in place,
+# so a thread that reads an entry while another replaces it sees one consistent entry
+_SHAPES: dict[int, tuple] = {}
+
+
+def _from_shape(chunk: bytes, shape: tuple) -> dict | None:
+    """The table of `chunk` when it has `shape`, else None."""
+    segments, texts, containers, base = shape
+    for a, b, expected in segments:
+        if chunk[a:b] != expected:
+            return None
+    result = base.copy()
+    for key, a, b in texts:
+        raw = chunk[a:b]
+        result[key] = raw.decode("ascii") if raw.isascii() else _text(raw)
+    for key, at in containers:  # never shared between deliveries: a fresh list or dict each
+        result[key] = base[key].copy() if at is None else decode_value(chunk, at)[0]
+    return result
+
+
+def _learn(size: int, chunk: bytes, result: dict, entry: tuple | None) -> None:
+    """After a full decode of a table of `size` bytes: remember it, and the shape it shares with
+    the last one of that size, if any."""
+    if size > SHAPED_MAX_SIZE:
+        return
+    if entry is None:
+        if len(_SHAPES) >= SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[size] = (chunk, None, 0)
+        return
+    last, _, relearns = entry
+    if relearns >= MAX_RELEARNS:
+        return
+    _SHAPES[size] = (chunk, _shape_of(last, chunk, result), relearns + 1)
+
+
+def _shape_of(last: bytes, chunk: bytes, result: dict) -> tuple | None:
+    """(segments, texts, containers, base) for tables like `chunk` whose text values may differ
+    where `last` and `chunk` differ; None when they differ elsewhere or a key repeats."""
+    fields = []
+    pos, size = 0, len(chunk)
+    while pos < size:
+        end = pos + 1 + chunk[pos]
+        key = _text(chunk[pos + 1:end])
+        if chunk[end] == _S:
+            pos = end + 5 + _U32(chunk, end + 1)[0]
+            fields.append((key, end + 5, pos, True))
+        else:
+            pos = decode_value(chunk, end)[1]
+            fields.append((key, end, pos, False))
+    if len(fields) != len(result):
+        return None  # a repeated key: the last one wins, which a per-key patch cannot follow
+    texts = [(key, a, b) for key, a, b, text in fields if text and chunk[a:b] != last[a:b]]
+    if len(texts) > MAX_VARYING:
+        return None
+    segments, pos = [], 0
+    for _, a, b in texts:
+        segments.append((pos, a, chunk[pos:a]))
+        pos = b
+    segments.append((pos, size, chunk[pos:]))
+    if any(last[a:b] != expected for a, b, expected in segments):
+        return None  # differs outside the text values: another shape that happens to be this long
+    base, containers = {}, []
+    for key, at, _, _ in fields:
+        value = result[key]
+        if type(value) is list or type(value) is dict:
+            flat = all(isinstance(item, _IMMUTABLE) for item in (value if type(value) is list else value.values()))
+            containers.append((key, None if flat else at))
+            value = value.copy()  # this copy is never handed out, only copies of it
+        base[key] = value
+    return tuple(segments), tuple(texts), tuple(containers), base
+
+
+def _decode_chunk(encoded: bytes, start: int, chunk: bytes) -> dict | None:
+    """The table whose bytes are `chunk` (at `start` in `encoded`), or None when it is malformed.
+    Decoded once as latin-1 (one character per byte, so offsets into the str are offsets
+    into the bytes), every key and string value is then a slice of one str, where it was a
+    bytes slice plus a decode call each (~40 per table). Celery's headers are ASCII in their
+    text, but a length or an integer byte >= 0x80 (a kwargsrepr longer than 127 bytes) makes
+    the table as a whole non-ASCII: then each slice is checked (str.isascii() is O(1) in
+    CPython) and only a non-ASCII one is decoded again from its bytes, as UTF-8."""
+    text = chunk.decode("latin-1")
+    try:
+        result, end = _decode_sliced(encoded, start, chunk, text, not text.isascii())
+    except (IndexError, struct.error):  # malformed: the general loop fails (or not) as it always did
+        return None
+    return result if end == len(chunk) else None
 
 
 def _decode_sliced(encoded: bytes, start: int, chunk: bytes, text: str, mixed: bool) -> tuple[dict, int]:
