@@ -94,6 +94,7 @@ class Stepping:
                     r.stepping = False
                 runner._end(r, error)
                 return False
+            parked = None  # True, or the wait to arm: parked
             with lock:
                 r.stepping = False
                 if r.settled:  # abandoned at its hard limit during this step: the child retires
@@ -107,13 +108,20 @@ class Stepping:
                     value = None
                     if r.throw is None:
                         try:
-                            value = self.waits.park(r, wait)
+                            value = self.waits.enter(r, wait)
                         except TypeError as exc:  # it yielded something that is not a wait
                             r.throw = exc
                         else:
-                            if value is None:
+                            if type(value) is not bool:  # parked: None, or an entry to arm
                                 runner.rules.on_parked(r)
-                                return True
+                                parked = True if value is None else value
+            if parked is not None:
+                # Out of the lock: the epoll_ctl (and a wake-up of the loop) release the GIL. The
+                # loop arms the socket only while the wait goes on (a resumption or a cancel that
+                # came first may have closed it).
+                if parked is not True:
+                    self.waits.arm(parked)
+                return True
             if late:
                 with lock:
                     runner.abandoned -= 1  # counted as finished by the caller now

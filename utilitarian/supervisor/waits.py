@@ -7,8 +7,8 @@ deadline first: at its time this thread sends its request (a few bytes, not bloc
 wait goes on for the answer, so no task thread wakes in between.
 
 Parking costs the parking thread one epoll_ctl (the socket is armed EPOLLONESHOT, so a wake-up
-never repeats) and no wake-up of this loop unless the new deadline is earlier than the one it
-sleeps towards. Each wait ends exactly once: whoever takes its entry out of the tables, under the
+never repeats; stepping.py makes it out of the runner's lock: `enter`, then `arm`) and no wake-up
+of this loop unless the new deadline is earlier than the one it sleeps towards. Each wait ends exactly once: whoever takes its entry out of the tables, under the
 lock, ends it."""
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ _ARMS = {Readable: select.EPOLLIN | select.EPOLLONESHOT, Writable: select.EPOLLO
 
 
 class _Entry:
-    __slots__ = ("token", "fd", "deadline", "done", "ask")
+    __slots__ = ("token", "fd", "deadline", "done", "ask", "arm", "wake")
 
-    def __init__(self, token: Any, fd: int, deadline: float, ask: Ask | None = None):
+    def __init__(self, token: Any, fd: int, deadline: float, ask: Ask | None = None, arm: int = 0):
         self.token = token
         self.fd = fd  # -1: not a socket wait (or not yet: an Ask before its request is sent)
         self.deadline = deadline  # an Ask's time to send, until it is sent
         self.done = False
         self.ask = ask  # an Ask whose request this loop sends at `deadline`
+        self.arm = arm  # the epoll events `arm` sets for `fd`
+        self.wake = False  # `arm` wakes the loop: this deadline is earlier than the one it sleeps towards
 
 
 class WaitLoop:
@@ -78,10 +80,21 @@ class WaitLoop:
         """Park `token` on `wait` (steps.Readable, steps.Writable, steps.Ask or steps.Until): None
         when parked (`resume` follows from another thread), else the wait's value now (its deadline
         passed, its event completed already, or an Ask's request did not all go out): the caller
-        goes on with it."""
-        arm = _ARMS.get(type(wait))
-        is_fd = arm is not None
-        if not is_fd and type(wait) is not Until:
+        goes on with it. `enter` and then `arm`."""
+        entry = self.enter(token, wait)
+        if type(entry) is _Entry:
+            self.arm(entry)
+            return None
+        return entry
+
+    def enter(self, token: Any, wait) -> _Entry | bool | None:
+        """`park`'s first half, no system call: the wait in the tables. True or False: the wait's
+        value now (not parked); None: parked, nothing left to do; an entry: parked, and the caller
+        passes it to `arm` next, out of its own locks (a system call there releases the GIL, and
+        a lock held across it makes every thread that wants the lock wait for that hand-over too)."""
+        kind = type(wait)
+        arm = _ARMS.get(kind)
+        if arm is None and kind is not Until:
             raise TypeError(f"a stepwise task yielded {wait!r}, not a wait (steps.Readable, steps.Writable, "
                             "steps.Ask, steps.Until)")
         deadline = wait.deadline
@@ -89,12 +102,17 @@ class WaitLoop:
         if deadline <= now:
             return False
         ask = None
-        if type(wait) is Ask:
+        if kind is Ask:
             if wait.at > now:
                 ask = wait  # this loop sends it when its time comes
             elif not wait.send_now():  # due already: sent by the caller, who owns the task still
                 return False
-        entry = _Entry(token, wait.fd if is_fd and ask is None else -1, deadline if ask is None else ask.at, ask)
+        if ask is not None:
+            entry = _Entry(token, -1, ask.at, ask)
+        elif arm is not None:
+            entry = _Entry(token, wait.fd, deadline, None, arm)
+        else:
+            entry = _Entry(token, -1, deadline)
         with self._lock:
             if token in self._by_token:
                 raise RuntimeError(f"{token!r} is parked already")
@@ -102,19 +120,27 @@ class WaitLoop:
             if entry.fd >= 0:
                 self._by_fd[entry.fd] = entry
             heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
-            wake = entry.deadline < self._sleeping_until
-            if wake:
+            if entry.deadline < self._sleeping_until:
                 self._sleeping_until = -math.inf
-        if entry.fd >= 0:
-            self._arm(entry.fd, arm)
-        elif ask is None and not wait.event.subscribe(lambda: self._end(entry, True)):
-            if self._take(entry) is not None:
-                return True  # completed before we subscribed
-            # else: a cancel took it meanwhile (it resumes nobody): the caller must not step on
-            return None
-        if wake:
+                entry.wake = True
+        if kind is Until and not wait.event.subscribe(lambda: self._end(entry, True)):
+            taken = self._take(entry) is not None
+            if entry.wake:  # the loop was marked awake above: it must be, or later deadlines wait
+                os.write(self._wake_w, b"x")
+            # Not taken: a cancel took it meanwhile (it resumes nobody): the caller must not step on.
+            return True if taken else None  # True: completed before we subscribed
+        return entry if entry.arm or entry.wake else None
+
+    def arm(self, entry: _Entry) -> None:
+        """`park`'s second half: arm the socket and wake the loop if `enter` said so. The socket
+        is armed under this loop's lock and only while the wait goes on: once it ended (resumed,
+        cancelled) its task may have closed the socket and the descriptor be another's already."""
+        if entry.arm:
+            with self._lock:
+                if not entry.done:
+                    self._arm(entry.fd, entry.arm)
+        if entry.wake:
             os.write(self._wake_w, b"x")
-        return None
 
     def _arm(self, fd: int, events: int) -> None:
         try:

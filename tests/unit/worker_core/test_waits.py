@@ -62,6 +62,43 @@ def test_an_earlier_deadline_wakes_a_loop_sleeping_towards_a_later_one(loop):
         s.close()
 
 
+def test_a_completed_event_parked_with_the_earliest_deadline_leaves_the_loop_woken_for_the_next(loop):
+    # The Until's deadline is earlier than the one the loop sleeps towards, so parking it marks
+    # the loop awake; it completed already (not parked), and the loop must still be woken, or
+    # the next earlier deadline (a reaction time) waits for the 60 s one.
+    a, _b = socket.socketpair()
+    c, _d = socket.socketpair()
+    loop.park("late", steps.Readable(a.fileno(), time.monotonic() + 60))
+    time.sleep(0.1)  # the loop sleeps towards the 60 s deadline now
+    slot = _Slot("item")
+    slot.settle(1)
+    assert loop.park("done", steps.Until(slot, time.monotonic() + 30)) is True
+    time.sleep(0.1)
+    began = time.monotonic()
+    loop.park("early", steps.Readable(c.fileno(), began + 0.1))
+    assert loop.resumed.get(timeout=10) == ("early", False)
+    assert time.monotonic() - began < 5
+    assert loop.cancel("late") and loop.parked() == 0
+    for s in (a, _b, c, _d):
+        s.close()
+
+
+def test_an_entered_wait_that_ended_before_it_was_armed_leaves_its_socket_unarmed(loop):
+    # stepping.py arms a socket out of the runner's lock (`enter`, then `arm`): a wait cancelled
+    # in between (its task may close the socket, its descriptor be reused) is not armed.
+    a, b = socket.socketpair()
+    entry = loop.enter("cancelled", steps.Readable(a.fileno(), time.monotonic() + 30))
+    assert entry is not None and entry is not True and entry is not False
+    assert loop.cancel("cancelled")
+    loop.arm(entry)
+    b.send(b"x")
+    loop.park("other", steps.Readable(b.fileno(), time.monotonic() + 0.3))
+    assert loop.resumed.get(timeout=10) == ("other", False)  # nothing woke for the unarmed socket
+    assert loop.resumed.empty() and loop.parked() == 0
+    for s in (a, b):
+        s.close()
+
+
 def test_a_completed_event_or_a_passed_deadline_is_not_parked(loop):
     slot = _Slot("item")
     slot.settle(1)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # recv flags after a steps.Readable said the bytes are there (both TCP transports: this and mbap.py)
 RECV_NOWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 class Transport(Protocol):
@@ -79,9 +80,11 @@ class TcpTransport:
         deadline = time.monotonic() + timeout
         last: MeterUnreachable | None = None
         for family, address in self._addresses():
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # Created non-blocking (Linux): the connect does not block, and no ioctl per poll sets it so.
+            sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
             try:
-                sock.setblocking(False)
+                if not _SOCK_NONBLOCK:
+                    sock.setblocking(False)
                 code = sock.connect_ex(address)
                 if code == errno.EINPROGRESS:
                     code = sock.connect_ex(address)  # 0 (or EISCONN) once connected, EALREADY meanwhile
