@@ -101,7 +101,7 @@ class Rabbit:
         site's `utilitarian` user), deleted afterwards."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         # One `eval` for both steps: every rabbitmqctl call boots an Erlang VM (1-10 s).
-        user, pw, vh = (_erlang_binary(text) for text in (name, password, vhost))
+        user, pw, vh = (erlang_binary(text) for text in (name, password, vhost))
         self.ctl("eval", f"ok = rabbit_auth_backend_internal:add_user({user}, {pw}, <<\"tests\">>), "
                          f"ok = rabbit_auth_backend_internal:set_permissions({user}, {vh}, <<\".*\">>, "
                          f"<<\".*\">>, <<\".*\">>, <<\"tests\">>).")
@@ -124,7 +124,8 @@ class Rabbit:
         return [line for line in out.splitlines() if line.strip()]
 
 
-def _erlang_binary(text: str) -> str:
+def erlang_binary(text: str) -> str:
+    """`text` as an Erlang binary literal, for `rabbitmqctl eval`."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'<<"{escaped}"/utf8>>'
 

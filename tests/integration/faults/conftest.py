@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from support.broker_admin import VhostPool
+from support.broker_admin import VhostSupply
 from support.fault_lanes import FaultLanes
 from support.procs import Proc, ran_counts, wait_for, write_config
 from support.rabbit import PrivateNode
@@ -44,7 +44,7 @@ class _NodeBoot:
 
     def __init__(self):
         self.node: PrivateNode | None = None
-        self.pool: VhostPool | None = None
+        self.pool: VhostSupply | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._boot, name="private rabbit boot", daemon=True)
@@ -56,7 +56,7 @@ class _NodeBoot:
                 raise RuntimeError("no rabbitmq-server binary for a private node")
             node = PrivateNode()
             node.start()
-            self.pool = VhostPool(node, 2)
+            self.pool = VhostSupply(node, "fault", batch=2, create_now=True)
             self.node = node
         except BaseException as exc:  # reported to the case that needs the node
             self.error = exc
@@ -179,7 +179,7 @@ def fault_lanes(request, rabbit, tmp_path_factory):
         pytest.fail("the fault suite needs rabbitmqctl for the test broker", pytrace=False)
     cases = _selected_cases(request.session)
     private = _NodeBoot() if any(p for _, p in cases) else None
-    shared_pool = VhostPool(rabbit, max(1, sum(1 for _, p in cases if not p)))
+    shared_pool = VhostSupply(rabbit, "fault", batch=max(1, sum(1 for _, p in cases if not p)), create_now=True)
     dirs = {body: tmp_path_factory.mktemp(body.__name__[:40]) for body, _ in cases}  # here, not in the lanes
 
     def make_kit(body, is_private: bool) -> FaultKit:

@@ -163,7 +163,7 @@ def _make_client(target: MeterTarget, trace_packet: Callable[[bool, bytes], byte
 class ConnectionPool:
     """Idle TCP connections per endpoint, most recently used first (so surplus ones age out), at
     most `max_idle_per_endpoint` per endpoint, `max_idle_total` in all and `max_idle_low` of those
-    on descriptors select() can take (a connection's `low_fd`; True when it has none).
+    on descriptors select() can take (a connection's `low_fd`).
 
     A daemon reaper thread closes connections idle for `idle_timeout` seconds; it runs only while
     the pool holds something. A pool belongs to the process that created it: in a forked child
@@ -236,7 +236,7 @@ class ConnectionPool:
             if len(idle) >= self.max_idle_per_endpoint:
                 evicted = conn
             else:
-                low = getattr(conn, "low_fd", True)
+                low = conn.low_fd
                 if low and self._low >= self.max_idle_low:
                     evicted = self._pop_least_recent(low_only=True)
                 elif self._total >= self.max_idle_total:
@@ -254,7 +254,7 @@ class ConnectionPool:
     def _forget(self, conn) -> None:
         # Under the lock: `conn` left the lists.
         self._total -= 1
-        self._low -= getattr(conn, "low_fd", True)
+        self._low -= conn.low_fd
 
     def _pop_least_recent(self, *, low_only: bool) -> ModbusConnection | None:
         # Under the lock. Each list is oldest first, so the oldest overall heads one of them (the
@@ -262,7 +262,7 @@ class ConnectionPool:
         oldest = None
         for idle in self._idle.values():
             for i, conn in enumerate(idle):
-                if not low_only or getattr(conn, "low_fd", True):
+                if not low_only or conn.low_fd:
                     if oldest is None or conn.last_used < oldest[0].last_used:
                         oldest = (conn, idle, i)
                     break
