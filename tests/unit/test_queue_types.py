@@ -99,6 +99,9 @@ def test_level_names_and_routes():
     key = delay.routing_key(queues.AMR_DAILY, 12.5)
     assert delay.target_of(key) == queues.AMR_DAILY
     assert delay.target_of("0.1.garbage") is None and delay.target_of(queues.DEFAULT) is None
+    # a delay key given as the queue would be dropped by the broker at the last level: refused
+    with pytest.raises(ValueError, match="is a delay routing key"):
+        delay.route(key, 1.0)
 
 
 def test_migration_sends_waiting_messages_straight_to_their_queue():

@@ -75,6 +75,11 @@ class Consumer:
         self.generation = 0
         self.stop_requested: str | None = None  # None | "drain" | "now"
         self._consumer_tags: dict[str, str] = {}  # live consumer tag -> queue
+        # Every consumer tag of the live channel -> its queue, kept after a cancel: pika still
+        # dispatches deliveries of a cancelled consumer that it held, and their queue is where
+        # retries, counted copies and dead letters go back to. (The routing key is not: a message
+        # that came through the delay levels carries the levels' key, which names no queue.)
+        self._queue_of: dict[str, str] = {}
         self._resume_at: dict[str, float] = {}  # queues cancelled by the broker -> when to consume again
         self._reconnect_at = 0.0
         self._pending: collections.deque = collections.deque()
@@ -154,7 +159,7 @@ class Consumer:
             # A cancel asked for in the read callback: send it now, before pika dispatches more
             # (basic_cancel requeues the deliveries still waiting in the BlockingChannel).
             self.cancel()
-        queue = self._consumer_tags.get(method.consumer_tag, method.routing_key)
+        queue = self._queue_of[method.consumer_tag]  # pika dispatches only consumers we started
         self._outstanding.add(method.delivery_tag)
         self.on_delivery(Delivery(queue, method.delivery_tag, method.redelivered, body, properties,
                                   self.generation, exchange=method.exchange, routing_key=method.routing_key))
@@ -205,10 +210,11 @@ class Consumer:
             channel.basic_qos(prefetch_count=self.prefetch, global_qos=not quorum)
             channel.add_on_cancel_callback(self._on_cancel)
             self._consumer_tags = {}
+            self._queue_of = {}
             self._resume_at = {}
             for queue in self.queues:
                 tag = channel.basic_consume(queue, self._on_message)
-                self._consumer_tags[tag] = queue
+                self._consumer_tags[tag] = self._queue_of[tag] = queue
             self._cancel_soon = False
             DeliverFrames(self.connection._impl, channel.channel_number, self._accepts,
                           self._on_fast_delivery).install()
@@ -230,7 +236,7 @@ class Consumer:
             self.declare(self.channel)
         for queue in due:
             tag = self.channel.basic_consume(queue, self._on_message)
-            self._consumer_tags[tag] = queue
+            self._consumer_tags[tag] = self._queue_of[tag] = queue
             del self._resume_at[queue]
         if not self._resume_at:
             line = self.rules.on_resumed(now)

@@ -42,7 +42,11 @@ def ticks_for(seconds: float) -> int:
 
 
 def routing_key(queue: str, seconds: float) -> str:
-    """`b23.b22...b0.<queue>` with each bit as a word "0" or "1"."""
+    """`b23.b22...b0.<queue>` with each bit as a word "0" or "1". Refuses a `queue` that is itself
+    such a key: the last level could deliver that to no queue, and the broker drops what a
+    dead-lettering exchange cannot route (a follow-up must name the queue its delivery came from)."""
+    if target_of(queue) is not None:
+        raise ValueError(f"{queue[:80]!r}... is a delay routing key, not a queue")
     ticks = ticks_for(seconds)
     bits = ".".join("1" if ticks >> level & 1 else "0" for level in range(LEVELS - 1, -1, -1))
     return f"{bits}.{queue}"

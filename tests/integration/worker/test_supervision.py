@@ -103,6 +103,22 @@ def test_max_tasks_recycles_children_without_losing_tasks(kit):
     assert queue_depth(kit, queues.DEAD_LETTER)[queues.DEAD_LETTER] == 0
 
 
+def test_recycling_children_while_tasks_retry_loses_nothing(kit):
+    # Every retry comes back through the delay levels, with their routing key; a child at its
+    # task limit cancels inside a read, and what pika held of that read is dispatched after the
+    # cancel. Such a delivery's next retry must go back to its queue (tests/integration/
+    # test_consumer_cancel.py has the deterministic case; this is the worker doing it ~40 times).
+    ids = kit.app.send_tasks([TaskCall("test.flaky", [2]) for _ in range(400)])
+    worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4", "--max-tasks-per-child", "30")
+    wait_for(lambda: set(ran_counts(kit.sink)) >= set(ids), timeout=120, what="every task's third attempt")
+    wait_for(lambda: queue_depth(kit, queues.DEFAULT)[queues.DEFAULT] == 0, timeout=30, what="queue drained")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert max(ran_counts(kit.sink).values()) == 1
+    assert worker.output().count("retires now (max_tasks)") >= 20
+    assert queue_depth(kit, queues.DEAD_LETTER)[queues.DEAD_LETTER] == 0
+
+
 def test_max_memory_recycles_a_child_without_losing_tasks(kit):
     big = kit.app.send_task("test.allocate", [300])
     worker = kit.worker("-Q", "default", "-c", "1", "--threads", "4", "--max-memory-per-child", "200")
