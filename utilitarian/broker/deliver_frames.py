@@ -27,6 +27,7 @@ _U16 = struct.Struct(">H").unpack_from
 _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _FRAME_END = 0xCE
+RECV_BYTES = 65536  # per recv on the consume connection (pika's default is 4096)
 _P = BasicProperties
 
 
@@ -124,6 +125,12 @@ class DeliverFrames:
 
     def install(self) -> "DeliverFrames":
         self.connection._on_data_available = self.on_data
+        transport = getattr(self.connection, "_transport", None)
+        if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
+            # pika reads 4 KiB per recv (about six deliveries): a prefetch window arrived in a
+            # dozen recvs, each dropping the GIL to a task thread and waiting to get it back,
+            # and the frames split across reads were joined again. One recv takes it all now.
+            transport._MAX_RECV_BYTES = RECV_BYTES
         return self
 
     def on_data(self, data_in: bytes) -> None:
