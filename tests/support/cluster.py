@@ -1,7 +1,7 @@
 """A real three-node RabbitMQ cluster on this machine for scale-out and failover tests: private
-nodes (own ports, data dirs and names unique to the run) started in parallel and joined with
-`join_cluster` (recipes/rabbitmq-cluster.md), per-test vhosts, and the faults: stop a node's broker
-application, find the node a client is connected to or the one leading a quorum queue."""
+nodes (own ports, data dirs and names unique to the run) started in parallel and joined one after the
+other with `join_cluster` (recipes/rabbitmq-cluster.md), per-test vhosts, and the faults: stop a node's
+broker application, find the node a client is connected to or the one leading a quorum queue."""
 
 from __future__ import annotations
 
@@ -65,23 +65,22 @@ class Cluster:
             raise RuntimeError(f"cluster nodes did not start: {errors[0]}\n{self.log_tails()}")
         seed = self.nodes[0].node
 
-        def join(node: PrivateNode) -> None:
+        # One node after the other, as the recipe does: two nodes starting their broker at once
+        # right after joining can both merge the seed's Mnesia schema, and one of them may then fail
+        # to start (seen in CI: `{badmatch,{error,{normal,{mnesia_app,start,...}}}}`, start_app exit
+        # 69). A start that fails anyway is tried once more: the schema is in place by then.
+        for node in self.nodes[1:]:
             try:
                 node.ctl("stop_app", timeout=120)
                 node.ctl("join_cluster", seed, timeout=120)
-                node.ctl("start_app", timeout=120)
+                try:
+                    node.ctl("start_app", timeout=120)
+                except subprocess.CalledProcessError:
+                    time.sleep(2)
+                    node.ctl("start_app", timeout=120)
                 node.wait_ready(timeout)
-            except BaseException as exc:
-                errors.append(exc)
-
-        # The others join the seed at the same time (each one's stop/join/start is sequential).
-        threads = [threading.Thread(target=join, args=(n,)) for n in self.nodes[1:]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise RuntimeError(f"cluster nodes did not join: {errors[0]}\n{self.log_tails()}")
+            except Exception as exc:
+                raise RuntimeError(f"cluster node {node.node} did not join: {exc}\n{self.log_tails()}") from None
         members = self.running_nodes()
         if len(members) != len(self.nodes):
             raise RuntimeError(f"cluster has {len(members)} running nodes, expected {len(self.nodes)}: {members}")
