@@ -31,12 +31,10 @@ DEADLINE = 60.0  # a refusal takes a second or two; this is for a loaded machine
 
 
 @pytest.fixture(scope="module")
-def shared_vhost(rabbit):
-    if not rabbit.has_ctl:
-        pytest.fail("per-test vhosts need rabbitmqctl for the test broker", pytrace=False)
-    name = rabbit.add_vhost()
+def shared_vhost(rabbit, vhost_supply):
+    name = vhost_supply.take()
     yield rabbit.url_for(name)
-    rabbit.delete_vhost(name)
+    vhost_supply.give_back(name)
 
 
 def expected(path: pathlib.Path) -> str:

@@ -14,8 +14,6 @@ import pika
 from support.rabbit import erlang_binary
 
 
-
-
 def erl_eval(rabbit, expr: str, timeout: float = 120.0) -> str:
     """One `rabbitmqctl eval`: each CLI call boots an Erlang VM (1.5 s idle, up to 10 s on a busy
     machine), so broker administration here is batched into as few calls as possible."""

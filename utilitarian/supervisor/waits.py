@@ -8,8 +8,8 @@ wait goes on for the answer, so no task thread wakes in between.
 
 Parking costs the parking thread one epoll_ctl (the socket is armed EPOLLONESHOT, so a wake-up
 never repeats; stepping.py makes it out of the runner's lock: `enter`, then `arm`) and no wake-up
-of this loop unless the new deadline is earlier than the one it sleeps towards. Each wait ends exactly once: whoever takes its entry out of the tables, under the
-lock, ends it."""
+of this loop unless the new deadline is earlier than the one it sleeps towards. Each wait ends
+exactly once: whoever takes its entry out of the tables, under the lock, ends it."""
 
 from __future__ import annotations
 
