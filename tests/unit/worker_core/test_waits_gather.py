@@ -1,5 +1,5 @@
 """The wait loop's gathering pause (supervisor/waits.py, GATHER_SECONDS): after a turn that resumed
-tasks, while enough sockets still wait, answers that arrive during the pause are resumed together
+a few tasks, while enough sockets still wait, answers that arrive during the pause are resumed together
 in one turn; a lone wait is resumed at once; no deadline is passed for the pause (not one that was
 parked before it, not an earlier one parked during it, not an Ask's time to send); stopping the loop
 ends the pause. Real sockets; the pause is made long (1 s) so its effect is plain on a loaded machine."""
