@@ -30,7 +30,7 @@ def loop():
 
 @pytest.fixture
 def pairs():
-    made = [socket.socketpair() for _ in range(GATHER_WAITS + 4)]
+    made = [socket.socketpair() for _ in range(2 * GATHER_WAITS + 4)]
     yield made
     for a, b in made:
         a.close()
@@ -58,6 +58,21 @@ def test_answers_that_arrive_during_the_pause_are_resumed_together_after_it(loop
     assert min(times) - first >= PAUSE * 0.9  # held until the pause ended...
     assert max(times) - min(times) < 0.1  # ...and resumed in the same turn
     assert loop.parked() == len(pairs) - 4 and loop.resumed.empty()
+
+
+def test_a_turn_that_found_several_answers_at_once_is_not_followed_by_a_pause(loop, pairs):
+    park_all(loop, pairs, time.monotonic() + 60)
+    pairs[0][1].send(b"x")
+    _, _, first = loop.resumed.get(timeout=10)
+    for _a, b in pairs[1:GATHER_WAITS + 1]:  # all found in the turn after the pause
+        b.send(b"x")
+    batch = [loop.resumed.get(timeout=10) for _ in range(GATHER_WAITS)]
+    resumed_at = max(at for _, _, at in batch)
+    assert resumed_at - first >= PAUSE * 0.9
+    pairs[GATHER_WAITS + 1][1].send(b"x")  # the loop did not pause after that busy turn
+    token, _, at = loop.resumed.get(timeout=10)
+    assert token == GATHER_WAITS + 1 and at - resumed_at < PAUSE * 0.8
+    assert loop.parked() >= GATHER_WAITS  # enough still waited for a pause: it was the rule that said no
 
 
 def test_with_few_sockets_waiting_there_is_no_pause(loop):
