@@ -223,6 +223,13 @@ class SqliteBackend(Backend):
     rowid = "rowid"
 
     MIN_POOL = 32  # SQLite connections are cheap and WAL readers never block: don't ration them
+    # Compiled statements each connection keeps (Python's default: 128). Lists of values are
+    # bound as `IN (?, ?, ...)`, one statement text per length, each compiled statement tens of
+    # KiB: with 128 kept, every pooled connection filled up with them round after round (a
+    # worker child's SQLite memory grew ~2 MiB per 10,000-meter round, 4 -> 28 MiB in 10 rounds,
+    # towards 32 connections x 128 of them). 16 keeps the few statements a poll repeats and costs
+    # no CPU measurably (docs/benchmarks-amr.md, issue 16's seventh pass).
+    STATEMENTS_KEPT = 16
 
     def __init__(self, url: str, path: str, **kwargs):
         kwargs["pool_size"] = 1 if path == ":memory:" else max(kwargs.get("pool_size", 8), self.MIN_POOL)
@@ -242,7 +249,7 @@ class SqliteBackend(Backend):
             if self.path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
+                                   check_same_thread=False, cached_statements=self.STATEMENTS_KEPT)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
