@@ -1,5 +1,5 @@
-"""Runs stepwise tasks (utilitarian/steps.py) for a child's TaskRunner: each step on a task thread,
-each wait parked in the child's wait loop (waits.py), each resumption handed back to the task
+"""Runs stepwise tasks (utilitarian/steps.py) for a child's TaskRunner: each step on a step thread,
+each wait parked in the child's wait loop (waits.py), each resumption handed back to the step
 threads as the Running itself (the runner's `_handle` tells it from a delivery). A task is one
 delivery in flight from its first step until its generator returns or raises, and is settled then,
 exactly as a task that ran in one go (runner.TaskRunner._end).
@@ -28,9 +28,11 @@ class HardTimeLimitExceeded(Exception):
 log = logging.getLogger(__name__)
 
 
-# Threads that run resumed steps (a first step runs on the delivery's task thread). Few: a step is
-# CPU work of a fraction of a millisecond, so more threads than CPUs only take turns at the GIL,
-# each turn a wake-up and a context switch (docs/benchmarks-amr.md, issue 16).
+# Threads that run the steps, a stepwise delivery's first one too (the runner submits it here). Few:
+# a step is CPU work of a fraction of a millisecond, so more threads than CPUs only take turns at
+# the GIL, each turn a wake-up and a context switch (docs/benchmarks-amr.md, issue 16). A step that
+# blocks (a slow database in a first step's job lookup) holds one of them: the hard time limit
+# covers it as it covers a task thread.
 STEP_THREADS = 2
 
 
@@ -49,9 +51,10 @@ class Stepping:
 
     def _resume(self, r, value: bool) -> None:
         """From the wait loop (or the outbox's flusher): the wait ended; the next step goes to the
-        step threads."""
+        step threads, ahead of deliveries not started yet (what is under way finishes first: its
+        connection, and a gateway it may hold, are released sooner)."""
         r.wake = value
-        self.threads.submit(r)
+        self.threads.submit(r, first=True)
 
     # --- task threads ------------------------------------------------------------------------
     def step(self, r) -> bool:

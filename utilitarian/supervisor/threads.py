@@ -32,9 +32,13 @@ class TaskThreads:
         self._parked: list[threading.Lock] = []  # gates of sleeping threads (held; released to wake)
         self.threads: list[threading.Thread] = []
 
-    def submit(self, item: Any) -> None:
+    def submit(self, item: Any, *, first: bool = False) -> None:
+        """`first`: ahead of the items waiting (work under way before work not started)."""
         with self._lock:
-            self._items.append(item)
+            if first:
+                self._items.appendleft(item)
+            else:
+                self._items.append(item)
             if self._free:
                 return  # an awake thread takes it
             gate = self._wake_one()

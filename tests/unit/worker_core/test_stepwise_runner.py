@@ -187,8 +187,103 @@ def test_200_parked_tasks_run_on_few_threads_and_each_is_settled_once():
         assert all(consumer.by_tag()[d.delivery_tag] == [ACK] for d in deliveries)
         assert runner.stats.total("done") == 200
         assert len(runner.stepping.threads.threads) <= 2  # resumed steps: never a thread per task
+        assert not runner.executor.threads  # first steps too ran on the step threads: no task thread started
     finally:
         runner.shutdown()
+
+
+def test_stepwise_and_plain_deliveries_each_start_on_their_own_threads():
+    pair("w")
+    seen = {}
+
+    def task_body(name, timeout):
+        seen["first step"] = threading.current_thread().name
+        got = yield from answer(name, timeout)
+        seen["resumed"] = threading.current_thread().name
+        assert got == "x"
+
+    def plain():
+        seen["plain"] = threading.current_thread().name
+
+    runner, consumer, _ = make_runner([stepwise(task_body), spec("t.plain", plain)], threads=4)
+    try:
+        d1, d2 = delivery_of("t.steps", ["w", 30.0]), delivery_of("t.plain", [])
+        runner.submit(d1)
+        runner.submit(d2)
+        wait_until(lambda: runner.stepping.waits.parked() == 1 and "plain" in seen)
+        _pairs["w"][1].send(b"x")
+        wait_until(lambda: runner.in_flight() == 0)
+        assert consumer.by_tag()[d1.delivery_tag] == [ACK] and consumer.by_tag()[d2.delivery_tag] == [ACK]
+        assert seen["first step"].startswith("step_") and seen["resumed"].startswith("step_")
+        assert seen["plain"].startswith("task_")
+    finally:
+        runner.shutdown()
+
+
+def test_a_first_step_stuck_on_a_step_thread_is_settled_at_the_hard_limit_and_the_others_go_on():
+    # A stepwise task's first step runs on one of the two step threads: one that blocks (a stalled
+    # database in its job lookup) is settled by policy at the hard limit and the child is told to
+    # retire, as for a task thread; the other step thread carries the rest meanwhile.
+    release = threading.Event()
+    hard_hits = []
+    names = [f"q{i}" for i in range(20)]
+    for name in names:
+        pair(name)
+
+    def stuck_body():
+        release.wait(30)
+        yield steps.Until(_Done(), time.monotonic() + 30)
+
+    def task_body(name, timeout):
+        assert (yield from answer(name, timeout)) == name
+
+    runner, consumer, publisher = make_runner([stepwise(stuck_body, "t.stuck", time_limit=0.3),
+                                               stepwise(task_body)], threads=4)
+    runner.on_hard_limit = hard_hits.append
+    try:
+        stuck = delivery_of("t.stuck")
+        runner.submit(stuck)
+        others = [delivery_of("t.steps", [name, 30.0]) for name in names]
+        for d in others:
+            runner.submit(d)
+        wait_until(lambda: runner.stepping.waits.parked() == len(names))
+        for name in names:
+            _pairs[name][1].send(name.encode())
+        wait_until(lambda: all(consumer.by_tag().get(d.delivery_tag) == [ACK] for d in others))
+        wait_until(lambda: consumer.by_tag().get(stuck.delivery_tag))
+        assert len(hard_hits) == 1
+        (out,) = publisher.published
+        assert out.properties["headers"][redeliver.DEAD_REASON] == "hard_time_limit"
+        release.set()  # the thread comes back late: no second settle
+        wait_until(lambda: runner.in_flight() == 0)
+        assert consumer.by_tag()[stuck.delivery_tag] == [ACK]
+    finally:
+        release.set()
+        runner.shutdown()
+
+
+def test_a_resumed_step_runs_ahead_of_deliveries_not_started_yet():
+    from utilitarian.supervisor.threads import TaskThreads
+
+    order, gate = [], threading.Event()
+
+    def handle(item):
+        if item == "busy":
+            gate.wait(10)
+        order.append(item)
+
+    pool = TaskThreads(handle, 1, name="step")
+    try:
+        pool.submit("busy")
+        wait_until(lambda: pool.threads and not pool._items)  # the one thread holds "busy"
+        pool.submit("delivery 1")
+        pool.submit("delivery 2")
+        pool.submit("resumption", first=True)
+        gate.set()
+        wait_until(lambda: len(order) == 4)
+        assert order == ["busy", "resumption", "delivery 1", "delivery 2"]
+    finally:
+        pool.shutdown()
 
 
 class _Done:
