@@ -109,7 +109,8 @@ class TaskRunner:
             reached = self.task_limit and self.submitted == self.task_limit
         self.last_activity = self.clock()
         headers = getattr(delivery.properties, "headers", None)
-        # By the Celery header alone (a message without one, or not decodable, is refused there too)
+        # By the Celery `task` header, before the body is read: a message without it, or naming a
+        # task that is not stepwise, starts on a task thread as before (decoded there, run or refused).
         stepwise = type(headers) is dict and headers.get("task") in self._stepwise
         (self.stepping.threads if stepwise else self.executor).submit(delivery)
         if reached and self.on_task_limit:

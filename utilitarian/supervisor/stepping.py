@@ -56,7 +56,7 @@ class Stepping:
         r.wake = value
         self.threads.submit(r, first=True)
 
-    # --- task threads ------------------------------------------------------------------------
+    # --- step threads ------------------------------------------------------------------------
     def step(self, r) -> bool:
         """Run `r`'s steps on this thread until it parks (True) or has ended and been settled
         (False: the caller counts it finished)."""
