@@ -50,6 +50,13 @@ class FaultLanes:
         kit = self.make_kit(body, private)
         try:
             body(kit)
+        except AssertionError as exc:
+            # A case fails in a lane, often on a loaded CI machine: what the worker said and what
+            # its master counted then is what tells a defect from a slow machine.
+            explain = getattr(kit, "explain", None)
+            if explain is None:
+                raise
+            raise AssertionError(f"{exc}\n{explain()}").with_traceback(exc.__traceback__) from None
         finally:
             self.close_kit(kit)
         return time.monotonic() - started

@@ -152,6 +152,18 @@ class FaultKit:
               f"duplicated={row['duplicated']} {notes}")
         return row
 
+    def explain(self, tail: int = 6000) -> str:
+        """The master's status and the end of each worker's log, for a failed case's message."""
+        try:
+            status = json.dumps(self.status(), default=str)
+        except Exception as exc:  # a stopped master, a broken socket: say so, keep the logs
+            status = f"(no status: {exc})"
+        parts = [f"status: {status}"]
+        for i, proc in enumerate(self.procs):
+            parts.append(f"--- worker {i} (exit {proc.popen.poll()}), last {tail} characters of its log:\n"
+                         f"{proc.output()[-tail:]}")
+        return "\n".join(parts)
+
     def close(self) -> None:
         for proc in self.procs:
             proc.kill_tree()

@@ -42,6 +42,7 @@ def test_access_refused_on_reconnect(kit):
     ids = kit.send("test.sleep", [[0.005] for _ in range(1000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
     progress(kit, ids, 200, what="tasks before the permissions go")
+    kit.wait_ready(2)  # both connected: each is refused on its reconnect (see the deletion case)
     # When the user's permissions on the vhost are revoked (a deploy rotating them) and the
     # connections drop: every reconnect is refused
     revoke_and_disconnect(kit.rabbit, kit.vhost)
@@ -68,10 +69,13 @@ def test_access_refused_on_reconnect(kit):
 
 @fault_case()
 def test_queue_deleted_under_its_consumers(kit):
-    # Given a worker consuming the default queue (and 200 tasks it ran)
+    # Given a worker whose two children both consume the default queue (and 200 tasks it ran).
+    # Both, before the deletion: a child that boots after it consumes the new queue straight
+    # away, is never cancelled, and the two cancels below would be one (seen on a loaded machine).
     before = kit.send("test.record", [[i] for i in range(200)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
     all_ran(kit, before, what="the first tasks")
+    kit.wait_ready(2)
     # When the queue is deleted (the broker cancels its consumers) and declared again at once,
     # as a producer or an operator running `utilitarian topology declare` would
     delete_queue(kit.broker_url, DEFAULT)
@@ -92,6 +96,7 @@ def test_queue_missing_after_a_connection_blip(kit):
     ids = kit.send("test.sleep", [[0.005] for _ in range(1000)])
     worker = kit.worker("-Q", "default,amr", "-c", "2", "--threads", "4")
     progress(kit, ids, 100, what="tasks before the blip")
+    kit.wait_ready(2)  # both connected: each meets the 404 on its reconnect (see the deletion case)
     # When one queue is deleted and every connection drops: the reconnect meets a 404
     delete_queue(kit.broker_url, queues.AMR)
     close_connections(kit.rabbit, kit.vhost)

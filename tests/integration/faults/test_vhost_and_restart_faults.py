@@ -40,6 +40,7 @@ def test_vhost_down_and_up(kit):
     ids = kit.send("test.sleep", [[0.005] for _ in range(2000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "4")
     progress(kit, ids, 300, what="tasks before the vhost goes down")
+    kit.wait_ready(2)  # both connected (one child alone can make that progress): each meets the fault
     # When the vhost goes down for 10 s (connections closed with "vhost is down", every
     # reconnect refused with 541 until it is restarted; 5 s ended before a status query answered
     # on a machine at load 20)
@@ -69,6 +70,7 @@ def test_five_broker_restarts_during_5000_tasks(kit):
     kit.configure("[worker]\nmax_deliveries = 50\n")
     ids = kit.send("test.record", [[i] for i in range(5000)])
     worker = kit.worker("-Q", "default", "-c", "2", "--threads", "8")
+    kit.wait_ready(2)  # both connected before the first restart: each child reconnects after each one
     # When the broker is stopped and started five times while the tasks run
     for restart in range(5):
         progress(kit, ids, 700 * (restart + 1), what=f"progress before restart {restart + 1}")
