@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Callable, Iterator
 
+from utilitarian import steps
 from utilitarian.amr.metrics import BLOCK_WAITS
 
 log = logging.getLogger(__name__)
@@ -158,13 +159,13 @@ def renewer_for(store) -> BlockRenewer:
         return renewer
 
 
-@contextlib.contextmanager
-def interface_lock(store, interface_id: int, interface_name: str, job_id: str, *, lease: float,
-                   wait: float, sleep: Callable[[float], None] = time.sleep,
+def take_interface(store, interface_id: int, interface_name: str, job_id: str, *, lease: float, wait: float,
                    monotonic: Callable[[], float] = time.monotonic,
-                   renewer: BlockRenewer | None = None) -> Iterator[str]:
-    """Hold the interface for the body of the `with`, its lease renewed while the body runs;
-    raises InterfaceBusy after `wait` seconds. Expiry is judged by the database's clock."""
+                   pause: Callable[[float], object] = steps.pause) -> Iterator:
+    """Take the interface's block for `job_id` (stepwise: `holder = yield from take_interface(...)`);
+    raises InterfaceBusy after `wait` seconds. Between tries it yields `pause(seconds)`: in a
+    worker the task is parked meanwhile, so a busy bus holds no step thread while the sessions of
+    other meters wait for theirs. Expiry is judged by the database's clock."""
     holder = holder_name(job_id)
     deadline = monotonic() + wait
     delay = POLL_INTERVAL
@@ -172,24 +173,31 @@ def interface_lock(store, interface_id: int, interface_name: str, job_id: str, *
     try:
         while True:
             if store.acquire_block(interface_id, holder, lease=lease):
-                break
+                return holder
             current = store.block_holder(interface_id)
             if current is not None and _holder_is_dead(current[0]):
                 if store.take_over_block(interface_id, current[0], holder, lease=lease):
                     log.warning("interface %s was held by %s, a process that no longer exists; block taken over",
                                 interface_name, current[0])
-                    break
+                    return holder
                 continue
             if monotonic() >= deadline:
                 raise InterfaceBusy(interface_name, current[0] if current else None)
             if not waiting:
                 waiting = True
                 BLOCK_WAITS.inc()
-            sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - monotonic()) + 0.001))
+            yield pause(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - monotonic()) + 0.001))
             delay = min(delay * 2, POLL_MAX)
     finally:
         if waiting:
             BLOCK_WAITS.dec()
+
+
+@contextlib.contextmanager
+def holding_interface(store, interface_id: int, interface_name: str, holder: str, *, lease: float,
+                      renewer: BlockRenewer | None = None) -> Iterator[str]:
+    """The body of the `with` runs holding the block `take_interface` took: its lease renewed
+    meanwhile, released after it."""
     renewer = renewer or renewer_for(store)
     held = renewer.hold(interface_id, interface_name, holder, lease)
     try:
@@ -203,3 +211,20 @@ def interface_lock(store, interface_id: int, interface_name: str, job_id: str, *
         except Exception:  # the lease expires on its own; the job's outcome must not depend on this
             log.warning("interface %s: releasing the block failed; it expires with its lease",
                         interface_name, exc_info=True)
+
+
+@contextlib.contextmanager
+def interface_lock(store, interface_id: int, interface_name: str, job_id: str, *, lease: float,
+                   wait: float, sleep: Callable[[float], None] = time.sleep,
+                   monotonic: Callable[[], float] = time.monotonic,
+                   renewer: BlockRenewer | None = None) -> Iterator[str]:
+    """The blocking form, for code that is not stepwise: waits for the block in this thread."""
+    tries = take_interface(store, interface_id, interface_name, job_id, lease=lease, wait=wait,
+                           monotonic=monotonic, pause=lambda seconds: seconds)
+    try:
+        while True:
+            sleep(next(tries))
+    except StopIteration as done:
+        holder = done.value
+    with holding_interface(store, interface_id, interface_name, holder, lease=lease, renewer=renewer):
+        yield holder

@@ -280,6 +280,41 @@ def test_a_busy_interface_defers_the_job_and_a_dead_holder_is_taken_over(amr, si
     assert amr.store.block_holder(meter.interface.id) is None
 
 
+def test_a_job_waiting_for_a_busy_interface_in_a_worker_parks_instead_of_sleeping(amr, sim):
+    import time
+
+    from utilitarian import steps, telemetry
+    from utilitarian.amr.blocking import interface_lock
+    from utilitarian.amr.metrics import BLOCK_WAITS
+    from utilitarian.tasks import Defer
+
+    def waiting() -> float:
+        return telemetry.REGISTRY.values.get((BLOCK_WAITS.name, ()), 0.0)
+
+    before = waiting()
+    amr.configure("[amr]\ninterface_wait = 0.5\ninterface_defer = 4.0\n")
+    amr.import_meters(entries(sim, can_block=True)[:1], tasks=[READ], group="all")
+    meter = amr.store.get_meter("sim-modbus-0001")
+    with interface_lock(amr.store, meter.interface.id, meter.interface.name, "other-job", lease=60, wait=0):
+        # As a worker runs it: the steps' generator. While the bus is busy it yields pauses (the
+        # worker parks them; a step thread would otherwise sleep up to interface_wait per job).
+        job = execute_meter_task.__task_spec__.steps(amr.ctx("amr.execute_meter_task"), "sim-modbus-0001",
+                                                     "read-daily", SLOT, "r")
+        began = time.monotonic()
+        pauses = []
+        with pytest.raises(Defer):
+            wait = next(job)
+            while True:
+                assert isinstance(wait, steps.Until) and wait.event is steps.NEVER, wait
+                pauses.append(wait.deadline - time.monotonic())
+                assert waiting() == before + 1
+                time.sleep(max(0.0, wait.deadline - time.monotonic()))
+                wait = job.send(False)
+        assert len(pauses) >= 2 and all(0 < p <= 0.31 for p in pauses), pauses
+        assert 0.45 <= time.monotonic() - began < 3.0
+        assert waiting() == before
+
+
 def test_webhook_posts_retries_then_gives_up(amr):
     import http.server
     import threading

@@ -13,7 +13,7 @@ import time
 
 from utilitarian import queues, steps
 from utilitarian.amr import metrics
-from utilitarian.amr.blocking import InterfaceBusy, interface_lock
+from utilitarian.amr.blocking import InterfaceBusy, holding_interface, take_interface
 from utilitarian.amr.errors import MeterError, MeterTimeout
 from utilitarian.amr.model import MeterReading, event_id, iso_utc, parse_utc, uuid5_text
 from utilitarian.amr.store import StoreError
@@ -78,14 +78,16 @@ def execute_meter_task(ctx, meter: str | None = None, amr_task: str | None = Non
                 raise Reject(f"slot {slot!r} is not an ISO 8601 time") from None
         iface = device.interface
         if iface is not None and iface.can_block and iface.id is not None:
-            try:
-                with interface_lock(store, iface.id, iface.name, ctx.id, lease=settings.interface_block_lease,
-                                    wait=settings.interface_wait):
-                    result = yield from _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
+            lease = settings.interface_block_lease
+            try:  # parked between tries: a busy bus holds no thread (blocking.take_interface)
+                holder = yield from take_interface(store, iface.id, iface.name, ctx.id, lease=lease,
+                                                   wait=settings.interface_wait)
             except InterfaceBusy as exc:
                 countdown = settings.interface_defer * random.uniform(0.75, 1.5)
                 log.debug("%s; job for %s deferred %.1fs", exc, meter, countdown)
                 raise Defer(str(exc), countdown=countdown) from None
+            with holding_interface(store, iface.id, iface.name, holder, lease=lease):
+                result = yield from _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
         else:
             result = yield from _poll(ctx.app, etype, call, target, kwargs, stamp, device, job_task)
     except JobFailed as exc:
