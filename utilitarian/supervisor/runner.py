@@ -169,6 +169,8 @@ class TaskRunner:
             self.held += 1  # in flight until its hook ran and its follow-up is published: a drain waits
         log.error("task %s[%s] exceeded its hard time limit (%.1fs); settling it by its retry policy "
                   "and replacing this child", r.message.task, r.message.id, limit)
+        if r.spec.steps is not None:  # its step thread is stuck: the others must not wait for it
+            self.stepping.threads.write_off(r.delivery)
         if self.on_hard_limit:
             self.on_hard_limit(r)
         exc = HardTimeLimitExceeded(f"hard time limit of {limit:.1f}s exceeded")

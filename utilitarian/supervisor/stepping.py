@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from utilitarian import shield
+from utilitarian.broker.consumer import Delivery
 from utilitarian.supervisor.threads import TaskThreads
 from utilitarian.supervisor.waits import WaitLoop
 from utilitarian.tasks import SoftTimeLimitExceeded
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 
 # Threads that run the steps, a stepwise delivery's first one too (the runner submits it here). Few:
 # a step is CPU work of a fraction of a millisecond, so more threads than CPUs only take turns at
-# the GIL, each turn a wake-up and a context switch (docs/benchmarks-amr.md, issue 16). A step that
-# blocks (a slow database in a first step's job lookup) holds one of them: the hard time limit
-# covers it as it covers a task thread.
+# the GIL, each turn a wake-up and a context switch (docs/benchmarks-amr.md, issue 16). A first step
+# may block (a stalled database in its job lookup): first steps run on all but one of them at once,
+# so the resumed steps of sessions under way never wait behind new ones. One stuck past its hard
+# limit is written off (the runner settles it; a thread may start in its place).
 STEP_THREADS = 2
 
 
@@ -40,7 +42,8 @@ class Stepping:
     def __init__(self, runner, *, threads: int = STEP_THREADS):
         self.runner = runner  # the TaskRunner: its lock, rules, settle path and `_handle`
         self.waits = WaitLoop(self._resume, clock=runner.clock, name="waits")
-        self.threads = TaskThreads(runner._handle, threads, name="step")
+        self.threads = TaskThreads(runner._handle, threads, name="step",
+                                   limited=lambda item: type(item) is Delivery, limit=threads - 1)
 
     def start(self) -> None:
         self.waits.start()

@@ -262,6 +262,48 @@ def test_a_first_step_stuck_on_a_step_thread_is_settled_at_the_hard_limit_and_th
         runner.shutdown()
 
 
+def test_first_steps_stalled_on_a_database_leave_a_step_thread_to_the_sessions_under_way():
+    # Ten sessions are parked on their meters when the database stalls: every new first step
+    # blocks in its job lookup. The sessions' answers still resume them (one step thread is kept
+    # from first steps) and they are settled before the database comes back; the new ones then run.
+    release = threading.Event()
+    looked_up = []
+    names = [f"s{i}" for i in range(10)]
+    for name in names:
+        pair(name)
+
+    def lookup_body(n):
+        looked_up.append(n)
+        release.wait(30)  # the stalled job lookup
+        yield steps.Until(_Done(), time.monotonic() + 0.01)
+
+    def task_body(name, timeout):
+        assert (yield from answer(name, timeout)) == name
+
+    runner, consumer, publisher = make_runner([stepwise(lookup_body, "t.lookup", time_limit=60),
+                                               stepwise(task_body, time_limit=60)], threads=4)
+    try:
+        sessions = [delivery_of("t.steps", [name, 30.0]) for name in names]
+        for d in sessions:
+            runner.submit(d)
+        wait_until(lambda: runner.stepping.waits.parked() == len(names))
+        new = [delivery_of("t.lookup", [i]) for i in range(2)]
+        for d in new:
+            runner.submit(d)
+        wait_until(lambda: looked_up == [0])
+        for name in names:
+            _pairs[name][1].send(name.encode())
+        wait_until(lambda: all(consumer.by_tag().get(d.delivery_tag) == [ACK] for d in sessions), timeout=10)
+        assert looked_up == [0]  # the second first step waits for the first, not on the last thread
+        release.set()
+        wait_until(lambda: all(consumer.by_tag().get(d.delivery_tag) for d in new))
+        wait_until(lambda: runner.in_flight() == 0)
+        assert sorted(looked_up) == [0, 1] and not publisher.published
+    finally:
+        release.set()
+        runner.shutdown()
+
+
 def test_a_resumed_step_runs_ahead_of_deliveries_not_started_yet():
     from utilitarian.supervisor.threads import TaskThreads
 
