@@ -29,6 +29,13 @@ def pair(name: str) -> tuple[socket.socket, socket.socket]:
     return _pairs[name]
 
 
+def pairs(prefix: str, n: int) -> list[str]:
+    names = [f"{prefix}{i}" for i in range(n)]
+    for name in names:
+        pair(name)
+    return names
+
+
 @pytest.fixture(autouse=True)
 def close_pairs():
     yield
@@ -221,14 +228,12 @@ def test_stepwise_and_plain_deliveries_each_start_on_their_own_threads():
 
 
 def test_a_first_step_stuck_on_a_step_thread_is_settled_at_the_hard_limit_and_the_others_go_on():
-    # A stepwise task's first step runs on one of the two step threads: one that blocks (a stalled
-    # database in its job lookup) is settled by policy at the hard limit and the child is told to
-    # retire, as for a task thread; the other step thread carries the rest meanwhile.
+    # A stepwise task's first step runs on a step thread: one that blocks (a stalled database in its
+    # job lookup) is settled by policy at the hard limit and the child is told to retire, as for a
+    # task thread; its thread is written off and the other first steps go on.
     release = threading.Event()
     hard_hits = []
-    names = [f"q{i}" for i in range(20)]
-    for name in names:
-        pair(name)
+    names = pairs("q", 20)
 
     def stuck_body():
         release.wait(30)
@@ -268,9 +273,7 @@ def test_first_steps_stalled_on_a_database_leave_a_step_thread_to_the_sessions_u
     # from first steps) and they are settled before the database comes back; the new ones then run.
     release = threading.Event()
     looked_up = []
-    names = [f"s{i}" for i in range(10)]
-    for name in names:
-        pair(name)
+    names = pairs("s", 10)
 
     def lookup_body(n):
         looked_up.append(n)
