@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = {
     "system+cluster": ["tests/system", "tests/integration/cluster", "tests/integration/beat",
                        "tests/integration/dashboard"],
-    "amr": ["tests/integration/amr_faults", "tests/integration/amr_pipeline", "tests/integration/amr"],
-    "unit": ["tests/unit"],
+    "amr": ["tests/integration/amr_faults", "tests/integration/amr_pipeline", "tests/integration/amr",
+            "tests/unit"],
 }
 REST = "core"
 
