@@ -95,11 +95,27 @@ class Proc:
         return self.popen.poll() is None
 
     def kill_tree(self) -> None:
-        """Whatever the test did, leave nothing behind (the whole session)."""
+        """Whatever the test did, leave nothing behind: the whole session, and the sessions of its
+        descendants (the demo starts its worker and beat in sessions of their own), listed before
+        the kill, which would hand them to init."""
+        import psutil
+
+        groups = {self.popen.pid}
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            descendants = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        for child in descendants:
+            try:
+                groups.add(os.getpgid(child.pid))
+            except ProcessLookupError:
+                pass
+        groups.discard(os.getpgid(0))  # never the test run's own group
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.popen.wait(10)
         except subprocess.TimeoutExpired:
