@@ -62,9 +62,16 @@ class TaskThreads:
         with self._lock:
             self._limited_running.discard(id(item))
             self._max += 1
-            gate = self._wake_one() if self._items and not self._free and not self._head_waits() else None
+            gate = self._wake_for_waiting()
         if gate is not None:
             gate.release()
+
+    def _wake_for_waiting(self):
+        """Under the lock: a thread woken (or started) for items left waiting that no awake thread
+        will take and that may start now; None otherwise."""
+        if self._items and not self._free and not self._head_waits():
+            return self._wake_one()
+        return None
 
     def _head_waits(self) -> bool:
         """Under the lock: the next item is limited and its limit is reached."""
@@ -104,8 +111,7 @@ class TaskThreads:
                     if self._limited is not None and self._limited(item):
                         held = id(item)  # the item stays alive while held: its id is not reused
                         self._limited_running.add(held)
-                    if self._items and not self._free and not self._head_waits():
-                        wake = self._wake_one()
+                    wake = self._wake_for_waiting()
                 else:
                     # Nothing, or only limited items at their limit: a thread running one of
                     # those looks at the deque again when it is done.
